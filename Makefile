@@ -1,0 +1,58 @@
+# polyasr: `make serve` sets up and starts the service, `make test` sets up and
+# runs every test. Each backend has its own virtualenv (qwen-asr pins
+# transformers 4.57, mlx-audio needs transformers >= 5.14), rebuilt only when
+# its requirements change.
+
+PYTHON ?= python3
+MLX_VENV := .venv-mlx
+CUDA_VENV := .venv-cuda
+MLX_REQS := requirements.txt requirements-common.txt requirements-dev.txt
+CUDA_REQS := cuda/requirements.txt requirements-common.txt requirements-dev.txt
+
+# MLX on Apple Silicon; CUDA everywhere else (on the CPU when there is no GPU).
+ifeq ($(shell uname -s)-$(shell uname -m),Darwin-arm64)
+SERVE_BACKEND := mlx
+else
+SERVE_BACKEND := cuda
+endif
+
+.PHONY: serve test lint venvs bench
+
+serve: $(if $(filter mlx,$(SERVE_BACKEND)),$(MLX_VENV),$(CUDA_VENV))/.installed
+ifeq ($(SERVE_BACKEND),mlx)
+	exec $(MLX_VENV)/bin/python server.py
+else
+	@if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then \
+		exec $(CUDA_VENV)/bin/python cuda/server.py; \
+	else \
+		echo "polyasr: no NVIDIA GPU found; serving the CUDA backend on the CPU"; \
+		POLYASR_DEVICE=$${POLYASR_DEVICE:-cpu} exec $(CUDA_VENV)/bin/python cuda/server.py; \
+	fi
+endif
+
+# torch goes in first, pinned: otherwise a dependency's bare "torch" pulls a
+# multi-GB CUDA build where a CPU build was meant (and vice versa).
+$(MLX_VENV)/.installed: $(MLX_REQS)
+	test -x $(MLX_VENV)/bin/python || $(PYTHON) -m venv $(MLX_VENV)
+	$(MLX_VENV)/bin/pip install -q "$$(grep -m1 '^torch==' requirements.txt)"
+	$(MLX_VENV)/bin/pip install -q -r requirements.txt -r requirements-dev.txt
+	touch $@
+
+$(CUDA_VENV)/.installed: $(CUDA_REQS)
+	test -x $(CUDA_VENV)/bin/python || $(PYTHON) -m venv $(CUDA_VENV)
+	$(CUDA_VENV)/bin/pip install -q "$$(grep -m1 '^torch==' cuda/requirements.txt)"
+	$(CUDA_VENV)/bin/pip install -q -r cuda/requirements.txt -r requirements-dev.txt
+	touch $@
+
+venvs: $(MLX_VENV)/.installed $(CUDA_VENV)/.installed
+
+lint: $(CUDA_VENV)/.installed
+	$(CUDA_VENV)/bin/ruff check .
+
+test: venvs lint
+	@status=0; \
+	echo "== contract suite on the CUDA engine (qwen-asr)"; \
+	POLYASR_TEST_BACKEND=cuda $(CUDA_VENV)/bin/python -m pytest || status=1; \
+	echo "== contract suite on the MLX engine (mlx-qwen3-asr, mlx-audio)"; \
+	POLYASR_TEST_BACKEND=mlx $(MLX_VENV)/bin/python -m pytest || status=1; \
+	exit $$status

@@ -1,0 +1,123 @@
+"""polyasr on NVIDIA CUDA (port 8766): the qwen-asr engine and the entry point.
+
+This file is the only place that knows torch and qwen-asr; everything a client
+observes comes from the shared app factory. The ``asr`` unit is qwen-asr's
+``Qwen3ASRModel`` (transformers by default, vLLM with ``POLYASR_BACKEND=vllm``);
+the ``align`` unit holds only the forced aligner and borrows the ``asr`` unit
+for transcription, so co-residency never holds two copies of the ASR model.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from polyasr_config import ConfigError, Settings  # noqa: E402
+from polyasr_engine import Clip, Transcript  # noqa: E402
+
+_MB = 1_048_576
+
+
+class CudaEngine:
+    """qwen-asr on torch, on ``POLYASR_DEVICE`` (a CUDA device or ``cpu``)."""
+
+    backend = "cuda"
+
+    def __init__(self, settings: Settings) -> None:
+        import torch
+
+        self._torch = torch
+        self.model_id = settings.model
+        self.aligner_id = settings.aligner_model
+        self.device = settings.device
+        self.dtype_name = settings.dtype
+        self.dtype = getattr(torch, settings.dtype)
+        self.engine_backend = settings.engine_backend
+        self.max_new_tokens = settings.max_new_tokens
+        if self.device.startswith("cuda") and not torch.cuda.is_available():
+            raise ConfigError(
+                f"POLYASR_DEVICE={self.device} but no CUDA device is available "
+                f"(torch {torch.__version__}, built for CUDA {torch.version.cuda or 'none'}); "
+                "set POLYASR_DEVICE=cpu to run on the CPU"
+            )
+        if self.engine_backend == "vllm":
+            if importlib.util.find_spec("vllm") is None:
+                raise ConfigError(
+                    "POLYASR_BACKEND=vllm but vllm is not installed; "
+                    'install it with: pip install "qwen-asr[vllm]"'
+                )
+            if not self.device.startswith("cuda"):
+                raise ConfigError("POLYASR_BACKEND=vllm needs a CUDA device (POLYASR_DEVICE=cuda:N)")
+
+    def load(self, unit: str) -> Any:
+        from qwen_asr import Qwen3ASRModel, Qwen3ForcedAligner
+
+        if unit == "align":
+            return Qwen3ForcedAligner.from_pretrained(
+                self.aligner_id, dtype=self.dtype, device_map=self.device
+            )
+        if self.engine_backend == "vllm":
+            return Qwen3ASRModel.LLM(
+                model=self.model_id, max_new_tokens=self.max_new_tokens, dtype=self.dtype_name
+            )
+        return Qwen3ASRModel.from_pretrained(
+            self.model_id,
+            dtype=self.dtype,
+            device_map=self.device,
+            max_new_tokens=self.max_new_tokens,
+        )
+
+    def empty_cache(self) -> None:
+        if self._torch.cuda.is_available():
+            self._torch.cuda.synchronize()
+            self._torch.cuda.empty_cache()
+
+    def transcribe(self, model: Any, clips: list[Clip]) -> list[Transcript]:
+        """One qwen-asr call for the whole batch.
+
+        qwen-asr takes one token cap per call, so the batch gets the largest
+        budget among its clips; each budget is already proportional to its
+        clip's length, so near-silence still cannot run away.
+        """
+        budget = max(clip.max_new_tokens for clip in clips)
+        if model.backend == "vllm":
+            model.sampling_params.max_tokens = budget
+        else:
+            model.max_new_tokens = budget
+        results = model.transcribe(
+            audio=[(clip.samples, 16_000) for clip in clips],
+            context=[clip.context for clip in clips],
+            language=[clip.language for clip in clips],
+        )
+        return [
+            Transcript(text=r.text.strip(), language=(r.language or "").split(",")[0] or None)
+            for r in results
+        ]
+
+    def info(self) -> dict[str, Any]:
+        torch = self._torch
+        gpu = None
+        if torch.cuda.is_available():
+            index = torch.device(self.device).index if self.device.startswith("cuda") else None
+            gpu = {
+                "device": torch.cuda.get_device_name(index),
+                "mem_allocated_mb": round(torch.cuda.memory_allocated(index) / _MB, 1),
+                "mem_reserved_mb": round(torch.cuda.memory_reserved(index) / _MB, 1),
+            }
+        return {"device": self.device, "dtype": self.dtype_name, "gpu": gpu}
+
+
+def main() -> None:
+    from polyasr_app import serve
+
+    serve("cuda", CudaEngine, base_dir=Path(__file__).resolve().parent)
+
+
+if __name__ == "__main__":
+    main()

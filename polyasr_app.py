@@ -1,0 +1,241 @@
+"""The service contract, written once: every HTTP route, for any engine.
+
+``create_app(engine, settings, base_dir)`` builds the FastAPI app that both
+entry points (``server.py`` for MLX, ``cuda/server.py`` for CUDA) serve. Error
+statuses follow contract §4.7: undecodable or empty audio 400, oversized
+upload 413, bad values 422, a model that cannot load 503 (with Retry-After
+when it is only busy), and 500 only for genuine internal errors — always with
+a JSON body that says what was wrong.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+from fastapi import FastAPI, File, Form, HTTPException, Request, UploadFile
+from fastapi.responses import JSONResponse, PlainTextResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from polyasr_audio import AudioDecodeError, decode_audio
+from polyasr_config import Backend, ConfigError, Settings, load_settings
+from polyasr_decode import Transcriber
+from polyasr_engine import Engine
+from polyasr_health import HealthMonitor
+from polyasr_languages import UnsupportedLanguage, normalize_language
+from polyasr_manager import AsrModelManager, ModelBusy, ModelUnavailable
+from polyasr_sessionlog import HttpArchive
+
+log = logging.getLogger("polyasr")
+
+VERSION = "2.0.0"
+PROBE_CLIP = Path(__file__).resolve().parent / "assets" / "probe_speech_16k.wav"
+UPLOAD_PATHS = ("/v1/audio/transcriptions", "/v1/align")
+
+
+class UploadLimit:
+    """ASGI middleware: 413 once an upload passes the limit, while it streams.
+
+    A declared ``Content-Length`` over the limit is refused before any body is
+    read; otherwise the body is counted as it arrives, so an oversized chunked
+    upload is stopped without being buffered whole.
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    def _too_large(self) -> HTTPException:
+        mb = self.max_bytes / 1_048_576
+        return HTTPException(413, f"upload exceeds the {mb:g} MB limit (POLYASR_MAX_UPLOAD_MB)")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not scope["path"].startswith(UPLOAD_PATHS):
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            exc = self._too_large()
+            await JSONResponse({"detail": exc.detail}, 413)(scope, receive, send)
+            return
+        seen = 0
+
+        async def counting_receive() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    raise self._too_large()
+            return message
+
+        await self.app(scope, counting_receive, send)
+
+
+def _error(status: int, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"detail": detail}, status_code=status, headers=headers)
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(AudioDecodeError)
+    async def _bad_audio(_: Request, exc: AudioDecodeError) -> JSONResponse:
+        return _error(400, str(exc))
+
+    @app.exception_handler(UnsupportedLanguage)
+    async def _bad_language(_: Request, exc: UnsupportedLanguage) -> JSONResponse:
+        return _error(422, str(exc))
+
+    @app.exception_handler(ModelUnavailable)
+    async def _unavailable(_: Request, exc: ModelUnavailable) -> JSONResponse:
+        return _error(503, str(exc))
+
+    @app.exception_handler(ModelBusy)
+    async def _busy(_: Request, exc: ModelBusy) -> JSONResponse:
+        return _error(503, str(exc), {"Retry-After": str(exc.retry_after)})
+
+    @app.exception_handler(Exception)
+    async def _internal(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("internal error on %s", request.url.path)
+        return _error(500, f"internal error: {type(exc).__name__}: {exc}")
+
+
+def _load_probe_clip() -> Any:
+    """The project's own speech clip for the streaming probe, if it is there."""
+    try:
+        return decode_audio(str(PROBE_CLIP))
+    except (AudioDecodeError, FileNotFoundError):
+        log.warning("probe clip %s unreadable; streaming probe disabled", PROBE_CLIP)
+        return None
+
+
+def create_app(engine: Engine, settings: Settings, base_dir: Path) -> FastAPI:
+    """The whole HTTP contract around ``engine``."""
+    holder: dict[str, Any] = {}
+
+    def manager() -> AsrModelManager:
+        return holder["manager"]
+
+    def health() -> HealthMonitor:
+        return holder["health"]
+
+    def transcriber() -> Transcriber:
+        return holder["transcriber"]
+
+    archive = HttpArchive(settings.log_root(base_dir), backend=engine.backend, model=engine.model_id)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        mon: HealthMonitor
+        mgr = AsrModelManager(
+            engine,
+            coload=settings.coload,
+            idle_seconds=settings.idle_evict_seconds,
+            load_timeout=settings.load_timeout_sec,
+            on_load_failure=lambda unit, reason: mon.on_load_failure(unit, reason),
+        )
+        mon = HealthMonitor(settings, mgr, engine.model_id, _load_probe_clip())
+        holder.update(
+            manager=mgr,
+            health=mon,
+            transcriber=Transcriber(engine, mgr, settings, on_text=mon.record_text),
+        )
+        try:
+            async with mgr.lease("asr"):
+                pass
+        except (ModelUnavailable, ModelBusy) as exc:
+            log.error("preloading asr failed; serving degraded: %s", exc)
+        await mon.start(holder["transcriber"].transcribe)
+        mgr.start()
+        try:
+            yield
+        finally:
+            await mon.close()
+            await mgr.close()
+
+    app = FastAPI(title=f"polyasr ({engine.backend.upper()})", version=VERSION, lifespan=lifespan)
+    app.add_middleware(UploadLimit, max_bytes=settings.max_upload_bytes)
+    _install_error_handlers(app)
+
+    @app.get("/health")
+    async def get_health() -> dict[str, Any]:
+        mon = health()
+        reasons = mon.reasons()
+        body: dict[str, Any] = {
+            "status": "ok" if not reasons else "degraded",
+            "reasons": reasons,
+            "weights_present": mon.weights_present,
+            "model": engine.model_id,
+            "aligner_model": engine.aligner_id,
+            "backend": engine.backend,
+            "version": VERSION,
+        }
+        if not mon.weights_present:
+            body["weights_detail"] = mon.weights_detail
+        body.update(engine.info())
+        body["manager"] = manager().status()
+        body["streaming_probe"] = mon.probe_block(reasons)
+        return body
+
+    @app.post("/model/unload")
+    async def unload() -> dict[str, Any]:
+        unloaded = await manager().unload_all()
+        return {"unloaded": unloaded, "manager": manager().status()}
+
+    @app.get("/v1/models")
+    async def models() -> dict[str, Any]:
+        return {
+            "object": "list",
+            "data": [
+                {"id": model_id, "object": "model", "created": 0, "owned_by": "polyasr"}
+                for model_id in (engine.model_id, engine.aligner_id)
+            ],
+        }
+
+    @app.post("/v1/audio/transcriptions", response_model=None)
+    async def transcriptions(
+        file: UploadFile = File(...),
+        model: str | None = Form(None),
+        language: str | None = Form(None),
+        context: str | None = Form(None),
+        prompt: str | None = Form(None),
+        response_format: str = Form("json"),
+    ) -> dict[str, Any] | PlainTextResponse:
+        """OpenAI-compatible batch transcription; ``model`` is accepted and ignored."""
+        del model
+        pinned = normalize_language(language)
+        fmt = response_format.strip().lower()
+        samples = await asyncio.to_thread(decode_audio, file.file)
+        result = await transcriber().transcribe(
+            samples, language=pinned, context=context or prompt or ""
+        )
+        await asyncio.to_thread(archive.record, file.file, file.filename or "", language, result.text)
+        if fmt == "text":
+            return PlainTextResponse(result.text)
+        if fmt == "verbose_json":
+            return {
+                "text": result.text,
+                "language": result.language,
+                "duration": round(len(samples) / 16_000, 3),
+            }
+        return {"text": result.text}
+
+    return app
+
+
+def serve(backend: Backend, engine_factory: Callable[[Settings], Engine], base_dir: Path) -> None:
+    """Entry point shared by both servers: settings, engine, uvicorn."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        settings = load_settings(backend)
+        engine = engine_factory(settings)
+    except ConfigError as exc:
+        print(f"polyasr: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    app = create_app(engine, settings, base_dir)
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level="info")

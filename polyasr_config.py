@@ -1,0 +1,159 @@
+"""Settings from the environment (contract §8), validated once at start-up.
+
+Each setting ``NAME`` is read from ``POLYASR_NAME``, falling back to the
+legacy ``ASR_NAME``. ▲ An explicitly set empty ``POLYASR_*`` counts as set
+(so ``POLYASR_LOG_DIR=`` disables logging), and flags are false for
+``0/false/no/off`` (and empty). Values that do not parse stop start-up with a
+message naming the variable, instead of surfacing later as odd behaviour.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+Backend = Literal["mlx", "cuda"]
+
+
+def _env(name: str, **kwargs: Any) -> Any:
+    """A field read from ``POLYASR_<name>``, else ``ASR_<name>``."""
+    return Field(json_schema_extra={"env": [name]}, **kwargs)
+
+
+# Settings whose default depends on the backend; applied when the environment
+# does not set them.
+BACKEND_DEFAULTS: dict[Backend, dict[str, Any]] = {
+    "mlx": {
+        "model": "Qwen/Qwen3-ASR-0.6B",
+        "port": 8765,
+        "aligner_model": "mlx-community/Qwen3-ForcedAligner-0.6B-4bit",
+        "dtype": "float16",
+    },
+    "cuda": {
+        "model": "Qwen/Qwen3-ASR-1.7B",
+        "port": 8766,
+        "aligner_model": "Qwen/Qwen3-ForcedAligner-0.6B",
+    },
+}
+
+
+class ConfigError(RuntimeError):
+    """An environment variable has a value the server cannot use."""
+
+
+class Settings(BaseModel):
+    """Every tunable of the service; see the README's configuration table."""
+
+    model_config = ConfigDict(validate_assignment=True)
+
+    backend: Backend = "cuda"
+    model: str = _env("MODEL", default="")
+    # CUDA's name first, then the MLX name of the same setting.
+    aligner_model: str = Field(
+        default="", json_schema_extra={"env": ["ALIGNER_MODEL", "ALIGN_ALIGNER_MODEL"]}
+    )
+    host: str = _env("HOST", default="0.0.0.0")
+    port: int = _env("PORT", default=0, ge=0, le=65535)
+    log_dir: str = _env("LOG_DIR", default="logs")
+
+    idle_evict_seconds: float = _env("IDLE_EVICT_SECONDS", default=180.0, ge=0)
+    coload: bool = _env("COLOAD", default=True)
+    load_timeout_sec: float = _env("LOAD_TIMEOUT_SEC", default=300.0, gt=0)
+    max_upload_mb: float = _env("MAX_UPLOAD_MB", default=200.0, gt=0)
+
+    max_new_tokens: int = _env("MAX_NEW_TOKENS", default=256, ge=1)
+    min_new_tokens: int = _env("MIN_NEW_TOKENS", default=32, ge=1)
+    tokens_per_audio_sec: float = _env("TOKENS_PER_AUDIO_SEC", default=25.0, gt=0)
+
+    keepwarm_interval_sec: float = _env("KEEPWARM_INTERVAL_SEC", default=45.0, ge=0)
+    streaming_probe: bool = _env("STREAMING_PROBE", default=True)
+    probe_fail_reload: int = _env("PROBE_FAIL_RELOAD", default=3, ge=0)
+    probe_fail_exit: int = _env("PROBE_FAIL_EXIT", default=6, ge=0)
+    probe_stale_after_sec: float = _env("PROBE_STALE_AFTER_SEC", default=0.0, ge=0)
+    weights_check_interval_sec: float = _env("WEIGHTS_CHECK_INTERVAL_SEC", default=60.0, ge=0)
+
+    device: str = _env("DEVICE", default="cuda:0")
+    dtype: Literal["bfloat16", "float16", "float32"] = _env("DTYPE", default="bfloat16")
+    engine_backend: Literal["transformers", "vllm"] = _env("BACKEND", default="transformers")
+
+    @field_validator("coload", "streaming_probe", mode="before")
+    @classmethod
+    def _flag(cls, value: Any) -> Any:
+        """Empty means false (an explicitly set empty variable counts as set)."""
+        if isinstance(value, str) and value.strip() == "":
+            return False
+        return value
+
+    @field_validator("dtype", "engine_backend", mode="before")
+    @classmethod
+    def _lower(cls, value: Any) -> Any:
+        return value.strip().lower() if isinstance(value, str) else value
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return int(self.max_upload_mb * 1024 * 1024)
+
+    @property
+    def probe_stale_window_sec(self) -> float | None:
+        """Freshness window of the streaming probe; ``None`` = never stale."""
+        if self.probe_stale_after_sec > 0:
+            return self.probe_stale_after_sec
+        if self.keepwarm_interval_sec > 0:
+            return 4 * self.keepwarm_interval_sec
+        return None
+
+    def log_root(self, base_dir: Path) -> Path | None:
+        """The archive root, relative paths taken from ``base_dir``; ``None`` = off."""
+        if not self.log_dir.strip():
+            return None
+        path = Path(self.log_dir).expanduser()
+        return path if path.is_absolute() else base_dir / path
+
+    def token_budget(self, seconds: float) -> int:
+        """Generated-token cap for a clip: proportional to its length (§3.7)."""
+        wanted = int(seconds * self.tokens_per_audio_sec) + 1
+        return max(self.min_new_tokens, min(self.max_new_tokens, wanted))
+
+
+def _lookup(environ: Mapping[str, str], names: list[str]) -> tuple[str, str] | None:
+    """The first set variable among ``POLYASR_<n>`` / ``ASR_<n>`` for each name.
+
+    ▲ A set ``POLYASR_*`` wins even when empty; ``ASR_*`` is the legacy fallback.
+    """
+    for name in names:
+        for var in (f"POLYASR_{name}", f"ASR_{name}"):
+            if var in environ:
+                return var, environ[var]
+    return None
+
+
+def load_settings(backend: Backend, environ: Mapping[str, str] | None = None) -> Settings:
+    """Read and validate the settings for ``backend``; raise :class:`ConfigError`."""
+    env = os.environ if environ is None else environ
+    values: dict[str, Any] = dict(BACKEND_DEFAULTS[backend], backend=backend)
+    source_var: dict[str, str] = {}
+    for field, info in Settings.model_fields.items():
+        extra = info.json_schema_extra
+        if not isinstance(extra, dict):
+            continue
+        found = _lookup(env, list(extra["env"]))  # type: ignore[arg-type]
+        if found is not None:
+            source_var[field], values[field] = found
+    try:
+        settings = Settings.model_validate(values)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            field = str(err["loc"][0]) if err["loc"] else "?"
+            var = source_var.get(field, field)
+            problems.append(f"{var}={values.get(field)!r}: {err['msg']}")
+        raise ConfigError("invalid configuration: " + "; ".join(problems)) from None
+    if settings.min_new_tokens > settings.max_new_tokens:
+        raise ConfigError(
+            "invalid configuration: POLYASR_MIN_NEW_TOKENS must not exceed POLYASR_MAX_NEW_TOKENS"
+        )
+    return settings

@@ -1,0 +1,80 @@
+"""Turning audio into text through the scheduler: the one decode path.
+
+Every transcription — batch uploads now, dictation partials and finals later,
+the health probe — goes through :class:`Transcriber`, so each decode gets a
+token budget proportional to its audio (contract §3.7) and long audio is cut
+at quiet points into pieces the engine decodes as one batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+import numpy as np
+
+from polyasr_audio import split_at_quiet
+from polyasr_config import Settings
+from polyasr_engine import Clip, Engine, Transcript
+from polyasr_manager import AsrModelManager
+from polyasr_scheduler import Priority
+from polyasr_text import join_texts
+
+# Longest audio decoded in one piece: at the default 256-token ceiling that
+# still leaves ~8 tokens per second, above the rate of fast speech.
+MAX_PIECE_SEC = 30.0
+
+
+class Transcriber:
+    """Decodes audio with the ``asr`` unit via the scheduler."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        manager: AsrModelManager,
+        settings: Settings,
+        on_text: Callable[[str], None],
+    ) -> None:
+        self.engine = engine
+        self.manager = manager
+        self.settings = settings
+        self.on_text = on_text
+
+    async def transcribe(
+        self,
+        samples: np.ndarray,
+        *,
+        language: str | None = None,
+        context: str = "",
+        priority: Priority = Priority.BATCH,
+        probe: bool = False,
+    ) -> Transcript:
+        """Decode ``samples`` (16 kHz mono float32).
+
+        ``probe`` marks the health probe: lowest priority, not counted as use,
+        and never loads an evicted unit.
+        """
+        pieces = split_at_quiet(samples, MAX_PIECE_SEC)
+        clips = [
+            Clip(piece, language, context, self.settings.token_budget(len(piece) / 16_000))
+            for piece in pieces
+        ]
+        lease = {"use": False, "resident_only": True} if probe else {}
+        results: list[Transcript] = await asyncio.gather(
+            *(
+                self.manager.run_batched(
+                    "asr",
+                    "transcribe",
+                    self.engine.transcribe,
+                    clip,
+                    Priority.PROBE if probe else priority,
+                    **lease,
+                )
+                for clip in clips
+            )
+        )
+        text = join_texts([r.text for r in results])
+        detected = next((r.language for r in results if r.language), None)
+        if not probe:
+            self.on_text(text)
+        return Transcript(text=text, language=detected or language)

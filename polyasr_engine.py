@@ -1,0 +1,56 @@
+"""The engine seam: the one interface between the shared service and a backend.
+
+An engine is the only code that imports MLX or torch. The service hands it
+plain data (16 kHz mono float32 clips with their language, context and token
+budget) and gets plain data back, so every rule a client can observe is written
+once, outside the engines, and tested against both.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+UNITS: tuple[str, ...] = ("asr", "align")
+
+
+@dataclass(frozen=True)
+class Clip:
+    """One decode request: audio plus everything that steers the decode."""
+
+    samples: np.ndarray  # 16 kHz mono float32
+    language: str | None = None  # Qwen name, None = auto-detect
+    context: str = ""
+    max_new_tokens: int = 256
+
+    @property
+    def seconds(self) -> float:
+        return len(self.samples) / 16_000
+
+
+@dataclass(frozen=True)
+class Transcript:
+    text: str
+    language: str | None = None  # Qwen name detected (or pinned), if any
+
+
+class Engine(Protocol):
+    """What a backend provides. Calls run on the unit's worker thread."""
+
+    backend: str  # "mlx" | "cuda"
+    model_id: str  # the ASR model (id or local dir)
+    aligner_id: str  # the forced aligner (id or local dir)
+
+    def load(self, unit: str) -> Any:
+        """Load ``unit`` ("asr" or "align") and return the live model object."""
+
+    def empty_cache(self) -> None:
+        """Return freed accelerator memory to the device (after an eviction)."""
+
+    def transcribe(self, model: Any, clips: list[Clip]) -> list[Transcript]:
+        """Decode a batch of clips with the asr unit's model, one result per clip."""
+
+    def info(self) -> dict[str, Any]:
+        """Backend facts for /health: ``device``, ``dtype`` and the memory block."""

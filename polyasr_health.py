@@ -1,0 +1,223 @@
+"""Honest health (contract §4.1.1): ``status`` is derived from evidence.
+
+Three reasons make ``/health`` say ``degraded``: the ASR weights no longer
+resolve from local storage (checked on its own timer, at start-up and after
+any failed load, whether or not the model is resident); the streaming probe —
+the project's own speech clip decoded through the live ``asr`` unit — came
+back empty several times in a row; or there is no recent evidence at all that
+the resident model produces text. The probe runs only in idle gaps, never
+counts as use (idle eviction wins) and never reloads an evicted unit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from polyasr_config import Settings
+from polyasr_engine import Transcript
+from polyasr_manager import AsrModelManager, ModelUnavailable, NotResident
+
+log = logging.getLogger("polyasr.health")
+
+WEIGHT_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model"]
+
+
+def check_weights(model_id: str) -> tuple[bool, str]:
+    """Whether ``model_id`` resolves offline: a local directory, or a complete
+    snapshot in the Hugging Face cache. Never downloads."""
+    path = Path(model_id).expanduser()
+    if path.is_dir():
+        if (path / "config.json").is_file():
+            return True, str(path)
+        return False, f"{path} has no config.json"
+    if path.is_absolute() or model_id.startswith((".", "~")):
+        return False, f"{model_id} does not exist"
+    from huggingface_hub import snapshot_download
+
+    try:
+        snapshot = Path(
+            snapshot_download(model_id, local_files_only=True, allow_patterns=WEIGHT_PATTERNS)
+        )
+    except Exception as exc:  # noqa: BLE001 - every lookup failure means "not present"
+        return False, f"{model_id} is not in the local Hugging Face cache ({type(exc).__name__})"
+    if not any(snapshot.glob("*.safetensors")):
+        return False, f"{model_id} snapshot has no *.safetensors files"
+    return True, str(snapshot)
+
+
+@dataclass
+class ProbeState:
+    consecutive_failures: int = 0
+    ok: bool | None = None
+    last_ok: float | None = None  # monotonic time of the last good evidence
+    last_text: str = ""
+    reloads: int = 0
+    runs: int = 0
+
+
+Transcribe = Callable[..., Awaitable[Transcript]]
+
+
+class HealthMonitor:
+    """Weights checks, the streaming probe, and the derived ``status``."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        manager: AsrModelManager,
+        model_id: str,
+        probe_clip: np.ndarray | None,
+        exit_process: Callable[[int], None] = os._exit,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.settings = settings
+        self.manager = manager
+        self.model_id = model_id
+        self.probe_clip = probe_clip
+        self.exit_process = exit_process
+        self.clock = clock
+        self.weights_present = True
+        self.weights_detail = ""
+        self.probe = ProbeState()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._transcribe: Transcribe | None = None
+
+    @property
+    def probe_enabled(self) -> bool:
+        return self.settings.streaming_probe and self.probe_clip is not None
+
+    # -- evidence ----------------------------------------------------------
+
+    def record_text(self, text: str) -> None:
+        """Real traffic that produced text is good evidence (a busy server is not stale)."""
+        if text.strip():
+            self.probe.last_ok = self.clock()
+
+    async def check_weights_now(self) -> None:
+        """Re-resolve the weights, bounded in time (a wedged volume must not hang)."""
+        try:
+            present, detail = await asyncio.wait_for(
+                asyncio.to_thread(check_weights, self.model_id), timeout=30
+            )
+        except TimeoutError:
+            present, detail = False, "weights check timed out after 30 s"
+        if present != self.weights_present:
+            log.warning("weights for %s present=%s (%s)", self.model_id, present, detail)
+        self.weights_present, self.weights_detail = present, detail
+
+    def on_load_failure(self, unit: str, reason: str) -> None:
+        """A real load failed: re-check the weights right away."""
+        asyncio.get_running_loop().create_task(self.check_weights_now())
+
+    async def run_probe(self) -> None:
+        """Decode the probe clip through the live asr unit, if it is resident."""
+        assert self._transcribe is not None and self.probe_clip is not None
+        try:
+            # The clip is English speech; pinning that keeps the probe about
+            # "does the model produce text", not about language detection.
+            result = await self._transcribe(self.probe_clip, language="English", probe=True)
+        except NotResident:
+            return
+        except ModelUnavailable as exc:
+            log.warning("streaming probe: %s", exc)
+            text = ""
+        else:
+            text = result.text.strip()
+        state = self.probe
+        state.runs += 1
+        if text:
+            state.ok, state.consecutive_failures = True, 0
+            state.last_ok, state.last_text = self.clock(), text[:80]
+            return
+        state.ok = False
+        state.consecutive_failures += 1
+        log.warning("streaming probe returned no text (%d in a row)", state.consecutive_failures)
+        await self._self_heal()
+
+    async def _self_heal(self) -> None:
+        failures = self.probe.consecutive_failures
+        reload_at = self.settings.probe_fail_reload
+        if reload_at and failures == reload_at and await self.manager.reload("asr"):
+            self.probe.reloads += 1
+        if (
+            self.settings.probe_fail_exit
+            and failures >= self.settings.probe_fail_exit
+            and self.weights_present
+        ):
+            log.critical("streaming probe failed %d times; exiting for the supervisor", failures)
+            self.exit_process(3)
+
+    # -- loops -------------------------------------------------------------
+
+    async def start(self, transcribe: Transcribe) -> None:
+        """Check weights and probe once now, then keep doing so on timers."""
+        self._transcribe = transcribe
+        await self.check_weights_now()
+        loop = asyncio.get_running_loop()
+        if self.settings.weights_check_interval_sec > 0:
+            self._tasks.append(loop.create_task(self._weights_loop()))
+        if self.probe_enabled:
+            await self.run_probe()
+            if self.settings.keepwarm_interval_sec > 0:
+                self._tasks.append(loop.create_task(self._keepwarm_loop()))
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        self._tasks.clear()
+
+    async def _weights_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.weights_check_interval_sec)
+            await self.check_weights_now()
+
+    async def _keepwarm_loop(self) -> None:
+        interval = self.settings.keepwarm_interval_sec
+        while True:
+            await asyncio.sleep(interval)
+            idle = self.manager.idle_for("asr")
+            # Only in idle gaps: a unit in use is already proving itself.
+            if idle is None or idle < interval or self.manager.is_busy("asr"):
+                continue
+            try:
+                await self.run_probe()
+            except Exception:
+                log.exception("streaming probe crashed")
+
+    # -- report ------------------------------------------------------------
+
+    def reasons(self) -> list[str]:
+        reasons = []
+        if not self.weights_present:
+            reasons.append("weights_missing")
+        if self.probe_enabled and self.manager.is_resident("asr"):
+            threshold = self.settings.probe_fail_reload
+            if threshold > 0 and self.probe.consecutive_failures >= threshold:
+                reasons.append("streaming_probe_failing")
+            window = self.settings.probe_stale_window_sec
+            last_ok = self.probe.last_ok
+            if window is not None and (last_ok is None or self.clock() - last_ok > window):
+                reasons.append("streaming_probe_stale")
+        return reasons
+
+    def probe_block(self, reasons: list[str]) -> dict[str, Any]:
+        state = self.probe
+        age = None if state.last_ok is None else round(self.clock() - state.last_ok, 1)
+        return {
+            "enabled": self.probe_enabled,
+            "healthy": not {"streaming_probe_failing", "streaming_probe_stale"} & set(reasons),
+            "ok": state.ok,
+            "consecutive_failures": state.consecutive_failures,
+            "last_ok_age_sec": age,
+            "reloads": state.reloads,
+            "last_text": state.last_text,
+        }

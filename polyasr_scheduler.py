@@ -1,0 +1,127 @@
+"""One decode scheduler per model unit: a worker thread fed by a priority queue.
+
+This replaces a process-wide model lock. Work for a unit (loads, evictions,
+decodes) runs on that unit's own thread — MLX needs one thread per model
+because Metal streams are thread-local — in priority order, so a final never
+waits behind a queue of partials or a long upload, and queued requests of the
+same kind are handed to the engine together as one batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import heapq
+import itertools
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import IntEnum
+from typing import Any
+
+
+class Priority(IntEnum):
+    """Lower runs first (contract: final > batch > commit > partial)."""
+
+    CONTROL = 0  # loads and evictions of the unit itself
+    FINAL = 1
+    BATCH = 2
+    COMMIT = 3
+    PARTIAL = 4
+    PROBE = 5  # health probe: only when nothing else waits
+
+
+BatchFn = Callable[[list[Any]], list[Any]]
+
+
+@dataclass(order=True)
+class _Job:
+    priority: int
+    seq: int
+    batch_key: str | None = field(compare=False)
+    run: Callable[..., Any] = field(compare=False)
+    payload: Any = field(compare=False)
+    future: concurrent.futures.Future[Any] = field(compare=False)
+
+
+class UnitScheduler:
+    """A worker thread that runs submitted work in priority, then FIFO, order."""
+
+    def __init__(self, name: str, max_batch: int = 32) -> None:
+        self.name = name
+        self.max_batch = max_batch
+        self._heap: list[_Job] = []
+        self._seq = itertools.count()
+        self._cv = threading.Condition()
+        self._closed = False
+        self._thread = threading.Thread(target=self._loop, name=f"polyasr-{name}", daemon=True)
+        self._thread.start()
+
+    def depth(self) -> int:
+        """Jobs waiting (not counting the one running)."""
+        with self._cv:
+            return len(self._heap)
+
+    def submit(self, fn: Callable[[], Any], priority: Priority) -> asyncio.Future[Any]:
+        """Run ``fn()`` on the worker thread; await the returned future."""
+        return self._push(priority, None, lambda _payloads: [fn()], None)
+
+    def submit_batched(
+        self, key: str, batch_fn: BatchFn, payload: Any, priority: Priority
+    ) -> asyncio.Future[Any]:
+        """Queue ``payload``; queued payloads with the same key and priority go
+        to one ``batch_fn(payloads)`` call, which returns one result each."""
+        return self._push(priority, key, batch_fn, payload)
+
+    def close(self) -> None:
+        with self._cv:
+            self._closed = True
+            self._cv.notify_all()
+
+    def _push(
+        self, priority: Priority, key: str | None, run: Callable[..., Any], payload: Any
+    ) -> asyncio.Future[Any]:
+        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        with self._cv:
+            if self._closed:
+                raise RuntimeError(f"scheduler {self.name} is closed")
+            heapq.heappush(self._heap, _Job(int(priority), next(self._seq), key, run, payload, future))
+            self._cv.notify()
+        return asyncio.wrap_future(future)
+
+    def _take(self) -> list[_Job] | None:
+        with self._cv:
+            while not self._heap and not self._closed:
+                self._cv.wait()
+            if not self._heap:
+                return None
+            first = heapq.heappop(self._heap)
+            jobs = [first]
+            if first.batch_key is not None:
+                same = [
+                    j
+                    for j in sorted(self._heap)
+                    if j.batch_key == first.batch_key and j.priority == first.priority
+                ][: self.max_batch - 1]
+                if same:
+                    taken = {id(j) for j in same}
+                    self._heap = [j for j in self._heap if id(j) not in taken]
+                    heapq.heapify(self._heap)
+                    jobs.extend(same)
+            return jobs
+
+    def _loop(self) -> None:
+        while (jobs := self._take()) is not None:
+            live = [j for j in jobs if j.future.set_running_or_notify_cancel()]
+            if not live:
+                continue
+            try:
+                results = live[0].run([j.payload for j in live])
+                if len(results) != len(live):
+                    raise RuntimeError(f"{len(results)} results for a batch of {len(live)}")
+            except Exception as exc:  # noqa: BLE001 - handed to every waiter
+                for job in live:
+                    job.future.set_exception(exc)
+                continue
+            for job, result in zip(live, results, strict=True):
+                job.future.set_result(result)

@@ -1,0 +1,159 @@
+"""Shared fixtures: the backend under test, tiny real checkpoints, apps, servers.
+
+The suite runs once per backend environment (``make test`` runs it in the MLX
+venv and in the CUDA venv). Which engine a run exercises follows
+``POLYASR_TEST_BACKEND``, else whichever backend library is importable. Every
+engine here loads the tiny random-weight checkpoints through the real loaders.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import httpx
+import pytest
+
+from polyasr_config import Backend, Settings, load_settings
+from tests.fixtures.tiny_models import TinyModels, build_tiny_models
+
+REPO = Path(__file__).resolve().parent.parent
+ENTRY_POINTS: dict[str, Path] = {"mlx": REPO / "server.py", "cuda": REPO / "cuda" / "server.py"}
+
+
+def _detect_backend() -> Backend:
+    chosen = os.environ.get("POLYASR_TEST_BACKEND")
+    if chosen in ("mlx", "cuda"):
+        return chosen  # type: ignore[return-value]
+    if importlib.util.find_spec("qwen_asr") is not None:
+        return "cuda"
+    return "mlx"
+
+
+BACKEND: Backend = _detect_backend()
+
+
+def load_entry_module(backend: str) -> ModuleType:
+    """Import a server entry point by path (``cuda`` is no package name to claim)."""
+    name = f"polyasr_entry_{backend}"
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, ENTRY_POINTS[backend])
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def engine_class(backend: str) -> Any:
+    module = load_entry_module(backend)
+    return module.MlxEngine if backend == "mlx" else module.CudaEngine
+
+
+@pytest.fixture(scope="session")
+def backend() -> Backend:
+    return BACKEND
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> TinyModels:
+    return build_tiny_models(tmp_path_factory.mktemp("tiny-models"))
+
+
+def tiny_env(tiny: TinyModels, **extra: str) -> dict[str, str]:
+    """Environment for a server on the tiny checkpoints, on the CPU."""
+    env = {
+        "POLYASR_MODEL": str(tiny.asr),
+        "POLYASR_ALIGNER_MODEL": str(tiny.aligner),
+        "POLYASR_DEVICE": "cpu",
+        "POLYASR_DTYPE": "float32",
+        "HF_HUB_OFFLINE": "1",
+    }
+    env.update(extra)
+    return env
+
+
+@pytest.fixture
+def make_settings(tiny: TinyModels, tmp_path: Path, backend: Backend) -> Any:
+    def make(**extra: str) -> Settings:
+        env = tiny_env(tiny, **{"POLYASR_LOG_DIR": str(tmp_path / "logs"), **extra})
+        return load_settings(backend, env)
+
+    return make
+
+
+@pytest.fixture
+def make_engine(backend: Backend) -> Any:
+    return engine_class(backend)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class LiveServer:
+    """A real server process (``server.py`` / ``cuda/server.py``) on loopback."""
+
+    def __init__(self, backend: str, env: dict[str, str], log_path: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        full_env = {**os.environ, **env, "POLYASR_PORT": str(self.port), "POLYASR_HOST": "127.0.0.1"}
+        self.log_path = log_path
+        self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            [sys.executable, str(ENTRY_POINTS[backend])],
+            env=full_env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            cwd=str(REPO),
+        )
+
+    def wait_ready(self, timeout: float = 120.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited: {self.log_path.read_text()[-3000:]}")
+            try:
+                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise TimeoutError(f"server not ready: {self.log_path.read_text()[-3000:]}")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self._log.close()
+
+
+@pytest.fixture
+def live_server(tiny: TinyModels, backend: Backend, tmp_path: Path) -> Iterator[Any]:
+    """Start a real server process; call with extra env, get a ready LiveServer."""
+    started: list[LiveServer] = []
+
+    def start(**extra: str) -> LiveServer:
+        env = tiny_env(tiny, **{"POLYASR_LOG_DIR": str(tmp_path / "logs"), **extra})
+        server = LiveServer(backend, env, tmp_path / f"server-{len(started)}.log")
+        started.append(server)
+        server.wait_ready()
+        return server
+
+    yield start
+    for server in started:
+        server.stop()

@@ -1,0 +1,49 @@
+"""The per-unit scheduler: priority order and batching of compatible work."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+from polyasr_scheduler import Priority, UnitScheduler
+
+
+async def test_priority_order_and_batching() -> None:
+    sched = UnitScheduler("t")
+    gate = threading.Event()
+    calls: list[list[str]] = []
+
+    def batch(payloads: list[str]) -> list[str]:
+        calls.append(list(payloads))
+        return [p.upper() for p in payloads]
+
+    blocker = sched.submit(gate.wait, Priority.CONTROL)
+    await asyncio.sleep(0.05)  # the worker is now busy with the blocker
+    partials = [sched.submit_batched("tx", batch, f"p{i}", Priority.PARTIAL) for i in range(3)]
+    batch_req = sched.submit_batched("tx", batch, "b", Priority.BATCH)
+    finals = [sched.submit_batched("tx", batch, f"f{i}", Priority.FINAL) for i in range(2)]
+    assert sched.depth() == 6
+    gate.set()
+    await blocker
+    assert await asyncio.gather(*finals) == ["F0", "F1"]
+    assert await batch_req == "B"
+    assert await asyncio.gather(*partials) == ["P0", "P1", "P2"]
+    # finals first (one engine call for both), then the batch request, then partials together
+    assert calls == [["f0", "f1"], ["b"], ["p0", "p1", "p2"]]
+    sched.close()
+
+
+async def test_errors_reach_every_waiter_and_the_worker_survives() -> None:
+    sched = UnitScheduler("t")
+
+    def boom(payloads: list[int]) -> list[int]:
+        raise ValueError("bad batch")
+
+    try:
+        await sched.submit_batched("x", boom, 1, Priority.BATCH)
+    except ValueError as exc:
+        assert "bad batch" in str(exc)
+    else:
+        raise AssertionError("expected the engine error")
+    assert await sched.submit(lambda: 42, Priority.BATCH) == 42
+    sched.close()
