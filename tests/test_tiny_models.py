@@ -25,6 +25,7 @@ from tests.fixtures.tiny_models import (
     TinyModels,
     build_tiny_models,
     expected_parameter_shapes,
+    model_config,
 )
 
 CHECKPOINT_FILES = (
@@ -165,9 +166,7 @@ def test_shapes_match_qwen_asr_classes(spec: ArchSpec, params: int, aligner: boo
         Qwen3ASRForConditionalGeneration,
     )
 
-    from tests.fixtures.tiny_models import _model_config
-
-    config = Qwen3ASRConfig.from_dict(_model_config(spec, aligner))
+    config = Qwen3ASRConfig.from_dict(model_config(spec, aligner))
     with torch.device("meta"):
         model = Qwen3ASRForConditionalGeneration(config)
     real = {name: tuple(t.shape) for name, t in model.state_dict().items()}
