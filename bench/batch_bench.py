@@ -40,7 +40,9 @@ from tests.fixtures.tiny_models import TinyModels, build_tiny_models  # noqa: E4
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--backend", choices=["mlx", "cuda"], default=BACKEND)
     parser.add_argument("--clip-sec", type=float, default=30.0)
     parser.add_argument("--clips", type=int, default=8)
@@ -93,9 +95,13 @@ def main() -> None:
     # Medians: robust to another process stealing a core for one clip.
     direct_rate = args.clip_sec / statistics.median(direct_times)
     http_rate = args.clip_sec / statistics.median(http_times)
-    print(f"backend={args.backend} model={tiny.asr} clips={args.clips} x {args.clip_sec:g} s, "
-          f"budget={budget} tokens, alternating direct/HTTP")
-    print(f"direct engine : {direct_rate:8.2f} audio-s/s  (median {statistics.median(direct_times):.3f} s/clip)")
+    print(
+        f"backend={args.backend} model={tiny.asr} clips={args.clips} x {args.clip_sec:g} s, "
+        f"budget={budget} tokens, alternating direct/HTTP"
+    )
+    print(
+        f"direct engine : {direct_rate:8.2f} audio-s/s  (median {statistics.median(direct_times):.3f} s/clip)"
+    )
     print(f"HTTP endpoint : {http_rate:8.2f} audio-s/s  (median {statistics.median(http_times):.3f} s/clip)")
     print(f"ratio server/direct = {http_rate / direct_rate:.3f}  (target >= 0.9)")
 

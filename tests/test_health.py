@@ -32,7 +32,9 @@ class RottedEngine:
         return [Transcript("", r.language) for r in real] if self.blank else real
 
 
-async def stack(settings: Any, engine: Any, **monitor: Any) -> tuple[AsrModelManager, HealthMonitor, Transcriber]:
+async def stack(
+    settings: Any, engine: Any, **monitor: Any
+) -> tuple[AsrModelManager, HealthMonitor, Transcriber]:
     mgr = AsrModelManager(engine, coload=True, idle_seconds=settings.idle_evict_seconds, load_timeout=60)
     mon = HealthMonitor(settings, mgr, engine.model_id, speech("voice_a")[: 16000 * 3], **monitor)
     tx = Transcriber(engine, mgr, settings, on_text=mon.record_text)
@@ -106,7 +108,9 @@ async def test_blank_probes_degrade_reload_and_exit(make_settings: Any, make_eng
     await mgr.close()
 
 
-async def test_weights_recheck_on_a_timer(make_settings: Any, make_engine: Any, tiny: Any, tmp_path: Path) -> None:
+async def test_weights_recheck_on_a_timer(
+    make_settings: Any, make_engine: Any, tiny: Any, tmp_path: Path
+) -> None:
     model_dir = tmp_path / "asr-copy"
     shutil.copytree(tiny.asr, model_dir)
     settings = make_settings(POLYASR_MODEL=str(model_dir), POLYASR_WEIGHTS_CHECK_INTERVAL_SEC="0.2")
