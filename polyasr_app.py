@@ -11,6 +11,8 @@ a JSON body that says what was wrong.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import logging
 import sys
 from collections.abc import AsyncIterator, Callable
@@ -19,18 +21,22 @@ from pathlib import Path
 from typing import Any
 
 import uvicorn
-from fastapi import FastAPI, File, Form, HTTPException, Request, UploadFile
+from fastapi import FastAPI, File, Form, HTTPException, Request, UploadFile, WebSocket
 from fastapi.responses import JSONResponse, PlainTextResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from polyasr_audio import AudioDecodeError, decode_audio
 from polyasr_config import Backend, ConfigError, Settings, load_settings
-from polyasr_decode import Transcriber
+from polyasr_decode import StreamDecoder, Transcriber
 from polyasr_engine import Engine
 from polyasr_health import HealthMonitor
 from polyasr_languages import UnsupportedLanguage, normalize_language
 from polyasr_manager import AsrModelManager, ModelBusy, ModelUnavailable
 from polyasr_sessionlog import HttpArchive
+from polyasr_speech import SpeakerGate, shared_speaker_filter, shared_vad
+from polyasr_stream import StreamSettings
+from polyasr_ws import Connection, SessionRegistry, StreamServices
+from polyasr_wslog import WsSessionLog
 
 log = logging.getLogger("polyasr")
 
@@ -105,6 +111,39 @@ def _install_error_handlers(app: FastAPI) -> None:
         return _error(500, f"internal error: {type(exc).__name__}: {exc}")
 
 
+class _SocketTransport:
+    """Starlette's WebSocket as the dictation protocol's transport."""
+
+    def __init__(self, websocket: WebSocket) -> None:
+        self.websocket = websocket
+
+    async def receive(self) -> bytes | str | None:
+        message = await self.websocket.receive()
+        if message["type"] == "websocket.disconnect":
+            return None
+        if message.get("bytes") is not None:
+            return bytes(message["bytes"])
+        return message.get("text") or ""
+
+    async def send(self, message: dict[str, Any]) -> None:
+        await self.websocket.send_text(json.dumps(message, ensure_ascii=False))
+
+    async def close(self, code: int) -> None:
+        with contextlib.suppress(RuntimeError):  # already closed by the client
+            await self.websocket.close(code)
+
+
+def _stream_settings(settings: Settings) -> StreamSettings:
+    return StreamSettings(
+        partials_enabled=settings.partials_enabled,
+        partial_interval_sec=settings.partial_interval_sec,
+        partial_min_delta_sec=settings.partial_min_delta_sec,
+        partial_window_sec=settings.partial_window_sec,
+        stable_commit_min_sec=settings.stable_commit_min_sec,
+        final_wait_partial=settings.final_wait_partial,
+    )
+
+
 def _load_probe_clip() -> Any:
     """The project's own speech clip for the streaming probe, if it is there."""
     try:
@@ -127,7 +166,8 @@ def create_app(engine: Engine, settings: Settings, base_dir: Path) -> FastAPI:
     def transcriber() -> Transcriber:
         return holder["transcriber"]
 
-    archive = HttpArchive(settings.log_root(base_dir), backend=engine.backend, model=engine.model_id)
+    log_root = settings.log_root(base_dir)
+    archive = HttpArchive(log_root, backend=engine.backend, model=engine.model_id)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -140,21 +180,37 @@ def create_app(engine: Engine, settings: Settings, base_dir: Path) -> FastAPI:
             on_load_failure=lambda unit, reason: mon.on_load_failure(unit, reason),
         )
         mon = HealthMonitor(settings, mgr, engine.model_id, _load_probe_clip())
+        transcriber = Transcriber(engine, mgr, settings, on_text=mon.record_text)
+        # VAD and speaker encoder first: they are cheap to fail on, unlike a model load.
+        vad = await asyncio.to_thread(shared_vad)
+        speaker = await asyncio.to_thread(shared_speaker_filter)
+        registry = SessionRegistry(settings.resume_ttl_sec, settings.stop_result_ttl_sec)
         holder.update(
             manager=mgr,
             health=mon,
-            transcriber=Transcriber(engine, mgr, settings, on_text=mon.record_text),
+            transcriber=transcriber,
+            stream=StreamServices(
+                registry=registry,
+                decoder=StreamDecoder(transcriber),
+                manager=mgr,
+                settings=_stream_settings(settings),
+                new_vad=vad.new_stream,
+                new_speaker=lambda: SpeakerGate(speaker),
+                new_log=lambda: WsSessionLog(log_root, backend=engine.backend, model=engine.model_id),
+            ),
         )
         try:
             async with mgr.lease("asr"):
                 pass
         except (ModelUnavailable, ModelBusy) as exc:
             log.error("preloading asr failed; serving degraded: %s", exc)
-        await mon.start(holder["transcriber"].transcribe)
+        await mon.start(transcriber.transcribe)
         mgr.start()
+        pruner = asyncio.get_running_loop().create_task(registry.prune_forever())
         try:
             yield
         finally:
+            pruner.cancel()
             await mon.close()
             await mgr.close()
 
@@ -181,6 +237,12 @@ def create_app(engine: Engine, settings: Settings, base_dir: Path) -> FastAPI:
         body["manager"] = manager().status()
         body["streaming_probe"] = mon.probe_block(reasons)
         return body
+
+    @app.websocket("/ws/transcribe")
+    async def dictation(websocket: WebSocket) -> None:
+        """Streaming dictation (contract §2); the protocol lives in polyasr_ws."""
+        await websocket.accept()
+        await Connection(holder["stream"], _SocketTransport(websocket)).run()
 
     @app.post("/model/unload")
     async def unload() -> dict[str, Any]:

@@ -49,6 +49,12 @@ def decode_audio(source: BinaryIO | str) -> np.ndarray:
 
 
 
+def pcm16_to_float(data: bytes) -> np.ndarray:
+    """Little-endian PCM16 bytes → float32 samples in [-1, 1] (an odd last byte is ignored)."""
+    usable = len(data) - (len(data) % 2)
+    return np.frombuffer(data[:usable], dtype="<i2").astype(np.float32) / 32768.0
+
+
 def split_at_quiet(samples: np.ndarray, max_sec: float, search_sec: float = 5.0) -> list[np.ndarray]:
     """Cut ``samples`` into pieces of at most ``max_sec``, each cut at the
     quietest 20 ms frame of the last ``search_sec`` before the limit.

@@ -32,11 +32,13 @@ BACKEND_DEFAULTS: dict[Backend, dict[str, Any]] = {
         "port": 8765,
         "aligner_model": "mlx-community/Qwen3-ForcedAligner-0.6B-4bit",
         "dtype": "float16",
+        "partials_enabled": False,
     },
     "cuda": {
         "model": "Qwen/Qwen3-ASR-1.7B",
         "port": 8766,
         "aligner_model": "Qwen/Qwen3-ForcedAligner-0.6B",
+        "partials_enabled": True,
     },
 }
 
@@ -76,11 +78,20 @@ class Settings(BaseModel):
     probe_stale_after_sec: float = _env("PROBE_STALE_AFTER_SEC", default=0.0, ge=0)
     weights_check_interval_sec: float = _env("WEIGHTS_CHECK_INTERVAL_SEC", default=60.0, ge=0)
 
+    partials_enabled: bool = _env("PARTIALS_ENABLED", default=False)
+    partial_interval_sec: float = _env("PARTIAL_INTERVAL_SEC", default=0.6, ge=0)
+    partial_min_delta_sec: float = _env("PARTIAL_MIN_DELTA_SEC", default=0.5, ge=0)
+    partial_window_sec: float = _env("PARTIAL_WINDOW_SEC", default=20.0, gt=0)
+    final_wait_partial: bool = _env("FINAL_WAIT_PARTIAL", default=False)
+    stable_commit_min_sec: float = _env("STABLE_COMMIT_MIN_SEC", default=8.0, gt=0)
+    resume_ttl_sec: float = _env("RESUME_TTL_SEC", default=300.0, gt=0)
+    stop_result_ttl_sec: float = _env("STOP_RESULT_TTL_SEC", default=300.0, gt=0)
+
     device: str = _env("DEVICE", default="cuda:0")
     dtype: Literal["bfloat16", "float16", "float32"] = _env("DTYPE", default="bfloat16")
     engine_backend: Literal["transformers", "vllm"] = _env("BACKEND", default="transformers")
 
-    @field_validator("coload", "streaming_probe", mode="before")
+    @field_validator("coload", "streaming_probe", "partials_enabled", "final_wait_partial", mode="before")
     @classmethod
     def _flag(cls, value: Any) -> Any:
         """Empty means false (an explicitly set empty variable counts as set)."""

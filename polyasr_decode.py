@@ -48,15 +48,30 @@ class Transcriber:
         context: str = "",
         priority: Priority = Priority.BATCH,
         probe: bool = False,
+        prefix: str = "",
+        replace_key: str | None = None,
+        budget_sec: float | None = None,
     ) -> Transcript:
         """Decode ``samples`` (16 kHz mono float32).
 
         ``probe`` marks the health probe: lowest priority, not counted as use,
-        and never loads an evicted unit.
+        and never loads an evicted unit. ``prefix`` (a previous raw answer for
+        the same audio) and ``budget_sec`` (the seconds of audio still to be
+        written out) let a streaming partial generate only what is new;
+        ``replace_key`` lets a newer partial replace a queued older one.
         """
         pieces = split_at_quiet(samples, MAX_PIECE_SEC)
+        single = len(pieces) == 1
         clips = [
-            Clip(piece, language, context, self.settings.token_budget(len(piece) / 16_000))
+            Clip(
+                piece,
+                language,
+                context,
+                self.settings.token_budget(
+                    budget_sec if single and budget_sec is not None else len(piece) / 16_000
+                ),
+                prefix=prefix if single else "",
+            )
             for piece in pieces
         ]
         lease = {"use": False, "resident_only": True} if probe else {}
@@ -68,6 +83,7 @@ class Transcriber:
                     self.engine.transcribe,
                     clip,
                     Priority.PROBE if probe else priority,
+                    replace_key,
                     **lease,
                 )
                 for clip in clips
@@ -77,4 +93,37 @@ class Transcriber:
         detected = next((r.language for r in results if r.language), None)
         if not probe:
             self.on_text(text)
-        return Transcript(text=text, language=detected or language)
+        raw = results[0].raw if single else ""
+        return Transcript(text=text, language=detected or language, raw=raw)
+
+
+class StreamDecoder:
+    """The dictation sessions' way to the ``asr`` unit: the same decode path,
+    with the session's priority, answer prefix and partial replacement."""
+
+    def __init__(self, transcriber: Transcriber) -> None:
+        self.transcriber = transcriber
+
+    async def decode(
+        self,
+        samples: np.ndarray,
+        *,
+        priority: Priority,
+        context: str,
+        language: str | None,
+        prefix: str = "",
+        replace_key: str | None = None,
+        budget_sec: float | None = None,
+    ) -> Transcript:
+        return await self.transcriber.transcribe(
+            samples,
+            language=language,
+            context=context,
+            priority=priority,
+            prefix=prefix,
+            replace_key=replace_key,
+            budget_sec=budget_sec,
+        )
+
+    def partial_queued(self, replace_key: str) -> bool:
+        return self.transcriber.manager.is_queued("asr", replace_key)

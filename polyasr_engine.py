@@ -24,6 +24,11 @@ class Clip:
     language: str | None = None  # Qwen name, None = auto-detect
     context: str = ""
     max_new_tokens: int = 256
+    # Raw text the answer continues from (a previous hypothesis of the same
+    # audio, in the engine's own raw form); the engine rolls back its last few
+    # tokens and generates only the rest. Engines without prefix support
+    # decode the clip from scratch.
+    prefix: str = ""
 
     @property
     def seconds(self) -> float:
@@ -34,6 +39,7 @@ class Clip:
 class Transcript:
     text: str
     language: str | None = None  # Qwen name detected (or pinned), if any
+    raw: str = ""  # the engine's raw answer, usable as a later clip's prefix
 
 
 class Engine(Protocol):

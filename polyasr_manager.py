@@ -124,12 +124,27 @@ class AsrModelManager:
                 unit.last_used = self.clock()
             yield
         finally:
-            unit.leases -= 1
-            if use:
-                unit.last_used = self.clock()
-            if unit.leases == 0:
-                for event in unit.waiters:
-                    event.set()
+            self._release(unit, use)
+
+    @asynccontextmanager
+    async def hold(self, name: str) -> AsyncIterator[None]:
+        """Keep ``name`` from being evicted for the block without loading it
+        (a live dictation: the first decode that needs the unit loads it)."""
+        unit = self._units[name]
+        unit.leases += 1
+        try:
+            yield
+        finally:
+            self._release(unit, use=True)
+
+    def _release(self, unit: _Unit, use: bool) -> None:
+        """End one lease; the idle clock starts from here, waiters may proceed."""
+        unit.leases -= 1
+        if use:
+            unit.last_used = self.clock()
+        if unit.leases == 0:
+            for event in unit.waiters:
+                event.set()
 
     def touch(self, name: str) -> None:
         """Count as use now (a live dictation's accepted audio frame)."""
@@ -148,14 +163,19 @@ class AsrModelManager:
         batch_fn: Callable[[Any, list[Any]], list[Any]],
         payload: Any,
         priority: Priority,
+        replace_key: str | None = None,
         **lease: bool,
     ) -> Any:
         """Queue ``payload`` for ``batch_fn(model, payloads)``, batched with
-        other queued payloads of the same key and priority."""
+        other queued payloads of the same key and priority (see
+        :meth:`UnitScheduler.submit_batched` for ``replace_key``)."""
         unit = self._units[name]
         run: BatchFn = lambda payloads: batch_fn(unit.model, payloads)  # noqa: E731
         async with self.lease(name, **lease):
-            return await unit.worker.submit_batched(key, run, payload, priority)
+            return await unit.worker.submit_batched(key, run, payload, priority, replace_key)
+
+    def is_queued(self, name: str, replace_key: str) -> bool:
+        return self._units[name].worker.is_queued(replace_key)
 
     # -- loading and eviction --------------------------------------------
 

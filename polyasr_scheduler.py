@@ -39,6 +39,7 @@ class _Job:
     priority: int
     seq: int
     batch_key: str | None = field(compare=False)
+    replace_key: str | None = field(compare=False)
     run: Callable[..., Any] = field(compare=False)
     payload: Any = field(compare=False)
     future: concurrent.futures.Future[Any] = field(compare=False)
@@ -64,14 +65,28 @@ class UnitScheduler:
 
     def submit(self, fn: Callable[[], Any], priority: Priority) -> asyncio.Future[Any]:
         """Run ``fn()`` on the worker thread; await the returned future."""
-        return self._push(priority, None, lambda _payloads: [fn()], None)
+        return self._push(priority, None, None, lambda _payloads: [fn()], None)
 
     def submit_batched(
-        self, key: str, batch_fn: BatchFn, payload: Any, priority: Priority
+        self,
+        key: str,
+        batch_fn: BatchFn,
+        payload: Any,
+        priority: Priority,
+        replace_key: str | None = None,
     ) -> asyncio.Future[Any]:
         """Queue ``payload``; queued payloads with the same key and priority go
-        to one ``batch_fn(payloads)`` call, which returns one result each."""
-        return self._push(priority, key, batch_fn, payload)
+        to one ``batch_fn(payloads)`` call, which returns one result each.
+
+        A job with a ``replace_key`` cancels any still-queued job with the same
+        key: a newer partial of a session makes its older, unstarted one stale.
+        """
+        return self._push(priority, key, replace_key, batch_fn, payload)
+
+    def is_queued(self, replace_key: str) -> bool:
+        """Whether a job with ``replace_key`` waits (submitted, not yet started)."""
+        with self._cv:
+            return any(j.replace_key == replace_key for j in self._heap)
 
     def close(self) -> None:
         with self._cv:
@@ -79,13 +94,26 @@ class UnitScheduler:
             self._cv.notify_all()
 
     def _push(
-        self, priority: Priority, key: str | None, run: Callable[..., Any], payload: Any
+        self,
+        priority: Priority,
+        key: str | None,
+        replace_key: str | None,
+        run: Callable[..., Any],
+        payload: Any,
     ) -> asyncio.Future[Any]:
         future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        job = _Job(int(priority), next(self._seq), key, replace_key, run, payload, future)
         with self._cv:
             if self._closed:
                 raise RuntimeError(f"scheduler {self.name} is closed")
-            heapq.heappush(self._heap, _Job(int(priority), next(self._seq), key, run, payload, future))
+            if replace_key is not None:
+                stale = [j for j in self._heap if j.replace_key == replace_key]
+                if stale:
+                    self._heap = [j for j in self._heap if j.replace_key != replace_key]
+                    heapq.heapify(self._heap)
+                    for old in stale:
+                        old.future.cancel()
+            heapq.heappush(self._heap, job)
             self._cv.notify()
         return asyncio.wrap_future(future)
 

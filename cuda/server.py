@@ -22,6 +22,9 @@ from polyasr_config import ConfigError, Settings  # noqa: E402
 from polyasr_engine import Clip, Transcript  # noqa: E402
 
 _MB = 1_048_576
+# Tokens of a previous hypothesis left unfixed when it is fed back as the
+# answer prefix (the Qwen3-ASR streaming recipe rolls back about five).
+ROLLBACK_TOKENS = 5
 
 
 class CudaEngine:
@@ -79,26 +82,74 @@ class CudaEngine:
             self._torch.cuda.empty_cache()
 
     def transcribe(self, model: Any, clips: list[Clip]) -> list[Transcript]:
-        """One qwen-asr call for the whole batch.
+        """One generate call for the whole batch, each clip with its own prompt.
 
-        qwen-asr takes one token cap per call, so the batch gets the largest
-        budget among its clips; each budget is already proportional to its
-        clip's length, so near-silence still cannot run away.
+        This is qwen-asr's own recipe (chat-template prompt, processor,
+        ``generate``, ``parse_asr_output``) with one addition its high-level
+        ``transcribe`` cannot express: a clip's prompt may end with the start
+        of the answer (a previous hypothesis minus its last tokens), so a
+        streaming partial generates only the new words. qwen-asr takes one
+        token cap per call, so the batch gets the largest budget among its
+        clips; each budget is proportional to its clip, so silence cannot run away.
         """
+        from qwen_asr import parse_asr_output
+
         budget = max(clip.max_new_tokens for clip in clips)
-        if model.backend == "vllm":
-            model.sampling_params.max_tokens = budget
-        else:
-            model.max_new_tokens = budget
-        results = model.transcribe(
-            audio=[(clip.samples, 16_000) for clip in clips],
-            context=[clip.context for clip in clips],
-            language=[clip.language for clip in clips],
-        )
-        return [
-            Transcript(text=r.text.strip(), language=(r.language or "").split(",")[0] or None)
-            for r in results
+        prefixes = [self._rolled_back(model, clip.prefix) for clip in clips]
+        prompts = [
+            model._build_text_prompt(context=clip.context, force_language=clip.language) + prefix
+            for clip, prefix in zip(clips, prefixes, strict=True)
         ]
+        wavs = [clip.samples for clip in clips]
+        generated = (
+            self._generate_vllm(model, prompts, wavs, budget)
+            if model.backend == "vllm"
+            else self._generate_transformers(model, prompts, wavs, budget)
+        )
+        results = []
+        for clip, prefix, new in zip(clips, prefixes, generated, strict=True):
+            raw = prefix + new
+            language, text = parse_asr_output(raw, user_language=clip.language)
+            results.append(
+                Transcript(text=text.strip(), language=(language or "").split(",")[0] or None, raw=raw)
+            )
+        return results
+
+    @staticmethod
+    def _rolled_back(model: Any, prefix: str) -> str:
+        """``prefix`` minus its last tokens: the boundary words may still change."""
+        if not prefix:
+            return ""
+        tokenizer = model.processor.tokenizer
+        ids = tokenizer.encode(prefix, add_special_tokens=False)
+        if len(ids) <= ROLLBACK_TOKENS:
+            return ""
+        return tokenizer.decode(ids[:-ROLLBACK_TOKENS], skip_special_tokens=False)
+
+    def _generate_transformers(
+        self, model: Any, prompts: list[str], wavs: list[Any], budget: int
+    ) -> list[str]:
+        inputs = model.processor(text=prompts, audio=wavs, return_tensors="pt", padding=True)
+        inputs = inputs.to(model.model.device).to(model.model.dtype)
+        with self._torch.inference_mode():
+            out = model.model.generate(**inputs, max_new_tokens=budget)
+        return model.processor.batch_decode(
+            out.sequences[:, inputs["input_ids"].shape[1] :],
+            skip_special_tokens=True,
+            clean_up_tokenization_spaces=False,
+        )
+
+    @staticmethod
+    def _generate_vllm(model: Any, prompts: list[str], wavs: list[Any], budget: int) -> list[str]:
+        from vllm import SamplingParams
+
+        params = SamplingParams(temperature=0.0, max_tokens=budget)
+        requests = [
+            {"prompt": prompt, "multi_modal_data": {"audio": [wav]}}
+            for prompt, wav in zip(prompts, wavs, strict=True)
+        ]
+        outputs = model.model.generate(requests, sampling_params=params, use_tqdm=False)
+        return [o.outputs[0].text for o in outputs]
 
     def info(self) -> dict[str, Any]:
         torch = self._torch

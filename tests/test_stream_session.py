@@ -1,0 +1,220 @@
+"""Unit tests of the dictation state machine with a scripted decoder.
+
+The decoder here is scripted (deterministic words, counted calls) so the
+tests can say exactly what reached each decode; the VAD and the speaker filter
+are the real Silero and Resemblyzer on the project's own speech clips.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pytest
+
+from polyasr_engine import Transcript
+from polyasr_protocol import partial
+from polyasr_scheduler import Priority
+from polyasr_speech import SpeakerGate, passes_energy_gate, shared_speaker_filter, shared_vad
+from polyasr_stream import DictationSession, StreamSettings
+from tests.audio_util import speech
+
+SR = 16000
+VOICE_A = speech("voice_a")
+VOICE_B = speech("voice_b")
+
+
+def silence(seconds: float) -> np.ndarray:
+    return np.zeros(int(seconds * SR), np.float32)
+
+
+@dataclass
+class Call:
+    priority: Priority
+    seconds: float
+    prefix: str
+
+
+@dataclass
+class ScriptedDecoder:
+    """Words in proportion to the audio; CJK characters when ``cjk``."""
+
+    cjk: bool = False
+    calls: list[Call] = field(default_factory=list)
+    delay: float = 0.0  # latency of partial decodes
+
+    async def decode(self, samples: np.ndarray, **kw: Any) -> Transcript:
+        self.calls.append(Call(kw["priority"], len(samples) / SR, kw.get("prefix", "")))
+        if self.delay and kw["priority"] == Priority.PARTIAL:
+            await asyncio.sleep(self.delay)
+        n = max(1, round(len(samples) / SR / 0.5))
+        n_call = len(self.calls)
+        words = [chr(0x4E00 + n_call) if self.cjk else f"w{n_call}.{i}" for i in range(n)]
+        text = ("" if self.cjk else " ").join(words)
+        return Transcript(text=text, raw=f"raw:{text}")
+
+    def partial_queued(self, key: str) -> bool:
+        return False
+
+    def by(self, priority: Priority) -> list[Call]:
+        return [c for c in self.calls if c.priority == priority]
+
+
+def session(**settings: Any) -> DictationSession:
+    return DictationSession(
+        "s1",
+        vad=shared_vad().new_stream(),
+        speaker=SpeakerGate(shared_speaker_filter()),
+        settings=StreamSettings(**settings),
+    )
+
+
+async def feed(sess: DictationSession, audio: np.ndarray, frame: int = 1600) -> None:
+    for i in range(0, len(audio), frame):
+        piece = audio[i : i + frame]
+        await sess.feed(piece, passes_energy_gate(piece))
+
+
+def test_delta_rule() -> None:
+    assert partial("s", "turn on", "")["delta"] == "turn on"
+    assert partial("s", "turn on the lights", "turn on")["delta"] == " the lights"
+    rewritten = partial("s", "turn off", "turn on")
+    assert "delta" not in rewritten and rewritten["partial"] == "turn off"
+
+
+def test_frames_are_assembled_in_seq_order() -> None:
+    sess = session()
+    assert sess.accept_frame(0, b"a") == [b"a"]
+    assert sess.accept_frame(2, b"c") == []  # waits for 1
+    assert sess.ack_seq == 0
+    assert sess.accept_frame(1, b"b") == [b"b", b"c"]
+    assert sess.ack_seq == 2
+    assert sess.is_duplicate(1) and sess.accept_frame(1, b"b") == []
+
+
+async def test_stable_prefix_and_final_decodes_only_the_tail() -> None:
+    sess = session(stable_commit_min_sec=2.0)
+    decoder = ScriptedDecoder()
+    utterance = VOICE_A[: 3 * SR]
+    for _ in range(4):  # four utterances with pauses: commits at the boundaries
+        await feed(sess, np.concatenate([utterance, silence(1.0)]))
+        sess.schedule(decoder)
+        if sess.commit_task:
+            await sess.commit_task
+    commits = decoder.by(Priority.COMMIT)
+    assert len(commits) >= 2 and sess.stable_text
+    result = await sess.finalize(decoder)
+    finals = decoder.by(Priority.FINAL)
+    # The final decodes only what no commit covered: at most one utterance.
+    assert len(finals) <= 1 and all(c.seconds < 4.5 for c in finals)
+    assert result.text.startswith(sess.stable_text) and result.decoded and result.source == "incremental"
+    words = result.text.split()
+    assert len(words) == len(set(words))  # nothing decoded twice
+
+
+async def test_cjk_stable_prefix_joins_without_spaces() -> None:
+    sess = session(stable_commit_min_sec=2.0)
+    decoder = ScriptedDecoder(cjk=True)
+    await feed(sess, np.concatenate([VOICE_A[: 3 * SR], silence(1.0)]))
+    sess.schedule(decoder)
+    assert sess.commit_task is not None
+    await sess.commit_task
+    await feed(sess, VOICE_A[3 * SR : 5 * SR])
+    result = await sess.finalize(decoder)
+    assert " " not in result.text and result.text.startswith(chr(0x4E01))
+    assert chr(0x4E02) in result.text  # the tail follows the stable prefix directly
+
+
+async def test_a_short_chunk_between_pauses_is_kept() -> None:
+    sess = session()
+    decoder = ScriptedDecoder()
+    word = VOICE_A[int(0.3 * SR) : int(0.9 * SR)]  # ~0.6 s "yes."
+    await feed(sess, np.concatenate([silence(1.0), word, silence(1.5)]))
+    assert len(sess.accepted) == 1  # upstream discarded chunks under 1.5 s
+    result = await sess.finalize(decoder)
+    assert result.text and decoder.by(Priority.FINAL)[0].seconds >= 0.6
+
+
+async def test_audio_that_never_filled_a_vad_window_is_decoded_at_stop() -> None:
+    sess = session()
+    decoder = ScriptedDecoder()
+    speech_then_cut = VOICE_A[: 2 * SR + 1000]  # ends mid-window, mid-speech
+    await feed(sess, speech_then_cut)
+    assert 0 < len(sess.staged) < 2560
+    await sess.finalize(decoder)
+    (final_call,) = decoder.by(Priority.FINAL)
+    assert final_call.seconds * SR >= len(speech_then_cut) - 2560  # the staged tail is in
+
+
+async def test_all_silence_is_decoded_as_nothing_said() -> None:
+    sess = session()
+    decoder = ScriptedDecoder()
+    await feed(sess, silence(2.0))
+    result = await sess.finalize(decoder)
+    assert result.text == "" and result.decoded is True  # proven empty, not a guess
+    assert decoder.calls == []  # silence is not handed to the model to invent words
+
+
+async def test_other_voice_is_rejected_from_the_final() -> None:
+    sess = session()
+    decoder = ScriptedDecoder()
+    await feed(sess, np.concatenate([VOICE_A[: 4 * SR], silence(1.0), VOICE_B[: 4 * SR], silence(1.0)]))
+    assert len(sess.accepted) == 1 and sess.rejected == 1
+    await sess.finalize(decoder)
+    (final_call,) = decoder.by(Priority.FINAL)
+    assert final_call.seconds < 5.0  # only voice A's chunk
+
+
+async def test_partials_decode_only_after_the_frontier_and_continue_the_hypothesis() -> None:
+    sess = session(partials_enabled=True, partial_interval_sec=0.0, stable_commit_min_sec=2.0)
+    decoder = ScriptedDecoder()
+    sent: list[str] = []
+
+    async def emit(kind: str, data: dict[str, Any]) -> None:
+        sent.append(data["text"])
+
+    sess.emit = emit
+    for _ in range(6):  # ~24 s of dictation with pauses
+        for piece in np.array_split(np.concatenate([VOICE_A[: 3 * SR], silence(1.0)]), 8):
+            await feed(sess, piece)
+            sess.schedule(decoder)
+            if sess.partial_task:
+                await sess.partial_task
+            if sess.commit_task:
+                await sess.commit_task
+    partials = decoder.by(Priority.PARTIAL)
+    assert len(partials) > 10 and sent
+    assert max(c.seconds for c in partials[-5:]) < 6.0  # bounded by the frontier, not the utterance
+    assert any(c.prefix for c in partials)  # later partials continue from the last hypothesis
+    assert all(text.startswith(sess.stable_text.split(" ")[0]) for text in sent[-3:])
+
+
+async def test_no_partial_after_closing() -> None:
+    sess = session(partials_enabled=True, partial_interval_sec=0.0)
+    decoder = ScriptedDecoder(delay=0.2)
+    sent: list[str] = []
+
+    async def emit(kind: str, data: dict[str, Any]) -> None:
+        sent.append(data["text"])
+
+    sess.emit = emit
+    await feed(sess, VOICE_A[: 2 * SR])
+    sess.schedule(decoder)
+    assert sess.partial_task is not None
+    await sess.finalize(decoder)
+    await asyncio.sleep(0.3)
+    assert sent == []
+
+
+@pytest.mark.parametrize("wait", [True, False])
+async def test_final_wait_partial_switch(wait: bool) -> None:
+    sess = session(partials_enabled=True, partial_interval_sec=0.0, final_wait_partial=wait)
+    decoder = ScriptedDecoder(delay=3.0)
+    await feed(sess, VOICE_A[: 2 * SR])
+    sess.schedule(decoder)
+    task = sess.partial_task
+    assert task is not None
+    await sess.finalize(decoder)
+    assert task.done() is wait
