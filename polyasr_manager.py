@@ -53,6 +53,7 @@ class _Unit:
     worker: UnitScheduler
     model: Any = None
     leases: int = 0
+    uses: int = 0  # leases that count as use (not health probes)
     last_used: float | None = None
     loading: asyncio.Task[None] | None = None
     stuck_load: asyncio.Future[Any] | None = None
@@ -118,6 +119,7 @@ class AsrModelManager:
         if resident_only and unit.model is None:
             raise NotResident(name)
         unit.leases += 1
+        unit.uses += use
         try:
             await self._ensure(unit)
             if use:
@@ -132,6 +134,7 @@ class AsrModelManager:
         (a live dictation: the first decode that needs the unit loads it)."""
         unit = self._units[name]
         unit.leases += 1
+        unit.uses += 1
         try:
             yield
         finally:
@@ -140,6 +143,7 @@ class AsrModelManager:
     def _release(self, unit: _Unit, use: bool) -> None:
         """End one lease; the idle clock starts from here, waiters may proceed."""
         unit.leases -= 1
+        unit.uses -= use
         if use:
             unit.last_used = self.clock()
         if unit.leases == 0:
@@ -326,7 +330,8 @@ class AsrModelManager:
         return self._units[name].model is not None
 
     def is_busy(self, name: str) -> bool:
-        return self._units[name].leases > 0
+        """In real use right now (a health probe does not count)."""
+        return self._units[name].uses > 0
 
     def queue_depth(self, name: str) -> int:
         return self._units[name].worker.depth()
@@ -335,7 +340,7 @@ class AsrModelManager:
         unit = self._units[name]
         if unit.model is None or unit.last_used is None:
             return None
-        return 0.0 if unit.leases else round(self.clock() - unit.last_used, 1)
+        return 0.0 if unit.uses else round(self.clock() - unit.last_used, 1)
 
     def status(self) -> dict[str, Any]:
         """The contract's manager block, plus per-unit detail under ``unit_state``."""
