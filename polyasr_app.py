@@ -133,7 +133,10 @@ class _SocketTransport:
             await self.websocket.close(code)
 
 
-def _stream_settings(settings: Settings) -> StreamSettings:
+def _stream_settings(settings: Settings, engine: Engine) -> StreamSettings:
+    """Dictation knobs; native streaming only where the engine can do it."""
+    if settings.native_streaming and not engine.supports_native_streaming:
+        log.warning("POLYASR_NATIVE_STREAMING is set but this engine cannot stream natively; ignored")
     return StreamSettings(
         partials_enabled=settings.partials_enabled,
         partial_interval_sec=settings.partial_interval_sec,
@@ -141,6 +144,8 @@ def _stream_settings(settings: Settings) -> StreamSettings:
         partial_window_sec=settings.partial_window_sec,
         stable_commit_min_sec=settings.stable_commit_min_sec,
         final_wait_partial=settings.final_wait_partial,
+        native=settings.native_streaming and engine.supports_native_streaming,
+        stream_chunk_sec=settings.stream_chunk_sec,
     )
 
 
@@ -193,7 +198,7 @@ def create_app(engine: Engine, settings: Settings, base_dir: Path) -> FastAPI:
                 registry=registry,
                 decoder=StreamDecoder(transcriber),
                 manager=mgr,
-                settings=_stream_settings(settings),
+                settings=_stream_settings(settings, engine),
                 new_vad=vad.new_stream,
                 new_speaker=lambda: SpeakerGate(speaker),
                 new_log=lambda: WsSessionLog(log_root, backend=engine.backend, model=engine.model_id),
@@ -273,9 +278,7 @@ def create_app(engine: Engine, settings: Settings, base_dir: Path) -> FastAPI:
         pinned = normalize_language(language)
         fmt = response_format.strip().lower()
         samples = await asyncio.to_thread(decode_audio, file.file)
-        result = await transcriber().transcribe(
-            samples, language=pinned, context=context or prompt or ""
-        )
+        result = await transcriber().transcribe(samples, language=pinned, context=context or prompt or "")
         await asyncio.to_thread(archive.record, file.file, file.filename or "", language, result.text)
         if fmt == "text":
             return PlainTextResponse(result.text)

@@ -48,7 +48,6 @@ def decode_audio(source: BinaryIO | str) -> np.ndarray:
     return samples
 
 
-
 def pcm16_to_float(data: bytes) -> np.ndarray:
     """Little-endian PCM16 bytes → float32 samples in [-1, 1] (an odd last byte is ignored)."""
     usable = len(data) - (len(data) % 2)

@@ -84,6 +84,12 @@ class Settings(BaseModel):
     partial_window_sec: float = _env("PARTIAL_WINDOW_SEC", default=20.0, gt=0)
     final_wait_partial: bool = _env("FINAL_WAIT_PARTIAL", default=False)
     stable_commit_min_sec: float = _env("STABLE_COMMIT_MIN_SEC", default=8.0, gt=0)
+    native_streaming: bool = _env("NATIVE_STREAMING", default=False)
+    stream_chunk_sec: float = _env("STREAM_CHUNK_SEC", default=2.0, gt=0)
+    stream_max_context_sec: float = _env("STREAM_MAX_CONTEXT_SEC", default=30.0, gt=0)
+    stream_finalization_mode: Literal["latency", "accuracy"] = _env(
+        "STREAM_FINALIZATION_MODE", default="latency"
+    )
     resume_ttl_sec: float = _env("RESUME_TTL_SEC", default=300.0, gt=0)
     stop_result_ttl_sec: float = _env("STOP_RESULT_TTL_SEC", default=300.0, gt=0)
 
@@ -91,7 +97,14 @@ class Settings(BaseModel):
     dtype: Literal["bfloat16", "float16", "float32"] = _env("DTYPE", default="bfloat16")
     engine_backend: Literal["transformers", "vllm"] = _env("BACKEND", default="transformers")
 
-    @field_validator("coload", "streaming_probe", "partials_enabled", "final_wait_partial", mode="before")
+    @field_validator(
+        "coload",
+        "streaming_probe",
+        "partials_enabled",
+        "final_wait_partial",
+        "native_streaming",
+        mode="before",
+    )
     @classmethod
     def _flag(cls, value: Any) -> Any:
         """Empty means false (an explicitly set empty variable counts as set)."""
@@ -99,7 +112,7 @@ class Settings(BaseModel):
             return False
         return value
 
-    @field_validator("dtype", "engine_backend", mode="before")
+    @field_validator("dtype", "engine_backend", "stream_finalization_mode", mode="before")
     @classmethod
     def _lower(cls, value: Any) -> Any:
         return value.strip().lower() if isinstance(value, str) else value
@@ -163,6 +176,8 @@ def load_settings(backend: Backend, environ: Mapping[str, str] | None = None) ->
             var = source_var.get(field, field)
             problems.append(f"{var}={values.get(field)!r}: {err['msg']}")
         raise ConfigError("invalid configuration: " + "; ".join(problems)) from None
+    if "native_streaming" not in source_var and settings.engine_backend == "vllm":
+        settings.native_streaming = True  # vLLM's streaming state is the point of choosing it
     if settings.min_new_tokens > settings.max_new_tokens:
         raise ConfigError(
             "invalid configuration: POLYASR_MIN_NEW_TOKENS must not exceed POLYASR_MAX_NEW_TOKENS"

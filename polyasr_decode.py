@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -127,3 +128,28 @@ class StreamDecoder:
 
     def partial_queued(self, replace_key: str) -> bool:
         return self.transcriber.manager.is_queued("asr", replace_key)
+
+    # Native streaming: the engine's own incremental decoder, on the asr
+    # unit's thread like every other model call.
+
+    async def native_open(self, *, context: str, language: str | None, chunk_sec: float) -> Any:
+        engine = self.transcriber.engine
+        return await self.transcriber.manager.run(
+            "asr",
+            lambda model: engine.stream_open(model, context=context, language=language, chunk_sec=chunk_sec),
+            Priority.PARTIAL,
+        )
+
+    async def native_feed(self, state: Any, samples: np.ndarray) -> tuple[Any, str]:
+        engine = self.transcriber.engine
+        return await self.transcriber.manager.run(
+            "asr", lambda model: engine.stream_feed(model, state, samples), Priority.PARTIAL
+        )
+
+    async def native_finish(self, state: Any) -> str:
+        engine = self.transcriber.engine
+        text: str = await self.transcriber.manager.run(
+            "asr", lambda model: engine.stream_finish(model, state), Priority.FINAL
+        )
+        self.transcriber.on_text(text)
+        return text

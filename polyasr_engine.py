@@ -60,3 +60,16 @@ class Engine(Protocol):
 
     def info(self) -> dict[str, Any]:
         """Backend facts for /health: ``device``, ``dtype`` and the memory block."""
+
+    # Native streaming (the library's own incremental decoder), when
+    # ``supports_native_streaming`` is true for this engine's configuration.
+    supports_native_streaming: bool
+
+    def stream_open(self, model: Any, *, context: str, language: str | None, chunk_sec: float) -> Any:
+        """A new native stream state for one utterance."""
+
+    def stream_feed(self, model: Any, state: Any, samples: np.ndarray) -> tuple[Any, str]:
+        """Feed audio; returns the state and the running hypothesis."""
+
+    def stream_finish(self, model: Any, state: Any) -> str:
+        """Seal the stream; returns its final text."""

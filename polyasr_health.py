@@ -44,9 +44,7 @@ def check_weights(model_id: str) -> tuple[bool, str]:
     from huggingface_hub import snapshot_download
 
     try:
-        snapshot = Path(
-            snapshot_download(model_id, local_files_only=True, allow_patterns=WEIGHT_PATTERNS)
-        )
+        snapshot = Path(snapshot_download(model_id, local_files_only=True, allow_patterns=WEIGHT_PATTERNS))
     except Exception as exc:  # noqa: BLE001 - every lookup failure means "not present"
         return False, f"{model_id} is not in the local Hugging Face cache ({type(exc).__name__})"
     if not any(snapshot.glob("*.safetensors")):

@@ -75,6 +75,12 @@ class SessionDecoder(Protocol):
 
     def partial_queued(self, replace_key: str) -> bool: ...
 
+    async def native_open(self, *, context: str, language: str | None, chunk_sec: float) -> Any: ...
+
+    async def native_feed(self, state: Any, samples: np.ndarray) -> tuple[Any, str]: ...
+
+    async def native_finish(self, state: Any) -> str: ...
+
 
 @dataclass(frozen=True)
 class StreamSettings:
@@ -84,6 +90,8 @@ class StreamSettings:
     partial_window_sec: float = 20.0
     stable_commit_min_sec: float = 8.0
     final_wait_partial: bool = False
+    native: bool = False  # the engine's own streaming decoder instead of VAD + partials
+    stream_chunk_sec: float = 2.0
 
 
 @dataclass
@@ -158,6 +166,10 @@ class DictationSession:
     partial_signal_mark: int = 0
     partial_raw_mark: int = 0
     partial_done_at: float = 0.0
+    # native streaming
+    native_state: Any = None
+    native_pending: list[np.ndarray] = field(default_factory=list)
+    native_task: asyncio.Task[None] | None = None
     # work in flight
     partial_task: asyncio.Task[None] | None = None
     commit_task: asyncio.Task[None] | None = None
@@ -207,6 +219,10 @@ class DictationSession:
         self.raw_len += len(samples)
         if is_signal:
             self.signal_samples += len(samples)
+        if self.settings.native:
+            self.native_pending.append(samples)
+            self.updated_at = self.clock()
+            return
         self.staged = np.concatenate([self.staged, samples]) if len(self.staged) else samples
         usable = len(self.staged) // WINDOW * WINDOW
         if usable:
@@ -264,6 +280,9 @@ class DictationSession:
     def schedule(self, decoder: SessionDecoder) -> None:
         """Start a stable-prefix commit or a partial when their conditions hold."""
         if self.closing:
+            return
+        if self.settings.native:
+            self._maybe_native(decoder)
             return
         self._maybe_commit(decoder)
         if self.settings.partials_enabled:
@@ -401,11 +420,74 @@ class DictationSession:
         if self.emit is not None:
             await self.emit("model_unavailable", {"message": str(exc)})
 
+    # -- native streaming --------------------------------------------------
+
+    def _native_chunk(self, everything: bool = False) -> np.ndarray | None:
+        """Take the next ``stream_chunk_sec`` of pending audio (or all of it)."""
+        size = int(self.settings.stream_chunk_sec * SAMPLE_RATE)
+        have = sum(len(p) for p in self.native_pending)
+        if have == 0 or (have < size and not everything):
+            return None
+        audio = np.concatenate(self.native_pending)
+        take = len(audio) if everything else size
+        self.native_pending = [audio[take:]] if take < len(audio) else []
+        return audio[:take]
+
+    def _maybe_native(self, decoder: SessionDecoder) -> None:
+        if self.native_task is None and self._native_chunk_ready():
+            self.native_task = asyncio.get_running_loop().create_task(self._native_run(decoder))
+
+    def _native_chunk_ready(self) -> bool:
+        return sum(len(p) for p in self.native_pending) >= self.settings.stream_chunk_sec * SAMPLE_RATE
+
+    async def _native_feed(self, decoder: SessionDecoder, audio: np.ndarray) -> str:
+        if self.native_state is None:
+            self.native_state = await decoder.native_open(
+                context=self.context, language=self.language, chunk_sec=self.settings.stream_chunk_sec
+            )
+            self.log("native_stream_started", chunk_sec=self.settings.stream_chunk_sec)
+        self.native_state, text = await decoder.native_feed(self.native_state, audio)
+        return text
+
+    async def _native_run(self, decoder: SessionDecoder) -> None:
+        """Feed whole chunks while they are there; each new hypothesis is a partial."""
+        try:
+            while not self.closing and (audio := self._native_chunk()) is not None:
+                text = await self._native_feed(decoder, audio)
+                if self.closing or not text or text == self.last_partial or self.emit is None:
+                    continue
+                previous, self.last_partial = self.last_partial, text
+                self.partials_sent += 1
+                self.log("partial", text=text, audio_sec=round(self.raw_len / SAMPLE_RATE, 3))
+                await self.emit("partial", {"text": text, "previous": previous})
+        except ModelUnavailable as exc:
+            await self._report(exc)
+        finally:
+            self.native_task = None
+            self.updated_at = self.clock()
+
+    async def _finalize_native(self, decoder: SessionDecoder) -> str:
+        if self.native_task is not None:
+            with contextlib.suppress(Exception):
+                await self.native_task
+        audio = self._native_chunk(everything=True)
+        if audio is not None:
+            await self._native_feed(decoder, audio)
+        if self.native_state is None:
+            return ""
+        state, self.native_state = self.native_state, None
+        return await decoder.native_finish(state)
+
     # -- finalization ------------------------------------------------------
 
     async def finalize(self, decoder: SessionDecoder) -> FinalResult:
-        """Contract §2.9 step 5: flush, decode the unfinished tail, join."""
+        """Contract §2.9 step 5 (or §3.6 natively): decode what is unfinished, join."""
         self.closing = True
+        if self.settings.native:
+            text = await self._finalize_native(decoder)
+            if text:
+                return FinalResult(text, "native_stream", decoded=True)
+            return await self._fallbacks(decoder)
         await self._flush_staged()
         partial = self.partial_task
         if partial is not None and not partial.done():
@@ -439,6 +521,10 @@ class DictationSession:
         text = join_text(self.stable_text, tail_text)
         if text:
             return FinalResult(text, "incremental", decoded=True)
+        return await self._fallbacks(decoder)
+
+    async def _fallbacks(self, decoder: SessionDecoder) -> FinalResult:
+        """Nothing recognized incrementally: decode what was heard, else the last partial."""
         heard = self.signal_samples >= MIN_DECODE_SEC * SAMPLE_RATE
         if heard and not self.rejected and not self.accepted:
             # Sound the VAD never called speech: decode what was heard. (Pure
@@ -484,6 +570,6 @@ class DictationSession:
         self.accepted.append(Chunk(start, samples))
 
     def cancel_work(self) -> None:
-        for task in (self.partial_task, self.commit_task):
+        for task in (self.partial_task, self.commit_task, self.native_task):
             if task is not None and not task.done():
                 task.cancel()

@@ -401,7 +401,8 @@ class Connection:
         result = await session.finalize(self.services.decoder)
         recognized = session.ack_seq + 1 if result.decoded and not incomplete else None
         registry.record_stop(session.session_id, stop_id, result.text, recognized)
-        self.log.event("final", text=result.text)
+        native = {"native_stream": True} if result.source == "native_stream" else {}
+        self.log.event("final", text=result.text, **native)
         source = result.source + ("_incomplete_audio" if incomplete else "")
         self.log.event(
             "final_sent",

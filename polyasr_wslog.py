@@ -116,7 +116,9 @@ class WsSessionLog:
         if self._dir is None:
             assert self.root is not None
             folder = (
-                self.root / "sessions" / self._created.strftime("%Y-%m-%d")
+                self.root
+                / "sessions"
+                / self._created.strftime("%Y-%m-%d")
                 / f"{self._created.strftime('%H%M%S')}-ws-{self.session_id}"
             )
             folder.mkdir(parents=True, exist_ok=True)

@@ -36,6 +36,28 @@ class MlxEngine:
         self.aligner_id = settings.aligner_model
         self.dtype_name = settings.dtype
         self.dtype = getattr(mx, settings.dtype)
+        self.stream_max_context_sec = settings.stream_max_context_sec
+        self.stream_finalization_mode = settings.stream_finalization_mode
+
+    # mlx-qwen3-asr's Session has its own streaming decoder (windowed re-decode
+    # with a rolled-back text prefix), available with any model.
+    supports_native_streaming = True
+
+    def stream_open(self, model: Any, *, context: str, language: str | None, chunk_sec: float) -> Any:
+        return model.init_streaming(
+            context=context,
+            language=language,
+            chunk_size_sec=chunk_sec,
+            max_context_sec=self.stream_max_context_sec,
+            finalization_mode=self.stream_finalization_mode,
+        )
+
+    def stream_feed(self, model: Any, state: Any, samples: Any) -> tuple[Any, str]:
+        state = model.feed_audio(samples, state)
+        return state, state.text.strip()
+
+    def stream_finish(self, model: Any, state: Any) -> str:
+        return model.finish_streaming(state).text.strip()
 
     def load(self, unit: str) -> Any:
         if unit == "align":

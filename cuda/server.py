@@ -76,6 +76,21 @@ class CudaEngine:
             max_new_tokens=self.max_new_tokens,
         )
 
+    @property
+    def supports_native_streaming(self) -> bool:
+        """qwen-asr streams only on its vLLM backend (it raises on transformers)."""
+        return self.engine_backend == "vllm"
+
+    def stream_open(self, model: Any, *, context: str, language: str | None, chunk_sec: float) -> Any:
+        return model.init_streaming_state(context=context, language=language, chunk_size_sec=chunk_sec)
+
+    def stream_feed(self, model: Any, state: Any, samples: Any) -> tuple[Any, str]:
+        state = model.streaming_transcribe(samples, state)
+        return state, state.text.strip()
+
+    def stream_finish(self, model: Any, state: Any) -> str:
+        return model.finish_streaming_transcribe(state).text.strip()
+
     def empty_cache(self) -> None:
         if self._torch.cuda.is_available():
             self._torch.cuda.synchronize()

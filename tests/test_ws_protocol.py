@@ -342,3 +342,29 @@ def test_idle_sweep_waits_for_the_live_session(live_server: Any) -> None:
 
 def test_tiny_env_is_cpu(tiny: Any) -> None:
     assert tiny_env(tiny)["POLYASR_DEVICE"] == "cpu"
+
+
+def test_native_streaming(live_server: Any, backend: str, tmp_path: Path) -> None:
+    """MLX streams natively (mlx-qwen3-asr's Session); CUDA only with vLLM, so
+    with transformers the flag is ignored and the VAD pipeline answers."""
+    server = live_server(POLYASR_NATIVE_STREAMING="1", POLYASR_STREAM_CHUNK_SEC="1.0")
+    client = start(server, "native")
+    client.recv()
+    stream(client, frames(45), pace=0.01)
+    client.send({"type": "stop", "stopId": "nat", "finalCapturedSeq": 45})
+    final = client.until("final")
+    assert final["recognizedThroughSeq"] == 45 and final["text"]
+    client.until("done")
+    time.sleep(0.3)
+    events = [
+        json.loads(line)
+        for path in (tmp_path / "logs" / "sessions").glob("*/*/events.jsonl")
+        for line in path.read_text().splitlines()
+    ]
+    sent = [e for e in events if e["type"] == "final_sent"][-1]
+    if backend == "mlx":
+        assert any(e["type"] == "native_stream_started" for e in events)
+        assert sent["source"] == "native_stream"  # the text came from sealing the native stream
+    else:
+        assert not any(e["type"] == "native_stream_started" for e in events)
+        assert sent["source"] == "incremental"

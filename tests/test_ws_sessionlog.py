@@ -26,7 +26,7 @@ def read_events(folder: Path) -> list[dict]:
 
 
 def test_layout_events_and_flac(tmp_path: Path) -> None:
-    pcm = pcm_of(speech("voice_a")[:16000 * 2])
+    pcm = pcm_of(speech("voice_a")[: 16000 * 2])
     log = WsSessionLog(tmp_path, "cuda", "Qwen/Qwen3-ASR-0.6B")
     log.event("protocol_started", session_id="client-1", resume=False, ack_seq=0, context_len=0)
     for start in range(0, len(pcm), 3200):
@@ -43,8 +43,14 @@ def test_layout_events_and_flac(tmp_path: Path) -> None:
     events = read_events(folder)
     assert all(isinstance(e["t_ms"], int) and e["t_ms"] >= 0 for e in events)
     assert [e["type"] for e in events] == ["start", "protocol_started", "final", "close"]
-    assert events[0] == {"t_ms": events[0]["t_ms"], "type": "start", "session_id": log.session_id,
-                         "kind": "ws", "model": "Qwen/Qwen3-ASR-0.6B", "backend": "cuda"}
+    assert events[0] == {
+        "t_ms": events[0]["t_ms"],
+        "type": "start",
+        "session_id": log.session_id,
+        "kind": "ws",
+        "model": "Qwen/Qwen3-ASR-0.6B",
+        "backend": "cuda",
+    }
     assert log.session_id != "client-1" and folder.name.endswith(log.session_id)
     assert events[2]["text"] == "héllo 你好"
     assert "你好" in (folder / "events.jsonl").read_text(encoding="utf-8")
