@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import uvicorn
-from fastapi import FastAPI, File, Form, HTTPException, Request, UploadFile, WebSocket
+from fastapi import FastAPI, File, Form, HTTPException, Request, UploadFile, WebSocket, WebSocketDisconnect
 from fastapi.responses import JSONResponse, PlainTextResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -129,7 +129,7 @@ class _SocketTransport:
         await self.websocket.send_text(json.dumps(message, ensure_ascii=False))
 
     async def close(self, code: int) -> None:
-        with contextlib.suppress(RuntimeError):  # already closed by the client
+        with contextlib.suppress(RuntimeError, WebSocketDisconnect):  # the client closed first
             await self.websocket.close(code)
 
 

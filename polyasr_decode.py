@@ -126,7 +126,7 @@ class StreamDecoder:
             budget_sec=budget_sec,
         )
 
-    def partial_queued(self, replace_key: str) -> bool:
+    def is_queued(self, replace_key: str) -> bool:
         return self.transcriber.manager.is_queued("asr", replace_key)
 
     # Native streaming: the engine's own incremental decoder, on the asr

@@ -28,6 +28,7 @@ SUB_CHUNK = 512  # the only input size Silero accepts at 16 kHz
 VAD_THRESHOLD = 0.5
 COMMIT_SILENCE_WINDOWS = 4  # 4 non-speech windows (640 ms) close a chunk
 SPEAKER_SIM_THRESHOLD = 0.70
+EMBED_MAX_SEC = 6.0  # the part of a long chunk the speaker is judged on
 MIN_EMBED_SEC = 1.0  # shorter audio gives embeddings too noisy to judge a speaker by
 ENERGY_MEAN_MIN = 80  # int16 units
 ENERGY_PEAK_MIN = 900  # int16 units
@@ -140,6 +141,11 @@ class SpeakerFilter:
         wav = preprocess_wav(np.asarray(samples, dtype=np.float32), source_sr=SAMPLE_RATE)
         if len(wav) < min_samples:
             return None
+        # A voice is identified well within a few seconds; embedding a long
+        # chunk whole would make a stop's speaker check grow with its length.
+        if len(wav) > EMBED_MAX_SEC * SAMPLE_RATE:
+            middle = (len(wav) - int(EMBED_MAX_SEC * SAMPLE_RATE)) // 2
+            wav = wav[middle : middle + int(EMBED_MAX_SEC * SAMPLE_RATE)]
         with self._lock:
             embedding = self._encoder.embed_utterance(wav)
         embedding = np.asarray(embedding, dtype=np.float32)

@@ -73,7 +73,7 @@ class SessionDecoder(Protocol):
         budget_sec: float | None = None,
     ) -> Transcript: ...
 
-    def partial_queued(self, replace_key: str) -> bool: ...
+    def is_queued(self, replace_key: str) -> bool: ...
 
     async def native_open(self, *, context: str, language: str | None, chunk_sec: float) -> Any: ...
 
@@ -304,8 +304,14 @@ class DictationSession:
         try:
             try:
                 result = await decoder.decode(
-                    _glue(chunks), priority=Priority.COMMIT, context=self.context, language=self.language
+                    _glue(chunks),
+                    priority=Priority.COMMIT,
+                    context=self.context,
+                    language=self.language,
+                    replace_key=self._commit_key(),
                 )
+            except asyncio.CancelledError:
+                return  # the stop came first: the final decodes these chunks itself
             except ModelUnavailable as exc:
                 await self._report(exc)
                 return
@@ -327,10 +333,13 @@ class DictationSession:
     def _partial_key(self) -> str:
         return f"partial:{id(self)}"
 
+    def _commit_key(self) -> str:
+        return f"commit:{id(self)}"
+
     def _maybe_partial(self, decoder: SessionDecoder) -> None:
         s = self.settings
         in_flight = self.partial_task is not None and not self.partial_task.done()
-        if in_flight and not decoder.partial_queued(self._partial_key()):
+        if in_flight and not decoder.is_queued(self._partial_key()):
             return  # one is being decoded; a queued one could be replaced instead
         if (self.signal_samples - self.partial_signal_mark) < s.partial_min_delta_sec * SAMPLE_RATE:
             return
@@ -497,13 +506,16 @@ class DictationSession:
                     await partial
             else:
                 self.log("final_skip_partial")
-                if decoder.partial_queued(self._partial_key()):
+                if decoder.is_queued(self._partial_key()):
                     partial.cancel()
         if self.pending:
             await self._close_tail()
-        if self.commit_task is not None:
-            with contextlib.suppress(Exception):
-                await self.commit_task
+        commit = self.commit_task
+        if commit is not None:
+            if decoder.is_queued(self._commit_key()):
+                commit.cancel()  # not started: one final decode is cheaper than two in a row
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await commit
         tail = self._uncommitted()
         tail_text = ""
         if tail:

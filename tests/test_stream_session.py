@@ -55,7 +55,7 @@ class ScriptedDecoder:
         text = ("" if self.cjk else " ").join(words)
         return Transcript(text=text, raw=f"raw:{text}")
 
-    def partial_queued(self, key: str) -> bool:
+    def is_queued(self, key: str) -> bool:
         return False
 
     def by(self, priority: Priority) -> list[Call]:

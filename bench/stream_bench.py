@@ -1,0 +1,181 @@
+"""Dictation latency under load: concurrent sessions over real sockets.
+
+N sessions replay speech at real-time pace (100 ms frames) to a real server
+process and stop; for each utterance length the script prints time to first
+partial, final-after-stop latency (p50/p95), partial decodes per session, and
+the ratio final-latency(longest) ÷ final-latency(shortest) — flat cost means
+a ratio near 1 (target ≤ 1.5). It also runs the same lengths with a single
+session, so the side-by-side ratio (N sessions ÷ 1 session) shows whether a
+final waits behind other sessions' partials (the scheduler runs finals first).
+
+    .venv-cuda/bin/python bench/stream_bench.py                  # CUDA engine (CPU here)
+    .venv-mlx/bin/python bench/stream_bench.py --backend mlx
+    .venv-cuda/bin/python bench/stream_bench.py --sessions 8 --lengths 5,30,120
+
+With no ``--model`` the tiny random-weight checkpoints of the test suite are
+used: their text is gibberish, but every decode runs to its token budget, so
+decode cost follows audio length the way real speech does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from websockets.asyncio.client import connect
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from polyasr_protocol import build_frame  # noqa: E402
+from tests.audio_util import speech  # noqa: E402
+from tests.conftest import BACKEND, LiveServer, tiny_env  # noqa: E402
+from tests.fixtures.tiny_models import TinyModels, build_tiny_models  # noqa: E402
+
+FRAME_SEC = 0.1
+
+
+@dataclass
+class Run:
+    sid: str
+    first_partial: float | None = None
+    final_latency: float | None = None
+    partials: int = 0
+    text: str = ""
+    errors: list[str] = field(default_factory=list)
+
+
+def utterance(seconds: float) -> bytes:
+    """Speech with natural pauses (the project's own clip, 1 s gaps), PCM16LE."""
+    clip = np.concatenate([speech("voice_a"), np.zeros(16000, np.float32)])
+    audio = np.tile(clip, int(seconds // (len(clip) / 16000)) + 1)[: int(seconds * 16000)]
+    return (np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes()
+
+
+async def dictate(url: str, sid: str, pcm: bytes, delay: float) -> Run:
+    run = Run(sid)
+    await asyncio.sleep(delay)
+    frame_bytes = int(FRAME_SEC * 32000)
+    count = len(pcm) // frame_bytes
+    async with connect(url, max_size=None) as ws:
+        await ws.send(json.dumps({"type": "start", "protocol": 1, "control": 2, "sessionId": sid, "language": "en"}))
+        began = time.perf_counter()
+        stop_sent = 0.0
+        final_seen = asyncio.Event()
+
+        async def reader() -> None:
+            async for raw in ws:
+                msg = json.loads(raw)
+                if msg["type"] == "partial" and run.first_partial is None:
+                    run.first_partial = time.perf_counter() - began
+                elif msg["type"] == "final":
+                    run.final_latency = time.perf_counter() - stop_sent
+                    run.text = msg["text"]
+                    if msg.get("recognizedThroughSeq") != count:
+                        run.errors.append(f"coverage {msg.get('recognizedThroughSeq')} != {count}")
+                    final_seen.set()
+                elif msg["type"] in ("error", "stopExpired"):
+                    run.errors.append(str(msg))
+                    final_seen.set()
+
+        task = asyncio.create_task(reader())
+        for seq in range(count):
+            target = began + seq * FRAME_SEC
+            await asyncio.sleep(max(0.0, target - time.perf_counter()))
+            await ws.send(build_frame(seq, pcm[seq * frame_bytes : (seq + 1) * frame_bytes]))
+        stop_sent = time.perf_counter()
+        await ws.send(json.dumps({"type": "stop", "stopId": f"{sid}-stop", "finalCapturedSeq": count}))
+        await asyncio.wait_for(final_seen.wait(), 600)
+        task.cancel()
+    return run
+
+
+def partial_decodes(logs: Path) -> dict[str, int]:
+    """Partial decodes per client session id, from the server's session archive."""
+    counts: dict[str, int] = {}
+    for path in logs.glob("sessions/*/*/events.jsonl"):
+        events = [json.loads(line) for line in path.read_text().splitlines()]
+        sid = next((e["session_id"] for e in events if e["type"] == "protocol_started"), None)
+        if sid is not None:
+            counts[sid] = counts.get(sid, 0) + sum(e["type"] == "partial_done" for e in events)
+    return counts
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+
+
+async def measure(url: str, sessions: int, seconds: float, tag: str) -> list[Run]:
+    pcm = utterance(seconds)
+    jitter = random.Random(seconds)
+    return await asyncio.gather(
+        *(dictate(url, f"{tag}-{seconds:g}-{i}", pcm, jitter.uniform(0, 1.0)) for i in range(sessions))
+    )
+
+
+def report(label: str, runs: list[Run], decodes: dict[str, int]) -> float:
+    finals = [r.final_latency for r in runs if r.final_latency is not None]
+    firsts = [r.first_partial for r in runs if r.first_partial is not None]
+    per_session = statistics.mean(decodes.get(r.sid, 0) for r in runs)
+    errors = sum(len(r.errors) for r in runs)
+    first = f"{statistics.median(firsts):6.2f}" if firsts else "   n/a"
+    print(
+        f"{label:<22} first partial {first} s | final after stop p50 {pct(finals, 0.5):6.3f} s "
+        f"p95 {pct(finals, 0.95):6.3f} s | partial decodes/session {per_session:5.1f} | errors {errors}"
+    )
+    return pct(finals, 0.5)
+
+
+async def main_async(args: argparse.Namespace) -> None:
+    work = Path(tempfile.mkdtemp(prefix="polyasr-stream-bench-"))
+    tiny = build_tiny_models(work / "tiny")
+    if args.model:
+        tiny = TinyModels(asr=Path(args.model), aligner=tiny.aligner)
+    env = tiny_env(tiny, POLYASR_LOG_DIR=str(work / "logs"), POLYASR_PARTIALS_ENABLED="1")
+    server = LiveServer(args.backend, env, work / "server.log")
+    server.wait_ready()
+    url = server.url.replace("http", "ws") + "/ws/transcribe"
+    lengths = [float(x) for x in args.lengths.split(",")]
+    print(f"backend={args.backend} model={tiny.asr} real-time replay, 100 ms frames")
+    try:
+        medians: dict[tuple[int, float], float] = {}
+        for sessions in sorted({1, args.sessions}):
+            for seconds in lengths:
+                runs = await measure(url, sessions, seconds, f"n{sessions}")
+                label = f"{sessions} x {seconds:g} s"
+                medians[(sessions, seconds)] = report(label, runs, partial_decodes(work / "logs"))
+        for sessions in sorted({1, args.sessions}):
+            ratio = medians[(sessions, lengths[-1])] / medians[(sessions, lengths[0])]
+            print(
+                f"{sessions} session(s): final-latency({lengths[-1]:g} s) / final-latency({lengths[0]:g} s) "
+                f"= {ratio:.2f}  (target <= 1.5)"
+            )
+        if args.sessions > 1:
+            for seconds in lengths:
+                ratio = medians[(args.sessions, seconds)] / medians[(1, seconds)]
+                print(f"{seconds:g} s: final latency with {args.sessions} sessions / 1 session = {ratio:.2f}")
+    finally:
+        server.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--backend", choices=["mlx", "cuda"], default=BACKEND)
+    parser.add_argument("--sessions", type=int, default=8)
+    parser.add_argument("--lengths", default="5,30,120")
+    parser.add_argument("--model", help="ASR checkpoint dir (default: tiny random weights)")
+    asyncio.run(main_async(parser.parse_args()))
+
+
+if __name__ == "__main__":
+    main()
