@@ -67,7 +67,9 @@ async def dictate(url: str, sid: str, pcm: bytes, delay: float) -> Run:
     frame_bytes = int(FRAME_SEC * 32000)
     count = len(pcm) // frame_bytes
     async with connect(url, max_size=None) as ws:
-        await ws.send(json.dumps({"type": "start", "protocol": 1, "control": 2, "sessionId": sid, "language": "en"}))
+        await ws.send(
+            json.dumps({"type": "start", "protocol": 1, "control": 2, "sessionId": sid, "language": "en"})
+        )
         began = time.perf_counter()
         stop_sent = 0.0
         final_seen = asyncio.Event()
@@ -112,7 +114,7 @@ def partial_decodes(logs: Path) -> dict[str, int]:
 
 def pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 async def measure(url: str, sessions: int, seconds: float, tag: str) -> list[Run]:
@@ -169,7 +171,9 @@ async def main_async(args: argparse.Namespace) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--backend", choices=["mlx", "cuda"], default=BACKEND)
     parser.add_argument("--sessions", type=int, default=8)
     parser.add_argument("--lengths", default="5,30,120")
