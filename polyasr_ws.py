@@ -294,6 +294,7 @@ class Connection:
                 settings=self.services.settings,
                 context=opening.context,
                 language=language,
+                clock=registry.clock,
             )
             registry.put(session)
         else:
