@@ -48,7 +48,9 @@ class _Job:
 class UnitScheduler:
     """A worker thread that runs submitted work in priority, then FIFO, order."""
 
-    def __init__(self, name: str, max_batch: int = 32) -> None:
+    # A batch runs to completion before anything else on the unit: a cap keeps
+    # a queue of long uploads from holding a final for more than one short call.
+    def __init__(self, name: str, max_batch: int = 8) -> None:
         self.name = name
         self.max_batch = max_batch
         self._heap: list[_Job] = []

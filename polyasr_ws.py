@@ -158,7 +158,6 @@ class StreamServices:
     new_vad: Callable[[], VadStream]
     new_speaker: Callable[[], SpeakerGate]
     new_log: Callable[[], WsSessionLog]
-    on_session_end: Callable[[DictationSession, str], None] = lambda _s, _t: None
 
 
 _TIMEOUT = object()
@@ -413,7 +412,6 @@ class Connection:
             recognized_through_seq=recognized,
             control_protocol=self.control,
         )
-        self.services.on_session_end(session, result.text)
         await self._answer(session, stop_id, result.text, recognized)
 
     async def _await_coverage(self, session: DictationSession, captured: int) -> bool:
