@@ -8,6 +8,7 @@ once, outside the engines, and tested against both.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -42,6 +43,10 @@ class Transcript:
     raw: str = ""  # the engine's raw answer, usable as a later clip's prefix
 
 
+class Preempted(RuntimeError):
+    """A preemptible decode stopped early because more urgent work was waiting."""
+
+
 class Engine(Protocol):
     """What a backend provides. Calls run on the unit's worker thread."""
 
@@ -55,8 +60,14 @@ class Engine(Protocol):
     def empty_cache(self) -> None:
         """Return freed accelerator memory to the device (after an eviction)."""
 
-    def transcribe(self, model: Any, clips: list[Clip]) -> list[Transcript]:
-        """Decode a batch of clips with the asr unit's model, one result per clip."""
+    def transcribe(
+        self, model: Any, clips: list[Clip], should_stop: Callable[[], bool] | None = None
+    ) -> list[Transcript]:
+        """Decode a batch of clips with the asr unit's model, one result per clip.
+
+        When ``should_stop`` is given the engine may poll it while generating and
+        raise :class:`Preempted` once it returns true (engines whose library
+        offers no hook between tokens simply run to the end)."""
 
     def info(self) -> dict[str, Any]:
         """Backend facts for /health: ``device``, ``dtype`` and the memory block."""

@@ -164,17 +164,20 @@ class AsrModelManager:
         self,
         name: str,
         key: str,
-        batch_fn: Callable[[Any, list[Any]], list[Any]],
+        batch_fn: Callable[[Any, list[Any], Callable[[], bool] | None], list[Any]],
         payload: Any,
         priority: Priority,
         replace_key: str | None = None,
         **lease: bool,
     ) -> Any:
-        """Queue ``payload`` for ``batch_fn(model, payloads)``, batched with
-        other queued payloads of the same key and priority (see
-        :meth:`UnitScheduler.submit_batched` for ``replace_key``)."""
+        """Queue ``payload`` for ``batch_fn(model, payloads, should_stop)``,
+        batched with other queued payloads of the same key and priority (see
+        :meth:`UnitScheduler.submit_batched` for ``replace_key``). Work below
+        commit priority (partials, probes) is preemptible: ``should_stop``
+        tells the engine that something more urgent waits."""
         unit = self._units[name]
-        run: BatchFn = lambda payloads: batch_fn(unit.model, payloads)  # noqa: E731
+        stop = unit.worker.urgent_waiting if priority >= Priority.PARTIAL else None
+        run: BatchFn = lambda payloads: batch_fn(unit.model, payloads, stop)  # noqa: E731
         async with self.lease(name, **lease):
             return await unit.worker.submit_batched(key, run, payload, priority, replace_key)
 

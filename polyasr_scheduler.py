@@ -57,6 +57,7 @@ class UnitScheduler:
         self._seq = itertools.count()
         self._cv = threading.Condition()
         self._closed = False
+        self._running = int(Priority.PROBE) + 1  # priority of the job on the thread now
         self._thread = threading.Thread(target=self._loop, name=f"polyasr-{name}", daemon=True)
         self._thread.start()
 
@@ -84,6 +85,12 @@ class UnitScheduler:
         key: a newer partial of a session makes its older, unstarted one stale.
         """
         return self._push(priority, key, replace_key, batch_fn, payload)
+
+    def urgent_waiting(self) -> bool:
+        """Whether more urgent work waits behind the running job (a final behind
+        a partial): a preemptible decode checks this between tokens and yields."""
+        with self._cv:
+            return bool(self._heap) and self._heap[0].priority < self._running
 
     def is_queued(self, replace_key: str) -> bool:
         """Whether a job with ``replace_key`` waits (submitted, not yet started)."""
@@ -145,6 +152,8 @@ class UnitScheduler:
             live = [j for j in jobs if j.future.set_running_or_notify_cancel()]
             if not live:
                 continue
+            with self._cv:
+                self._running = live[0].priority
             try:
                 results = live[0].run([j.payload for j in live])
                 if len(results) != len(live):
@@ -153,5 +162,8 @@ class UnitScheduler:
                 for job in live:
                     job.future.set_exception(exc)
                 continue
+            finally:
+                with self._cv:
+                    self._running = int(Priority.PROBE) + 1
             for job, result in zip(live, results, strict=True):
                 job.future.set_result(result)

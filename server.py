@@ -10,6 +10,7 @@ test suite exercises this engine without a Mac).
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -71,8 +72,12 @@ class MlxEngine:
     def empty_cache(self) -> None:
         self._mx.clear_cache()
 
-    def transcribe(self, model: Any, clips: list[Clip]) -> list[Transcript]:
-        """Decode clip by clip: MLX gains little from padding a batch on one device."""
+    def transcribe(
+        self, model: Any, clips: list[Clip], should_stop: Callable[[], bool] | None = None
+    ) -> list[Transcript]:
+        """Decode clip by clip: MLX gains little from padding a batch on one
+        device. mlx-qwen3-asr offers no hook between tokens, so ``should_stop``
+        is not polled: a partial runs to its (small) token budget."""
         results = []
         for clip in clips:
             out = model.transcribe(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from polyasr_config import ConfigError, Settings  # noqa: E402
-from polyasr_engine import Clip, Transcript  # noqa: E402
+from polyasr_engine import Clip, Preempted, Transcript  # noqa: E402
 
 _MB = 1_048_576
 # Tokens of a previous hypothesis left unfixed when it is fed back as the
@@ -96,7 +97,9 @@ class CudaEngine:
             self._torch.cuda.synchronize()
             self._torch.cuda.empty_cache()
 
-    def transcribe(self, model: Any, clips: list[Clip]) -> list[Transcript]:
+    def transcribe(
+        self, model: Any, clips: list[Clip], should_stop: Callable[[], bool] | None = None
+    ) -> list[Transcript]:
         """One generate call for the whole batch, each clip with its own prompt.
 
         This is qwen-asr's own recipe (chat-template prompt, processor,
@@ -119,7 +122,7 @@ class CudaEngine:
         generated = (
             self._generate_vllm(model, prompts, wavs, budget)
             if model.backend == "vllm"
-            else self._generate_transformers(model, prompts, wavs, budget)
+            else self._generate_transformers(model, prompts, wavs, budget, should_stop)
         )
         results = []
         for clip, prefix, new in zip(clips, prefixes, generated, strict=True):
@@ -142,12 +145,28 @@ class CudaEngine:
         return tokenizer.decode(ids[:-ROLLBACK_TOKENS], skip_special_tokens=False)
 
     def _generate_transformers(
-        self, model: Any, prompts: list[str], wavs: list[Any], budget: int
+        self,
+        model: Any,
+        prompts: list[str],
+        wavs: list[Any],
+        budget: int,
+        should_stop: Callable[[], bool] | None,
     ) -> list[str]:
+        torch = self._torch
         inputs = model.processor(text=prompts, audio=wavs, return_tensors="pt", padding=True)
         inputs = inputs.to(model.model.device).to(model.model.dtype)
-        with self._torch.inference_mode():
-            out = model.model.generate(**inputs, max_new_tokens=budget)
+        stopped = False
+
+        def stop_now(input_ids: Any, _scores: Any, **_kw: Any) -> Any:
+            """Checked between tokens: yield the device to a waiting final."""
+            nonlocal stopped
+            stopped = stopped or (should_stop is not None and should_stop())
+            return torch.full((input_ids.shape[0],), stopped, dtype=torch.bool, device=input_ids.device)
+
+        with torch.inference_mode():
+            out = model.model.generate(**inputs, max_new_tokens=budget, stopping_criteria=[stop_now])
+        if stopped:
+            raise Preempted("a more urgent decode is waiting")
         return model.processor.batch_decode(
             out.sequences[:, inputs["input_ids"].shape[1] :],
             skip_special_tokens=True,

@@ -27,8 +27,8 @@ class RottedEngine:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._engine, name)
 
-    def transcribe(self, model: Any, clips: list[Any]) -> list[Transcript]:
-        real = self._engine.transcribe(model, clips)
+    def transcribe(self, model: Any, clips: list[Any], should_stop: Any = None) -> list[Transcript]:
+        real = self._engine.transcribe(model, clips, should_stop)
         return [Transcript("", r.language) for r in real] if self.blank else real
 
 

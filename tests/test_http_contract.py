@@ -29,9 +29,9 @@ class SpyEngine:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._engine, name)
 
-    def transcribe(self, model: Any, clips: list[Any]) -> list[Any]:
+    def transcribe(self, model: Any, clips: list[Any], should_stop: Any = None) -> list[Any]:
         self.batches.append(list(clips))
-        return self._engine.transcribe(model, clips)
+        return self._engine.transcribe(model, clips, should_stop)
 
 
 @pytest.fixture

@@ -47,3 +47,26 @@ async def test_errors_reach_every_waiter_and_the_worker_survives() -> None:
         raise AssertionError("expected the engine error")
     assert await sched.submit(lambda: 42, Priority.BATCH) == 42
     sched.close()
+
+
+async def test_urgent_waiting_tells_a_running_job_to_yield() -> None:
+    sched = UnitScheduler("t")
+    seen: list[bool] = []
+    release = threading.Event()
+
+    def partial() -> None:
+        release.wait(5)
+        seen.append(sched.urgent_waiting())
+
+    running = sched.submit(partial, Priority.PARTIAL)
+    await asyncio.sleep(0.05)
+    later_partial = sched.submit(lambda: None, Priority.PARTIAL)
+    assert not sched.urgent_waiting()  # another partial is not more urgent
+    final = sched.submit(lambda: "final", Priority.FINAL)
+    release.set()
+    await running
+    assert seen == [True]
+    assert await final == "final"
+    await later_partial
+    assert not sched.urgent_waiting()
+    sched.close()
