@@ -43,6 +43,25 @@ class Transcript:
     raw: str = ""  # the engine's raw answer, usable as a later clip's prefix
 
 
+# Tokens of a previous hypothesis left unfixed when it is fed back as the
+# answer prefix (the Qwen3-ASR streaming recipe rolls back about five).
+ROLLBACK_TOKENS = 5
+
+
+def rolled_back_ids(ids: list[int], decode: Callable[[list[int]], str], prefix: str) -> list[int]:
+    """``ids`` (the tokens of ``prefix``) minus the last ``ROLLBACK_TOKENS``:
+    the words at the boundary may still change.
+
+    A character outside ASCII may span several byte-level tokens, so the cut
+    backs off until the kept ids decode to an exact start of ``prefix``: the
+    answer never continues from half a character.
+    """
+    end = max(0, len(ids) - ROLLBACK_TOKENS)
+    while end and not prefix.startswith(decode(ids[:end])):
+        end -= 1
+    return ids[:end]
+
+
 class Preempted(RuntimeError):
     """A preemptible decode stopped early because more urgent work was waiting."""
 

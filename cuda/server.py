@@ -20,12 +20,9 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from polyasr_config import ConfigError, Settings  # noqa: E402
-from polyasr_engine import Clip, Preempted, Transcript  # noqa: E402
+from polyasr_engine import Clip, Preempted, Transcript, rolled_back_ids  # noqa: E402
 
 _MB = 1_048_576
-# Tokens of a previous hypothesis left unfixed when it is fed back as the
-# answer prefix (the Qwen3-ASR streaming recipe rolls back about five).
-ROLLBACK_TOKENS = 5
 
 
 class CudaEngine:
@@ -135,14 +132,16 @@ class CudaEngine:
 
     @staticmethod
     def _rolled_back(model: Any, prefix: str) -> str:
-        """``prefix`` minus its last tokens: the boundary words may still change."""
+        """``prefix`` minus its last tokens, as prompt text."""
         if not prefix:
             return ""
         tokenizer = model.processor.tokenizer
+
+        def decode(ids: list[int]) -> str:
+            return tokenizer.decode(ids, skip_special_tokens=False)
+
         ids = tokenizer.encode(prefix, add_special_tokens=False)
-        if len(ids) <= ROLLBACK_TOKENS:
-            return ""
-        return tokenizer.decode(ids[:-ROLLBACK_TOKENS], skip_special_tokens=False)
+        return decode(rolled_back_ids(ids, decode, prefix))
 
     def _generate_transformers(
         self,
