@@ -14,6 +14,7 @@ import concurrent.futures
 import heapq
 import itertools
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import IntEnum
@@ -32,6 +33,8 @@ class Priority(IntEnum):
 
 
 BatchFn = Callable[[list[Any]], list[Any]]
+# Told how long each run on the worker thread took (a batch is one run): metrics.
+OnRun = Callable[[Priority, float], None]
 
 
 @dataclass(order=True)
@@ -48,9 +51,10 @@ class _Job:
 class UnitScheduler:
     """A worker thread that runs submitted work in priority, then FIFO, order."""
 
-    def __init__(self, name: str, max_batch: int = 32) -> None:
+    def __init__(self, name: str, max_batch: int = 32, on_run: OnRun | None = None) -> None:
         self.name = name
         self.max_batch = max_batch
+        self.on_run = on_run
         self._heap: list[_Job] = []
         self._seq = itertools.count()
         self._cv = threading.Condition()
@@ -143,6 +147,7 @@ class UnitScheduler:
             live = [j for j in jobs if j.future.set_running_or_notify_cancel()]
             if not live:
                 continue
+            began = time.perf_counter()
             try:
                 results = live[0].run([j.payload for j in live])
                 if len(results) != len(live):
@@ -151,5 +156,8 @@ class UnitScheduler:
                 for job in live:
                     job.future.set_exception(exc)
                 continue
+            finally:
+                if self.on_run is not None:
+                    self.on_run(Priority(live[0].priority), time.perf_counter() - began)
             for job, result in zip(live, results, strict=True):
                 job.future.set_result(result)
