@@ -265,7 +265,7 @@ function render() {
   const busy = d !== null && ["connecting", "listening", "finishing", "recovering"].includes(d.state);
   document.body.dataset.dictation = d?.state ?? "idle";
   $("start").disabled = busy;
-  $("stop").disabled = !d || !["connecting", "listening"].includes(d.state);
+  $("stop").disabled = d?.state !== "listening"; // capture is running once the server has started
   if (!d) return;
   const status = $("dictation-status");
   status.textContent = statusLine(d);
