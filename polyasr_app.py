@@ -22,7 +22,9 @@ from typing import Any
 
 import uvicorn
 from fastapi import FastAPI, File, Form, HTTPException, Request, UploadFile, WebSocket, WebSocketDisconnect
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response
+from fastapi.staticfiles import StaticFiles
+from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from polyasr_audio import AudioDecodeError, decode_audio
@@ -32,6 +34,7 @@ from polyasr_engine import Engine
 from polyasr_health import HealthMonitor
 from polyasr_languages import UnsupportedLanguage, normalize_language
 from polyasr_manager import AsrModelManager, ModelBusy, ModelUnavailable
+from polyasr_metrics import Metrics
 from polyasr_sessionlog import HttpArchive
 from polyasr_speech import SpeakerGate, shared_speaker_filter, shared_vad
 from polyasr_stream import StreamSettings
@@ -42,6 +45,7 @@ log = logging.getLogger("polyasr")
 
 VERSION = "2.0.0"
 PROBE_CLIP = Path(__file__).resolve().parent / "assets" / "probe_speech_16k.wav"
+WEB_DIR = Path(__file__).resolve().parent / "web"
 UPLOAD_PATHS = ("/v1/audio/transcriptions", "/v1/align")
 
 
@@ -82,6 +86,48 @@ class UploadLimit:
             return message
 
         await self.app(scope, counting_receive, send)
+
+
+class RequestMetrics:
+    """ASGI middleware: count every HTTP request by route template and status.
+
+    The label is the route's template (``/web`` for any static file, a fixed
+    ``<unmatched>`` for unknown paths), never the raw path, so a scanner
+    cannot grow the series without bound. The template is found before the
+    request runs, so answers given ahead of routing (an early 413) count too.
+    """
+
+    UNMATCHED = "<unmatched>"
+
+    def __init__(self, app: ASGIApp, metrics: Metrics, routes: list[BaseRoute]) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.routes = routes
+
+    def _template(self, scope: Scope) -> str:
+        for route in self.routes:
+            match, _ = route.matches(scope)
+            if match is not Match.NONE:
+                return getattr(route, "path", None) or self.UNMATCHED
+        return self.UNMATCHED
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        route = self._template(scope)
+        status = 500  # what the client gets if the app raises before answering
+
+        async def recording_send(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, recording_send)
+        finally:
+            self.metrics.request(route, scope["method"], status)
 
 
 def _error(status: int, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -173,6 +219,10 @@ def create_app(engine: Engine, settings: Settings, base_dir: Path) -> FastAPI:
 
     log_root = settings.log_root(base_dir)
     archive = HttpArchive(log_root, backend=engine.backend, model=engine.model_id)
+    metrics = Metrics(
+        queue_depth=lambda unit: manager().queue_depth(unit) if "manager" in holder else None,
+        engine_info=engine.info,
+    )
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -183,6 +233,7 @@ def create_app(engine: Engine, settings: Settings, base_dir: Path) -> FastAPI:
             idle_seconds=settings.idle_evict_seconds,
             load_timeout=settings.load_timeout_sec,
             on_load_failure=lambda unit, reason: mon.on_load_failure(unit, reason),
+            observer=metrics,
         )
         mon = HealthMonitor(settings, mgr, engine.model_id, _load_probe_clip())
         transcriber = Transcriber(engine, mgr, settings, on_text=mon.record_text)
@@ -221,7 +272,19 @@ def create_app(engine: Engine, settings: Settings, base_dir: Path) -> FastAPI:
 
     app = FastAPI(title=f"polyasr ({engine.backend.upper()})", version=VERSION, lifespan=lifespan)
     app.add_middleware(UploadLimit, max_bytes=settings.max_upload_bytes)
+    app.add_middleware(RequestMetrics, metrics=metrics, routes=app.routes)
     _install_error_handlers(app)
+    app.mount("/web", StaticFiles(directory=WEB_DIR), name="web")
+
+    @app.get("/", include_in_schema=False)
+    async def index() -> FileResponse:
+        """The browser dictation page (web/); its assets are under /web."""
+        return FileResponse(WEB_DIR / "index.html")
+
+    @app.get("/metrics", include_in_schema=False)
+    async def get_metrics() -> Response:
+        body, content_type = metrics.exposition()
+        return Response(body, media_type=content_type)
 
     @app.get("/health")
     async def get_health() -> dict[str, Any]:
@@ -247,7 +310,8 @@ def create_app(engine: Engine, settings: Settings, base_dir: Path) -> FastAPI:
     async def dictation(websocket: WebSocket) -> None:
         """Streaming dictation (contract §2); the protocol lives in polyasr_ws."""
         await websocket.accept()
-        await Connection(holder["stream"], _SocketTransport(websocket)).run()
+        with metrics.ws_sessions.track_inprogress():
+            await Connection(holder["stream"], _SocketTransport(websocket)).run()
 
     @app.post("/model/unload")
     async def unload() -> dict[str, Any]:

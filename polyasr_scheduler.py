@@ -14,6 +14,7 @@ import concurrent.futures
 import heapq
 import itertools
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import IntEnum
@@ -32,6 +33,8 @@ class Priority(IntEnum):
 
 
 BatchFn = Callable[[list[Any]], list[Any]]
+# Told how long each run on the worker thread took (a batch is one run): metrics.
+OnRun = Callable[[Priority, float], None]
 
 
 @dataclass(order=True)
@@ -50,9 +53,10 @@ class UnitScheduler:
 
     # A batch runs to completion before anything else on the unit: a cap keeps
     # a queue of long uploads from holding a final for more than one short call.
-    def __init__(self, name: str, max_batch: int = 8) -> None:
+    def __init__(self, name: str, max_batch: int = 8, on_run: OnRun | None = None) -> None:
         self.name = name
         self.max_batch = max_batch
+        self.on_run = on_run
         self._heap: list[_Job] = []
         self._seq = itertools.count()
         self._cv = threading.Condition()
@@ -154,6 +158,7 @@ class UnitScheduler:
                 continue
             with self._cv:
                 self._running = live[0].priority
+            began = time.perf_counter()
             try:
                 results = live[0].run([j.payload for j in live])
                 if len(results) != len(live):
@@ -165,5 +170,7 @@ class UnitScheduler:
             finally:
                 with self._cv:
                     self._running = int(Priority.PROBE) + 1
+                if self.on_run is not None:
+                    self.on_run(Priority(live[0].priority), time.perf_counter() - began)
             for job, result in zip(live, results, strict=True):
                 job.future.set_result(result)
