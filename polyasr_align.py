@@ -36,12 +36,13 @@ from typing import Any, TypeVar
 import numpy as np
 from pydantic import BaseModel, Field
 
-from polyasr_audio import SAMPLE_RATE, AudioDecodeError, decode_audio, quietest_point, speech_spans
+from polyasr_audio import SAMPLE_RATE, AudioDecodeError, decode_audio, quietest_point
 from polyasr_decode import Transcriber
 from polyasr_engine import AlignedUnit, Clip, Engine
 from polyasr_languages import ALIGNER_NAMES, UnsupportedLanguage, normalize_language
 from polyasr_manager import AsrModelManager, ModelBusy, ModelUnavailable
 from polyasr_scheduler import Priority
+from polyasr_speech import VAD_THRESHOLD, WINDOW_SAMPLES, shared_vad
 from polyasr_text import is_cjk, join_texts
 
 DEFAULT_CHUNK_SEC = 270  # headroom under the aligner's ~300 s limit
@@ -181,6 +182,29 @@ def language_for_script(text: str) -> str:
 # --------------------------------------------------------------------------- #
 # Chunk plan
 # --------------------------------------------------------------------------- #
+
+
+def speech_spans(samples: np.ndarray) -> list[tuple[int, int]]:
+    """``(start, end)`` sample ranges of ``samples`` that Silero VAD calls speech.
+
+    Judged in the dictation gate's 160 ms windows (speech if any 32 ms part
+    reaches the threshold), with a fresh VAD state. A trailing part shorter
+    than a window is counted as speech, so it is never mistaken for a pause.
+    """
+    probs = shared_vad().new_stream().window_probs(samples)
+    spans: list[tuple[int, int]] = []
+    for index, prob in enumerate(probs):
+        start = index * WINDOW_SAMPLES
+        if prob < VAD_THRESHOLD:
+            continue
+        if spans and spans[-1][1] == start:
+            spans[-1] = (spans[-1][0], start + WINDOW_SAMPLES)
+        else:
+            spans.append((start, start + WINDOW_SAMPLES))
+    judged = len(probs) * WINDOW_SAMPLES
+    if judged < len(samples):
+        spans.append((judged, len(samples)))
+    return spans
 
 
 def pauses(speech: Sequence[tuple[int, int]], length: int) -> list[tuple[int, int]]:

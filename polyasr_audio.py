@@ -4,15 +4,13 @@ PyAV bundles FFmpeg's libraries, so wav, flac, mp3, ogg/opus, m4a/AAC and
 webm decode without an ``ffmpeg`` binary on the host (qwen-asr's own file path
 shells out to one; its base64 path reads only what libsndfile reads).
 
-Also here: where to cut long audio — the quietest frame near a limit, and the
-pauses Silero VAD finds.
+Also here: where to cut long audio when there is no pause to cut at — the
+quietest frame near a limit.
 """
 
 from __future__ import annotations
 
-import functools
-import threading
-from typing import Any, BinaryIO
+from typing import BinaryIO
 
 import av
 import numpy as np
@@ -92,28 +90,3 @@ def split_at_quiet(samples: np.ndarray, max_sec: float, search_sec: float = 5.0)
         start = cut
     pieces.append(samples[start:])
     return pieces
-
-
-@functools.cache
-def _silero() -> tuple[Any, threading.Lock]:
-    """The Silero VAD model (TorchScript build shipped in the wheel), loaded
-    once, with the lock that serializes it: the model carries state between
-    calls, so two threads must not run it at once."""
-    from silero_vad import load_silero_vad
-
-    return load_silero_vad(onnx=False), threading.Lock()
-
-
-def speech_spans(samples: np.ndarray) -> list[tuple[int, int]]:
-    """``(start, end)`` sample ranges of ``samples`` that Silero VAD calls speech.
-
-    Pauses shorter than 100 ms are not reported as gaps, so what lies between
-    two spans is a real pause: a place to cut audio without splitting a word.
-    """
-    import torch
-    from silero_vad import get_speech_timestamps
-
-    model, lock = _silero()
-    with lock:
-        stamps = get_speech_timestamps(torch.from_numpy(samples), model, sampling_rate=SAMPLE_RATE)
-    return [(int(s["start"]), int(s["end"])) for s in stamps]
