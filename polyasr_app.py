@@ -2,10 +2,12 @@
 
 ``create_app(engine, settings, base_dir)`` builds the FastAPI app that both
 entry points (``server.py`` for MLX, ``cuda/server.py`` for CUDA) serve. Error
-statuses follow contract §4.7: undecodable or empty audio 400, oversized
-upload 413, bad values 422, a model that cannot load 503 (with Retry-After
-when it is only busy), and 500 only for genuine internal errors — always with
-a JSON body that says what was wrong.
+statuses follow contract §4.7: undecodable or empty audio and bad manifests
+400, a manifest path the client may not read 403, oversized upload 413, bad
+values 422, a model that cannot load 503 (with Retry-After when it is only
+busy), and 500 only for genuine internal errors — always with a JSON body
+that says what was wrong. Routes stay thin: alignment lives in
+``polyasr_align``.
 """
 
 from __future__ import annotations
@@ -27,6 +29,21 @@ from fastapi.staticfiles import StaticFiles
 from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from polyasr_align import (
+    DEFAULT_CHUNK_SEC,
+    MAX_CHUNK_SEC,
+    AlignEntryFailed,
+    Aligner,
+    AlignInput,
+    AlignValueError,
+    ManifestError,
+    ManifestForbidden,
+    ManifestRequest,
+    aligner_language,
+    check_manifest,
+    is_loopback,
+    load_manifest,
+)
 from polyasr_audio import AudioDecodeError, decode_audio
 from polyasr_config import Backend, ConfigError, Settings, load_settings
 from polyasr_decode import StreamDecoder, Transcriber
@@ -143,6 +160,23 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def _bad_language(_: Request, exc: UnsupportedLanguage) -> JSONResponse:
         return _error(422, str(exc))
 
+    @app.exception_handler(AlignValueError)
+    async def _bad_value(_: Request, exc: AlignValueError) -> JSONResponse:
+        return _error(422, str(exc))
+
+    @app.exception_handler(ManifestError)
+    async def _bad_manifest(_: Request, exc: ManifestError) -> JSONResponse:
+        return _error(400, str(exc))
+
+    @app.exception_handler(ManifestForbidden)
+    async def _forbidden(_: Request, exc: ManifestForbidden) -> JSONResponse:
+        return _error(403, str(exc))
+
+    @app.exception_handler(AlignEntryFailed)
+    async def _entry_failed(_: Request, exc: AlignEntryFailed) -> JSONResponse:
+        log.error("%s", exc, exc_info=exc.__cause__)
+        return _error(500, str(exc))
+
     @app.exception_handler(ModelUnavailable)
     async def _unavailable(_: Request, exc: ModelUnavailable) -> JSONResponse:
         return _error(503, str(exc))
@@ -217,6 +251,9 @@ def create_app(engine: Engine, settings: Settings, base_dir: Path) -> FastAPI:
     def transcriber() -> Transcriber:
         return holder["transcriber"]
 
+    def aligner() -> Aligner:
+        return holder["aligner"]
+
     log_root = settings.log_root(base_dir)
     archive = HttpArchive(log_root, backend=engine.backend, model=engine.model_id)
     metrics = Metrics(
@@ -245,6 +282,7 @@ def create_app(engine: Engine, settings: Settings, base_dir: Path) -> FastAPI:
             manager=mgr,
             health=mon,
             transcriber=transcriber,
+            aligner=Aligner(engine, mgr, transcriber),
             stream=StreamServices(
                 registry=registry,
                 decoder=StreamDecoder(transcriber),
@@ -255,6 +293,7 @@ def create_app(engine: Engine, settings: Settings, base_dir: Path) -> FastAPI:
                 new_log=lambda: WsSessionLog(log_root, backend=engine.backend, model=engine.model_id),
             ),
         )
+        app.state.manager = mgr  # for in-process tests and tools
         try:
             async with mgr.lease("asr"):
                 pass
@@ -353,6 +392,36 @@ def create_app(engine: Engine, settings: Settings, base_dir: Path) -> FastAPI:
                 "duration": round(len(samples) / 16_000, 3),
             }
         return {"text": result.text}
+
+    align_label = f"{engine.model_id} + {engine.aligner_id}"
+
+    @app.post("/v1/align")
+    async def align(
+        file: UploadFile = File(...),
+        language: str | None = Form(None),
+        max_chunk_seconds: int = Form(DEFAULT_CHUNK_SEC, ge=1, le=MAX_CHUNK_SEC),
+        model: str | None = Form(None),
+        text: str | None = Form(None),
+    ) -> dict[str, Any]:
+        """Word and sentence times for an upload; with ``text``, of that
+        transcript (no ASR pass). ``model`` is accepted and ignored."""
+        del model
+        pinned = aligner_language(language)
+        samples = await asyncio.to_thread(decode_audio, file.file)
+        given = text.strip() if text and text.strip() else None
+        result = await aligner().align([AlignInput(samples, given)], pinned, max_chunk_seconds)
+        return result.to_json(align_label)
+
+    @app.post("/v1/align/manifest")
+    async def align_manifest(body: ManifestRequest, request: Request) -> dict[str, Any]:
+        """Align server-local files in order, each shifted by its offset, as
+        one result. Every entry is checked before any is aligned."""
+        pinned = aligner_language(body.language)
+        client = request.client.host if request.client else None
+        entries = check_manifest(body.manifest, settings.manifest_root_paths, is_loopback(client))
+        inputs = await asyncio.to_thread(load_manifest, entries)
+        result = await aligner().align(inputs, pinned, body.max_chunk_seconds)
+        return result.to_json(align_label)
 
     return app
 

@@ -66,12 +66,25 @@ class Preempted(RuntimeError):
     """A preemptible decode stopped early because more urgent work was waiting."""
 
 
+@dataclass(frozen=True)
+class AlignedUnit:
+    """One timed unit of text: a word for space-delimited scripts, a character
+    (or a tokenizer word for Japanese/Korean) for CJK. Times in seconds."""
+
+    text: str
+    start: float
+    end: float
+
+
 class Engine(Protocol):
     """What a backend provides. Calls run on the unit's worker thread."""
 
     backend: str  # "mlx" | "cuda"
     model_id: str  # the ASR model (id or local dir)
     aligner_id: str  # the forced aligner (id or local dir)
+    # Replace a chunk's segments by one whole-chunk segment when grouping
+    # covers too little of its text (contract §6.4; the MLX safety net).
+    align_coverage_fallback: bool
 
     def load(self, unit: str) -> Any:
         """Load ``unit`` ("asr" or "align") and return the live model object."""
@@ -87,6 +100,14 @@ class Engine(Protocol):
         When ``should_stop`` is given the engine may poll it while generating and
         raise :class:`Preempted` once it returns true (engines whose library
         offers no hook between tokens simply run to the end)."""
+
+    def align(self, model: Any, clip: Clip, text: str, language: str) -> list[AlignedUnit]:
+        """Time ``text`` against ``clip`` with the align unit's forced aligner.
+
+        ``language`` is one of the aligner's languages (it picks the word
+        splitter). Times are raw aligner output: not clamped, possibly past
+        the end of the clip.
+        """
 
     def info(self) -> dict[str, Any]:
         """Backend facts for /health: ``device``, ``dtype`` and the memory block."""

@@ -20,7 +20,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from polyasr_config import Settings  # noqa: E402
-from polyasr_engine import Clip, Transcript, rolled_back_ids  # noqa: E402
+from polyasr_engine import AlignedUnit, Clip, Transcript, rolled_back_ids  # noqa: E402
 
 _MB = 1_048_576
 
@@ -29,6 +29,7 @@ class MlxEngine:
     """mlx-qwen3-asr for transcription, mlx-audio for forced alignment."""
 
     backend = "mlx"
+    align_coverage_fallback = True  # contract §6.4: MLX keeps the safety net
 
     def __init__(self, settings: Settings) -> None:
         import mlx.core as mx
@@ -63,12 +64,28 @@ class MlxEngine:
 
     def load(self, unit: str) -> Any:
         if unit == "align":
-            from mlx_audio.stt.utils import load_model
-
-            return load_model(self.aligner_id)
+            return self._load_aligner()
         from mlx_qwen3_asr import Session
 
         return Session(self.model_id, dtype=self.dtype)
+
+    def _load_aligner(self) -> Any:
+        """mlx-audio's Qwen3-ForcedAligner.
+
+        ``load_model`` picks the class from the checkpoint's config: a
+        ``qwen3_forced_aligner`` thinker gives a wrapper around
+        ``ForcedAlignerModel``, but an ASR checkpoint loads just as happily
+        as ``Qwen3ASRModel``, whose ``generate`` would then transcribe
+        instead of align. Refuse that here, so a misconfigured
+        ``POLYASR_ALIGNER_MODEL`` is a clear "cannot load" (503).
+        """
+        from mlx_audio.stt.models.qwen3_asr.qwen3_forced_aligner import ForcedAlignerModel
+        from mlx_audio.stt.utils import load_model
+
+        model = load_model(self.aligner_id)
+        if not isinstance(getattr(model, "_model", model), ForcedAlignerModel):
+            raise TypeError(f"{self.aligner_id} is not a Qwen3-ForcedAligner checkpoint")
+        return model
 
     def empty_cache(self) -> None:
         self._mx.clear_cache()
@@ -130,6 +147,10 @@ class MlxEngine:
         detected, text = parse_asr_output(raw, user_language=forced)
         language = detected.split(",")[0].strip()
         return Transcript(text=text, language=None if language in ("", "unknown") else language, raw=raw)
+
+    def align(self, model: Any, clip: Clip, text: str, language: str) -> list[AlignedUnit]:
+        result = model.generate(clip.samples, text=text, language=language)
+        return [AlignedUnit(item.text, item.start_time, item.end_time) for item in result]
 
     def info(self) -> dict[str, Any]:
         mx = self._mx

@@ -20,7 +20,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from polyasr_config import ConfigError, Settings  # noqa: E402
-from polyasr_engine import Clip, Preempted, Transcript, rolled_back_ids  # noqa: E402
+from polyasr_engine import AlignedUnit, Clip, Preempted, Transcript, rolled_back_ids  # noqa: E402
 
 _MB = 1_048_576
 
@@ -29,6 +29,7 @@ class CudaEngine:
     """qwen-asr on torch, on ``POLYASR_DEVICE`` (a CUDA device or ``cpu``)."""
 
     backend = "cuda"
+    align_coverage_fallback = False  # contract §6.4: CUDA never had the net
 
     def __init__(self, settings: Settings) -> None:
         import torch
@@ -183,6 +184,10 @@ class CudaEngine:
         ]
         outputs = model.model.generate(requests, sampling_params=params, use_tqdm=False)
         return [o.outputs[0].text for o in outputs]
+
+    def align(self, model: Any, clip: Clip, text: str, language: str) -> list[AlignedUnit]:
+        (result,) = model.align(audio=(clip.samples, 16_000), text=text, language=language)
+        return [AlignedUnit(item.text, item.start_time, item.end_time) for item in result]
 
     def info(self) -> dict[str, Any]:
         torch = self._torch

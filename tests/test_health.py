@@ -80,6 +80,8 @@ async def test_keepwarm_probe_does_not_count_as_use(make_settings: Any, make_eng
     idle_before = mgr.idle_for("asr")
     await asyncio.sleep(2.0)
     assert mon.probe.runs >= 3  # the loop ran in the idle gap
+    while mgr.is_busy("asr"):  # a probe in flight holds a lease (idle_for reads 0.0)
+        await asyncio.sleep(0.01)
     idle_after = mgr.idle_for("asr")
     assert idle_before is not None and idle_after is not None and idle_after >= idle_before + 1.0
     await mon.close()
