@@ -164,6 +164,8 @@ class UnitScheduler:
                 if len(results) != len(live):
                     raise RuntimeError(f"{len(results)} results for a batch of {len(live)}")
             except Exception as exc:  # noqa: BLE001 - handed to every waiter
+                if isinstance(exc, StopIteration):  # a Future refuses to carry one
+                    exc = RuntimeError(f"engine raised StopIteration: {exc}")
                 for job in live:
                     job.future.set_exception(exc)
                 continue

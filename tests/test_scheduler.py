@@ -100,3 +100,15 @@ async def test_each_run_is_reported_once_with_its_priority_and_duration() -> Non
     assert [priority for priority, _ in runs] == [Priority.CONTROL, Priority.FINAL, Priority.PARTIAL]
     assert runs[2][1] >= 0.05
     sched.close()
+
+
+async def test_an_engine_raising_stop_iteration_does_not_hang_its_waiter() -> None:
+    sched = UnitScheduler("t")
+
+    def exhausted() -> None:
+        next(iter([]))
+
+    with pytest.raises(RuntimeError, match="StopIteration"):
+        await asyncio.wait_for(sched.submit(exhausted, Priority.BATCH), 5)
+    assert await sched.submit(lambda: "alive", Priority.BATCH) == "alive"
+    sched.close()
