@@ -16,16 +16,21 @@ import asyncio
 import contextlib
 import json
 import logging
+import shutil
 import sys
+import tempfile
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import uvicorn
 from fastapi import FastAPI, File, Form, HTTPException, Request, UploadFile, WebSocket, WebSocketDisconnect
-from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -52,9 +57,22 @@ from polyasr_health import HealthMonitor
 from polyasr_languages import UnsupportedLanguage, normalize_language
 from polyasr_manager import AsrModelManager, ModelBusy, ModelUnavailable
 from polyasr_metrics import Metrics
+from polyasr_openai import (
+    FORMATS,
+    GRANULARITIES,
+    error_body,
+    srt,
+    sse,
+    text_delta,
+    text_done,
+    verbose_json,
+    vtt,
+)
+from polyasr_scheduler import Priority
 from polyasr_sessionlog import HttpArchive
 from polyasr_speech import SpeakerGate, shared_speaker_filter, shared_vad
 from polyasr_stream import StreamSettings
+from polyasr_text import TimedText, join_text
 from polyasr_ws import Connection, SessionRegistry, StreamServices
 from polyasr_wslog import WsSessionLog
 
@@ -89,7 +107,7 @@ class UploadLimit:
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
             exc = self._too_large()
-            await JSONResponse({"detail": exc.detail}, 413)(scope, receive, send)
+            await _error(413, exc.detail, "upload_too_large")(scope, receive, send)
             return
         seen = 0
 
@@ -147,48 +165,58 @@ class RequestMetrics:
             self.metrics.request(route, scope["method"], status)
 
 
-def _error(status: int, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"detail": detail}, status_code=status, headers=headers)
+def _spooled_copy(source: BinaryIO) -> BinaryIO:
+    source.seek(0)
+    copy = tempfile.SpooledTemporaryFile(max_size=1_048_576)  # noqa: SIM115 - closed by the stream
+    shutil.copyfileobj(source, copy)
+    return copy
+
+
+def _error(status: int, detail: Any, code: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(error_body(status, detail, code), status_code=status, headers=headers)
+
+
+# Each failure the service names: its HTTP status and its machine code.
+_ERRORS: dict[type[Exception], tuple[int, str]] = {
+    AudioDecodeError: (400, "invalid_audio"),
+    ManifestError: (400, "invalid_manifest"),
+    ManifestForbidden: (403, "path_not_allowed"),
+    UnsupportedLanguage: (422, "unsupported_language"),
+    AlignValueError: (422, "invalid_value"),
+    AlignEntryFailed: (500, "align_failed"),
+    ModelUnavailable: (503, "model_unavailable"),
+    ModelBusy: (503, "model_busy"),
+}
 
 
 def _install_error_handlers(app: FastAPI) -> None:
-    @app.exception_handler(AudioDecodeError)
-    async def _bad_audio(_: Request, exc: AudioDecodeError) -> JSONResponse:
-        return _error(400, str(exc))
+    """Every error answers JSON with ``detail`` and OpenAI's ``error`` object."""
 
-    @app.exception_handler(UnsupportedLanguage)
-    async def _bad_language(_: Request, exc: UnsupportedLanguage) -> JSONResponse:
-        return _error(422, str(exc))
+    async def named(_: Request, exc: Exception) -> JSONResponse:
+        status, code = _ERRORS[type(exc)]
+        if status >= 500:
+            log.error("%s", exc, exc_info=exc.__cause__)
+        headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, ModelBusy) else None
+        return _error(status, str(exc), code, headers)
 
-    @app.exception_handler(AlignValueError)
-    async def _bad_value(_: Request, exc: AlignValueError) -> JSONResponse:
-        return _error(422, str(exc))
+    for kind in _ERRORS:
+        app.add_exception_handler(kind, named)
 
-    @app.exception_handler(ManifestError)
-    async def _bad_manifest(_: Request, exc: ManifestError) -> JSONResponse:
-        return _error(400, str(exc))
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed", 413: "upload_too_large"}.get(
+            exc.status_code, "invalid_request"
+        )
+        return _error(exc.status_code, exc.detail, code, exc.headers)
 
-    @app.exception_handler(ManifestForbidden)
-    async def _forbidden(_: Request, exc: ManifestForbidden) -> JSONResponse:
-        return _error(403, str(exc))
-
-    @app.exception_handler(AlignEntryFailed)
-    async def _entry_failed(_: Request, exc: AlignEntryFailed) -> JSONResponse:
-        log.error("%s", exc, exc_info=exc.__cause__)
-        return _error(500, str(exc))
-
-    @app.exception_handler(ModelUnavailable)
-    async def _unavailable(_: Request, exc: ModelUnavailable) -> JSONResponse:
-        return _error(503, str(exc))
-
-    @app.exception_handler(ModelBusy)
-    async def _busy(_: Request, exc: ModelBusy) -> JSONResponse:
-        return _error(503, str(exc), {"Retry-After": str(exc.retry_after)})
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return _error(422, jsonable_encoder(exc.errors()), "invalid_request")
 
     @app.exception_handler(Exception)
     async def _internal(request: Request, exc: Exception) -> JSONResponse:
         log.exception("internal error on %s", request.url.path)
-        return _error(500, f"internal error: {type(exc).__name__}: {exc}")
+        return _error(500, f"internal error: {type(exc).__name__}: {exc}", "internal_error")
 
 
 class _SocketTransport:
@@ -367,6 +395,35 @@ def create_app(engine: Engine, settings: Settings, base_dir: Path) -> FastAPI:
             ],
         }
 
+    async def timed_segments(samples: Any, text: str, language: str | None) -> list[TimedText] | None:
+        """Sentences with word times from the forced aligner, or ``None`` when
+        the language is not one the aligner knows."""
+        try:
+            pinned = aligner_language(language)
+        except AlignValueError:
+            return None
+        result = await aligner().align([AlignInput(samples, text)], pinned, DEFAULT_CHUNK_SEC)
+        return [TimedText(s.start, s.end, s.text, list(s.words)) for s in result.segments]
+
+    async def streamed(
+        samples: Any, language: str | None, context: str, upload: BinaryIO, filename: str
+    ) -> AsyncIterator[bytes]:
+        """OpenAI's transcript stream: a delta per decoded piece, then the whole text."""
+        text = ""
+        try:
+            async for piece in transcriber().pieces(
+                samples, language=language, context=context, priority=Priority.BATCH
+            ):
+                joined = join_text(text, piece.text)
+                if joined != text:
+                    yield sse(text_delta(joined[len(text) :]))
+                    text = joined
+            transcriber().on_text(text)
+            await asyncio.to_thread(archive.record, upload, filename, language, text)
+            yield sse(text_done(text))
+        finally:
+            upload.close()
+
     @app.post("/v1/audio/transcriptions", response_model=None)
     async def transcriptions(
         file: UploadFile = File(...),
@@ -375,23 +432,46 @@ def create_app(engine: Engine, settings: Settings, base_dir: Path) -> FastAPI:
         context: str | None = Form(None),
         prompt: str | None = Form(None),
         response_format: str = Form("json"),
-    ) -> dict[str, Any] | PlainTextResponse:
+        stream: bool = Form(False),
+        timestamp_granularities: list[str] | None = Form(None, alias="timestamp_granularities[]"),
+    ) -> Response | dict[str, Any]:
         """OpenAI-compatible batch transcription; ``model`` is accepted and ignored."""
         del model
-        pinned = normalize_language(language)
         fmt = response_format.strip().lower()
+        fmt = fmt if fmt in FORMATS else "json"
+        granularities = set(timestamp_granularities or ())
+        if granularities - set(GRANULARITIES):
+            raise HTTPException(400, f"timestamp_granularities must be among {', '.join(GRANULARITIES)}")
+        if granularities and fmt != "verbose_json":
+            raise HTTPException(
+                400, "timestamp_granularities is only supported with response_format verbose_json"
+            )
+        if stream and fmt not in ("json", "text"):
+            raise HTTPException(400, "stream=true is supported with response_format json or text")
+        pinned = normalize_language(language)
+        hint = context or prompt or ""
         samples = await asyncio.to_thread(decode_audio, file.file)
-        result = await transcriber().transcribe(samples, language=pinned, context=context or prompt or "")
+        if stream:
+            # The stream outlives this handler (and the upload it was given):
+            # keep our own copy of the bytes for the archive.
+            upload = await asyncio.to_thread(_spooled_copy, file.file)
+            events = streamed(samples, pinned, hint, upload, file.filename or "")
+            return StreamingResponse(events, media_type="text/event-stream")
+        result = await transcriber().transcribe(samples, language=pinned, context=hint)
         await asyncio.to_thread(archive.record, file.file, file.filename or "", language, result.text)
         if fmt == "text":
             return PlainTextResponse(result.text)
-        if fmt == "verbose_json":
-            return {
-                "text": result.text,
-                "language": result.language,
-                "duration": round(len(samples) / 16_000, 3),
-            }
-        return {"text": result.text}
+        if fmt == "json":
+            return {"text": result.text}
+        segments = list(result.pieces)
+        if fmt in ("srt", "vtt") or "word" in granularities:
+            segments = await timed_segments(samples, result.text, result.language) or segments
+        if fmt == "srt":
+            return PlainTextResponse(srt(segments))
+        if fmt == "vtt":
+            return PlainTextResponse(vtt(segments), media_type="text/vtt")
+        duration = len(samples) / 16_000
+        return verbose_json(result.text, result.language, duration, segments, "word" in granularities)
 
     align_label = f"{engine.model_id} + {engine.aligner_id}"
 

@@ -9,7 +9,8 @@ at quiet points into pieces the engine decodes as one batch.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -19,7 +20,23 @@ from polyasr_config import Settings
 from polyasr_engine import Clip, Engine, Transcript
 from polyasr_manager import AsrModelManager
 from polyasr_scheduler import Priority
-from polyasr_text import join_texts
+from polyasr_text import TimedText, join_texts
+
+
+@dataclass(frozen=True)
+class TimedPiece(Transcript):
+    """One decoded piece of a longer audio, with where it sits (seconds)."""
+
+    start: float = 0.0
+    end: float = 0.0
+
+
+@dataclass(frozen=True)
+class Transcription(Transcript):
+    """A whole decode: the joined text plus each piece with its times."""
+
+    pieces: tuple[TimedText, ...] = ()
+
 
 # Longest audio decoded in one piece: at the default 256-token ceiling that
 # still leaves ~8 tokens per second, above the rate of fast speech.
@@ -52,7 +69,7 @@ class Transcriber:
         prefix: str = "",
         replace_key: str | None = None,
         budget_sec: float | None = None,
-    ) -> Transcript:
+    ) -> Transcription:
         """Decode ``samples`` (16 kHz mono float32).
 
         ``probe`` marks the health probe: lowest priority, not counted as use,
@@ -61,41 +78,70 @@ class Transcriber:
         written out) let a streaming partial generate only what is new;
         ``replace_key`` lets a newer partial replace a queued older one.
         """
-        pieces = split_at_quiet(samples, MAX_PIECE_SEC)
-        single = len(pieces) == 1
-        clips = [
-            Clip(
-                piece,
-                language,
-                context,
-                self.settings.token_budget(
-                    budget_sec if single and budget_sec is not None else len(piece) / 16_000
-                ),
-                prefix=prefix if single else "",
-            )
-            for piece in pieces
-        ]
-        lease = {"use": False, "resident_only": True} if probe else {}
-        results: list[Transcript] = await asyncio.gather(
-            *(
-                self.manager.run_batched(
-                    "asr",
-                    "transcribe",
-                    self.engine.transcribe,
-                    clip,
-                    Priority.PROBE if probe else priority,
-                    replace_key,
-                    **lease,
-                )
-                for clip in clips
-            )
+        pieces = self.pieces(
+            samples,
+            language=language,
+            context=context,
+            priority=Priority.PROBE if probe else priority,
+            probe=probe,
+            prefix=prefix,
+            replace_key=replace_key,
+            budget_sec=budget_sec,
         )
-        text = join_texts([r.text for r in results])
-        detected = next((r.language for r in results if r.language), None)
+        timed = [piece async for piece in pieces]
+        text = join_texts([t.text for t in timed])
         if not probe:
             self.on_text(text)
-        raw = results[0].raw if single else ""
-        return Transcript(text=text, language=detected or language, raw=raw)
+        detected = next((t.language for t in timed if t.language), None)
+        raw = timed[0].raw if len(timed) == 1 else ""
+        return Transcription(
+            text=text,
+            language=detected or language,
+            raw=raw,
+            pieces=tuple(TimedText(t.start, t.end, t.text) for t in timed),
+        )
+
+    async def pieces(
+        self,
+        samples: np.ndarray,
+        *,
+        language: str | None,
+        context: str,
+        priority: Priority,
+        probe: bool = False,
+        prefix: str = "",
+        replace_key: str | None = None,
+        budget_sec: float | None = None,
+    ) -> AsyncIterator[TimedPiece]:
+        """The pieces of ``samples`` as they are decoded, in order.
+
+        All pieces are queued at once (so the engine gets them as one batch);
+        each is yielded when it and every piece before it are done, which is
+        what a streamed response needs. Leaving early cancels the rest.
+        """
+        cuts = split_at_quiet(samples, MAX_PIECE_SEC)
+        single = len(cuts) == 1
+        lease = {"use": False, "resident_only": True} if probe else {}
+        tasks = []
+        for piece in cuts:
+            seconds = budget_sec if single and budget_sec is not None else len(piece) / 16_000
+            clip = Clip(
+                piece, language, context, self.settings.token_budget(seconds), prefix=prefix if single else ""
+            )
+            run = self.manager.run_batched(
+                "asr", "transcribe", self.engine.transcribe, clip, priority, replace_key, **lease
+            )
+            tasks.append(asyncio.ensure_future(run))
+        try:
+            start = 0
+            for piece, task in zip(cuts, tasks, strict=True):
+                result: Transcript = await task
+                end = start + len(piece)
+                yield TimedPiece(result.text, result.language, result.raw, start / 16_000, end / 16_000)
+                start = end
+        finally:
+            for task in tasks:
+                task.cancel()
 
 
 class StreamDecoder:

@@ -8,6 +8,10 @@ two CJK sides are joined directly; anything else gets one space.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
+from polyasr_engine import AlignedUnit
+
 
 def is_cjk(ch: str) -> bool:
     """Han, kana or Hangul (the ranges the join rule treats as space-free)."""
@@ -30,3 +34,13 @@ def join_texts(pieces: list[str]) -> str:
     for piece in pieces:
         text = join_text(text, piece)
     return text
+
+
+@dataclass(frozen=True)
+class TimedText:
+    """A stretch of the transcript with its times (seconds) and, if aligned, its words."""
+
+    start: float
+    end: float
+    text: str
+    words: list[AlignedUnit] = field(default_factory=list)

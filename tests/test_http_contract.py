@@ -36,8 +36,9 @@ def test_json_text_and_verbose_json(client: Any) -> None:
     assert text.status_code == 200 and text.headers["content-type"].startswith("text/plain")
     verbose = post(http, data, response_format="VERBOSE_JSON", language="en-US")
     body = verbose.json()
-    assert set(body) == {"text", "language", "duration"}
+    assert set(body) == {"text", "language", "duration", "segments"}
     assert body["duration"] == pytest.approx(len(SPEECH) / 16000, abs=0.01)  # audio, not processing time
+    assert body["segments"] == [{"id": 0, "start": 0.0, "end": body["duration"], "text": body["text"]}]
     assert body["language"] == "English"
     assert post(http, data, response_format="srt-ish").json().keys() == {"text"}
 
