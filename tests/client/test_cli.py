@@ -3,11 +3,15 @@ script, and ``python -m polyasr_client``) against the live server."""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import pty
+import struct
 import subprocess
 import sys
+import tempfile
+import termios
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +64,7 @@ def test_cli_transcribe_in_every_format(asr_server: LiveServer, voice_wav: Path)
     as_text = polyasr(*common, "--format", "text")
     verbose = polyasr(*common, "--format", "verbose_json")
     assert as_json.returncode == as_text.returncode == verbose.returncode == 0
+    assert as_json.stderr == ""  # no progress bar when stderr is not a terminal
     text = json.loads(as_json.stdout)["text"]
     assert text and as_text.stdout == text + "\n"
     details = json.loads(verbose.stdout)
@@ -84,7 +89,7 @@ def test_cli_dictate_streams_a_file_and_prints_the_covered_final(
     clip = tmp_path / f"voice{suffix}"
     clip.write_bytes(data)
     run = polyasr(
-        "dictate", str(clip), "--url", asr_server.url, "--language", "en", "--pace", "5", "--format", "json",
+        "dictate", str(clip), "--url", asr_server.url, "--language", "en", "--pace", "3", "--format", "json",
         "--partials",
     )  # fmt: skip
     assert run.returncode == 0, run.stderr
@@ -95,29 +100,47 @@ def test_cli_dictate_streams_a_file_and_prints_the_covered_final(
     assert "partial: " in run.stderr
 
 
-def test_cli_dictate_rewrites_partials_in_place_on_a_tty(asr_server: LiveServer, voice_wav: Path) -> None:
+def on_terminal(args: list[str], stream: str) -> tuple[int, str, str]:
+    """Run ``python -m polyasr_client ARGS`` with ``stream`` (stdout or
+    stderr) on a pseudo-terminal: (exit status, what the terminal showed,
+    the other stream)."""
     primary, secondary = pty.openpty()
-    command = [sys.executable, "-m", "polyasr_client", "--url", asr_server.url, "dictate", str(voice_wav)]
-    proc = subprocess.Popen(
-        [*command, "--language", "en", "--pace", "5"], stdout=secondary, stderr=subprocess.PIPE
-    )
-    os.close(secondary)
-    shown = b""
-    while True:
-        try:
-            chunk = os.read(primary, 4096)
-        except OSError:  # EIO: the child closed the terminal
-            break
-        if not chunk:
-            break
-        shown += chunk
-    assert proc.wait(timeout=120) == 0, proc.stderr.read() if proc.stderr else ""
-    os.close(primary)
-    screen = shown.decode()
+    fcntl.ioctl(secondary, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))  # rows, columns
+    with tempfile.TemporaryFile() as other:
+        streams: dict[str, Any] = {"stdout": other, "stderr": other, stream: secondary}
+        command = [sys.executable, "-m", "polyasr_client", *args]
+        proc = subprocess.Popen(command, stdout=streams["stdout"], stderr=streams["stderr"])
+        os.close(secondary)
+        shown = b""
+        while True:
+            try:
+                chunk = os.read(primary, 4096)
+            except OSError:  # EIO: the child closed the terminal
+                break
+            if not chunk:
+                break
+            shown += chunk
+        status = proc.wait(timeout=120)
+        os.close(primary)
+        other.seek(0)
+        return status, shown.decode(), other.read().decode()
+
+
+def test_cli_dictate_rewrites_partials_in_place_on_a_tty(asr_server: LiveServer, voice_wav: Path) -> None:
+    args = ["--url", asr_server.url, "dictate", str(voice_wav), "--language", "en", "--pace", "3"]
+    status, screen, errors = on_terminal(args, "stdout")
+    assert status == 0, errors
     erase = "\r\x1b[K"
     assert screen.count(erase) >= 2  # at least one partial, then the erase before the final
     final = screen.rsplit(erase, 1)[1]
     assert final.endswith("\r\n") and final.strip() and erase not in final
+
+
+def test_cli_shows_upload_progress_on_a_terminal(asr_server: LiveServer, voice_wav: Path) -> None:
+    args = ["--url", asr_server.url, "transcribe", str(voice_wav), "--language", "en"]
+    status, screen, out = on_terminal(args, "stderr")
+    assert status == 0 and json.loads(out)["text"]
+    assert "100%" in screen and "transcribing" in screen  # the bar filled, then waits on the server
 
 
 def _capture_library_loads() -> bool:

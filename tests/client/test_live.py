@@ -118,7 +118,7 @@ async def test_dictation_is_covered_and_partials_follow_the_delta_rule(
         asr_server.url, language="en", on_partial=lambda text, delta: partials.append((text, delta))
     )
     async with d:
-        await stream_pcm(d, speech_pcm, pace=5)
+        await stream_pcm(d, speech_pcm, pace=3)
         result = await d.stop()
     frames = frame_count(speech_pcm)
     assert result.source == "stream" and result.fallback_reason is None and result.text
