@@ -16,7 +16,7 @@ else
 SERVE_BACKEND := cuda
 endif
 
-.PHONY: serve test lint venvs bench
+.PHONY: serve test lint venvs bench test-system-deps
 
 serve: $(if $(filter mlx,$(SERVE_BACKEND)),$(MLX_VENV),$(CUDA_VENV))/.installed
 ifeq ($(SERVE_BACKEND),mlx)
@@ -49,7 +49,15 @@ venvs: $(MLX_VENV)/.installed $(CUDA_VENV)/.installed
 lint: $(CUDA_VENV)/.installed
 	$(CUDA_VENV)/bin/ruff check .
 
-test: venvs lint
+# Debian's Chromium for tests/test_browser.py and systemd-analyze for the unit
+# check; installed as root where apt-get exists (CI), else those tests skip.
+test-system-deps:
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+		! { command -v chromium && command -v systemd-analyze; } >/dev/null; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium fonts-dejavu-core systemd; \
+	fi
+
+test: venvs lint test-system-deps
 	@status=0; \
 	echo "== contract suite on the CUDA engine (qwen-asr)"; \
 	POLYASR_TEST_BACKEND=cuda $(CUDA_VENV)/bin/python -m pytest || status=1; \

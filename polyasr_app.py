@@ -2,10 +2,12 @@
 
 ``create_app(engine, settings, base_dir)`` builds the FastAPI app that both
 entry points (``server.py`` for MLX, ``cuda/server.py`` for CUDA) serve. Error
-statuses follow contract §4.7: undecodable or empty audio 400, oversized
-upload 413, bad values 422, a model that cannot load 503 (with Retry-After
-when it is only busy), and 500 only for genuine internal errors — always with
-a JSON body that says what was wrong.
+statuses follow contract §4.7: undecodable or empty audio and bad manifests
+400, a manifest path the client may not read 403, oversized upload 413, bad
+values 422, a model that cannot load 503 (with Retry-After when it is only
+busy), and 500 only for genuine internal errors — always with a JSON body
+that says what was wrong. Routes stay thin: alignment lives in
+``polyasr_align``.
 """
 
 from __future__ import annotations
@@ -22,9 +24,26 @@ from typing import Any
 
 import uvicorn
 from fastapi import FastAPI, File, Form, HTTPException, Request, UploadFile, WebSocket, WebSocketDisconnect
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response
+from fastapi.staticfiles import StaticFiles
+from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from polyasr_align import (
+    DEFAULT_CHUNK_SEC,
+    MAX_CHUNK_SEC,
+    AlignEntryFailed,
+    Aligner,
+    AlignInput,
+    AlignValueError,
+    ManifestError,
+    ManifestForbidden,
+    ManifestRequest,
+    aligner_language,
+    check_manifest,
+    is_loopback,
+    load_manifest,
+)
 from polyasr_audio import AudioDecodeError, decode_audio
 from polyasr_config import Backend, ConfigError, Settings, load_settings
 from polyasr_decode import StreamDecoder, Transcriber
@@ -32,6 +51,7 @@ from polyasr_engine import Engine
 from polyasr_health import HealthMonitor
 from polyasr_languages import UnsupportedLanguage, normalize_language
 from polyasr_manager import AsrModelManager, ModelBusy, ModelUnavailable
+from polyasr_metrics import Metrics
 from polyasr_sessionlog import HttpArchive
 from polyasr_speech import SpeakerGate, shared_speaker_filter, shared_vad
 from polyasr_stream import StreamSettings
@@ -42,6 +62,7 @@ log = logging.getLogger("polyasr")
 
 VERSION = "2.0.0"
 PROBE_CLIP = Path(__file__).resolve().parent / "assets" / "probe_speech_16k.wav"
+WEB_DIR = Path(__file__).resolve().parent / "web"
 UPLOAD_PATHS = ("/v1/audio/transcriptions", "/v1/align")
 
 
@@ -84,6 +105,48 @@ class UploadLimit:
         await self.app(scope, counting_receive, send)
 
 
+class RequestMetrics:
+    """ASGI middleware: count every HTTP request by route template and status.
+
+    The label is the route's template (``/web`` for any static file, a fixed
+    ``<unmatched>`` for unknown paths), never the raw path, so a scanner
+    cannot grow the series without bound. The template is found before the
+    request runs, so answers given ahead of routing (an early 413) count too.
+    """
+
+    UNMATCHED = "<unmatched>"
+
+    def __init__(self, app: ASGIApp, metrics: Metrics, routes: list[BaseRoute]) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.routes = routes
+
+    def _template(self, scope: Scope) -> str:
+        for route in self.routes:
+            match, _ = route.matches(scope)
+            if match is not Match.NONE:
+                return getattr(route, "path", None) or self.UNMATCHED
+        return self.UNMATCHED
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        route = self._template(scope)
+        status = 500  # what the client gets if the app raises before answering
+
+        async def recording_send(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, recording_send)
+        finally:
+            self.metrics.request(route, scope["method"], status)
+
+
 def _error(status: int, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"detail": detail}, status_code=status, headers=headers)
 
@@ -96,6 +159,23 @@ def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(UnsupportedLanguage)
     async def _bad_language(_: Request, exc: UnsupportedLanguage) -> JSONResponse:
         return _error(422, str(exc))
+
+    @app.exception_handler(AlignValueError)
+    async def _bad_value(_: Request, exc: AlignValueError) -> JSONResponse:
+        return _error(422, str(exc))
+
+    @app.exception_handler(ManifestError)
+    async def _bad_manifest(_: Request, exc: ManifestError) -> JSONResponse:
+        return _error(400, str(exc))
+
+    @app.exception_handler(ManifestForbidden)
+    async def _forbidden(_: Request, exc: ManifestForbidden) -> JSONResponse:
+        return _error(403, str(exc))
+
+    @app.exception_handler(AlignEntryFailed)
+    async def _entry_failed(_: Request, exc: AlignEntryFailed) -> JSONResponse:
+        log.error("%s", exc, exc_info=exc.__cause__)
+        return _error(500, str(exc))
 
     @app.exception_handler(ModelUnavailable)
     async def _unavailable(_: Request, exc: ModelUnavailable) -> JSONResponse:
@@ -171,8 +251,15 @@ def create_app(engine: Engine, settings: Settings, base_dir: Path) -> FastAPI:
     def transcriber() -> Transcriber:
         return holder["transcriber"]
 
+    def aligner() -> Aligner:
+        return holder["aligner"]
+
     log_root = settings.log_root(base_dir)
     archive = HttpArchive(log_root, backend=engine.backend, model=engine.model_id)
+    metrics = Metrics(
+        queue_depth=lambda unit: manager().queue_depth(unit) if "manager" in holder else None,
+        engine_info=engine.info,
+    )
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -183,6 +270,7 @@ def create_app(engine: Engine, settings: Settings, base_dir: Path) -> FastAPI:
             idle_seconds=settings.idle_evict_seconds,
             load_timeout=settings.load_timeout_sec,
             on_load_failure=lambda unit, reason: mon.on_load_failure(unit, reason),
+            observer=metrics,
         )
         mon = HealthMonitor(settings, mgr, engine.model_id, _load_probe_clip())
         transcriber = Transcriber(engine, mgr, settings, on_text=mon.record_text)
@@ -194,6 +282,7 @@ def create_app(engine: Engine, settings: Settings, base_dir: Path) -> FastAPI:
             manager=mgr,
             health=mon,
             transcriber=transcriber,
+            aligner=Aligner(engine, mgr, transcriber),
             stream=StreamServices(
                 registry=registry,
                 decoder=StreamDecoder(transcriber),
@@ -204,6 +293,7 @@ def create_app(engine: Engine, settings: Settings, base_dir: Path) -> FastAPI:
                 new_log=lambda: WsSessionLog(log_root, backend=engine.backend, model=engine.model_id),
             ),
         )
+        app.state.manager = mgr  # for in-process tests and tools
         try:
             async with mgr.lease("asr"):
                 pass
@@ -221,7 +311,19 @@ def create_app(engine: Engine, settings: Settings, base_dir: Path) -> FastAPI:
 
     app = FastAPI(title=f"polyasr ({engine.backend.upper()})", version=VERSION, lifespan=lifespan)
     app.add_middleware(UploadLimit, max_bytes=settings.max_upload_bytes)
+    app.add_middleware(RequestMetrics, metrics=metrics, routes=app.routes)
     _install_error_handlers(app)
+    app.mount("/web", StaticFiles(directory=WEB_DIR), name="web")
+
+    @app.get("/", include_in_schema=False)
+    async def index() -> FileResponse:
+        """The browser dictation page (web/); its assets are under /web."""
+        return FileResponse(WEB_DIR / "index.html")
+
+    @app.get("/metrics", include_in_schema=False)
+    async def get_metrics() -> Response:
+        body, content_type = metrics.exposition()
+        return Response(body, media_type=content_type)
 
     @app.get("/health")
     async def get_health() -> dict[str, Any]:
@@ -247,7 +349,8 @@ def create_app(engine: Engine, settings: Settings, base_dir: Path) -> FastAPI:
     async def dictation(websocket: WebSocket) -> None:
         """Streaming dictation (contract §2); the protocol lives in polyasr_ws."""
         await websocket.accept()
-        await Connection(holder["stream"], _SocketTransport(websocket)).run()
+        with metrics.ws_sessions.track_inprogress():
+            await Connection(holder["stream"], _SocketTransport(websocket)).run()
 
     @app.post("/model/unload")
     async def unload() -> dict[str, Any]:
@@ -289,6 +392,36 @@ def create_app(engine: Engine, settings: Settings, base_dir: Path) -> FastAPI:
                 "duration": round(len(samples) / 16_000, 3),
             }
         return {"text": result.text}
+
+    align_label = f"{engine.model_id} + {engine.aligner_id}"
+
+    @app.post("/v1/align")
+    async def align(
+        file: UploadFile = File(...),
+        language: str | None = Form(None),
+        max_chunk_seconds: int = Form(DEFAULT_CHUNK_SEC, ge=1, le=MAX_CHUNK_SEC),
+        model: str | None = Form(None),
+        text: str | None = Form(None),
+    ) -> dict[str, Any]:
+        """Word and sentence times for an upload; with ``text``, of that
+        transcript (no ASR pass). ``model`` is accepted and ignored."""
+        del model
+        pinned = aligner_language(language)
+        samples = await asyncio.to_thread(decode_audio, file.file)
+        given = text.strip() if text and text.strip() else None
+        result = await aligner().align([AlignInput(samples, given)], pinned, max_chunk_seconds)
+        return result.to_json(align_label)
+
+    @app.post("/v1/align/manifest")
+    async def align_manifest(body: ManifestRequest, request: Request) -> dict[str, Any]:
+        """Align server-local files in order, each shifted by its offset, as
+        one result. Every entry is checked before any is aligned."""
+        pinned = aligner_language(body.language)
+        client = request.client.host if request.client else None
+        entries = check_manifest(body.manifest, settings.manifest_root_paths, is_loopback(client))
+        inputs = await asyncio.to_thread(load_manifest, entries)
+        result = await aligner().align(inputs, pinned, body.max_chunk_seconds)
+        return result.to_json(align_label)
 
     return app
 

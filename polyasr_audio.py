@@ -3,6 +3,9 @@
 PyAV bundles FFmpeg's libraries, so wav, flac, mp3, ogg/opus, m4a/AAC and
 webm decode without an ``ffmpeg`` binary on the host (qwen-asr's own file path
 shells out to one; its base64 path reads only what libsndfile reads).
+
+Also here: where to cut long audio when there is no pause to cut at — the
+quietest frame near a limit.
 """
 
 from __future__ import annotations
@@ -54,6 +57,19 @@ def pcm16_to_float(data: bytes) -> np.ndarray:
     return np.frombuffer(data[:usable], dtype="<i2").astype(np.float32) / 32768.0
 
 
+def quietest_point(samples: np.ndarray, lo: int, hi: int) -> int:
+    """The middle of the quietest 20 ms frame of ``samples[lo:hi]`` (an index
+    into ``samples``): where a cut is least likely to split a word when there
+    is no pause to cut at."""
+    frame = SAMPLE_RATE // 50
+    window = samples[lo:hi]
+    if len(window) < frame:
+        return (lo + hi) // 2
+    frames = window[: len(window) // frame * frame].reshape(-1, frame)
+    energy = np.square(frames).mean(axis=1)
+    return lo + int(np.argmin(energy)) * frame + frame // 2
+
+
 def split_at_quiet(samples: np.ndarray, max_sec: float, search_sec: float = 5.0) -> list[np.ndarray]:
     """Cut ``samples`` into pieces of at most ``max_sec``, each cut at the
     quietest 20 ms frame of the last ``search_sec`` before the limit.
@@ -65,16 +81,11 @@ def split_at_quiet(samples: np.ndarray, max_sec: float, search_sec: float = 5.0)
     limit = int(max_sec * SAMPLE_RATE)
     if len(samples) <= limit:
         return [samples]
-    frame = SAMPLE_RATE // 50
     search = min(int(search_sec * SAMPLE_RATE), limit // 2)
     pieces = []
     start = 0
     while len(samples) - start > limit:
-        lo, hi = start + limit - search, start + limit
-        window = samples[lo:hi]
-        frames = window[: len(window) // frame * frame].reshape(-1, frame)
-        energy = np.square(frames).mean(axis=1)
-        cut = lo + int(np.argmin(energy)) * frame + frame // 2
+        cut = quietest_point(samples, start + limit - search, start + limit)
         pieces.append(samples[start:cut])
         start = cut
     pieces.append(samples[start:])

@@ -10,6 +10,7 @@ message naming the variable, instead of surfacing later as odd behaviour.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -43,6 +44,11 @@ BACKEND_DEFAULTS: dict[Backend, dict[str, Any]] = {
 }
 
 
+def _split_paths(value: str) -> list[str]:
+    """A list of paths separated by ``os.pathsep`` or commas; blanks dropped."""
+    return [part.strip() for part in re.split(f"[,{re.escape(os.pathsep)}]", value) if part.strip()]
+
+
 class ConfigError(RuntimeError):
     """An environment variable has a value the server cannot use."""
 
@@ -66,6 +72,8 @@ class Settings(BaseModel):
     coload: bool = _env("COLOAD", default=True)
     load_timeout_sec: float = _env("LOAD_TIMEOUT_SEC", default=300.0, gt=0)
     max_upload_mb: float = _env("MAX_UPLOAD_MB", default=200.0, gt=0)
+    # Directories /v1/align/manifest may read; unset = loopback clients only.
+    manifest_roots: str | None = _env("MANIFEST_ROOTS", default=None)
 
     max_new_tokens: int = _env("MAX_NEW_TOKENS", default=256, ge=1)
     min_new_tokens: int = _env("MIN_NEW_TOKENS", default=32, ge=1)
@@ -112,6 +120,15 @@ class Settings(BaseModel):
             return False
         return value
 
+    @field_validator("manifest_roots")
+    @classmethod
+    def _absolute_roots(cls, value: str | None) -> str | None:
+        """A relative root would depend on the server's working directory."""
+        for root in _split_paths(value or ""):
+            if not Path(root).expanduser().is_absolute():
+                raise ValueError(f"{root!r} is not an absolute path")
+        return value
+
     @field_validator("dtype", "engine_backend", "stream_finalization_mode", mode="before")
     @classmethod
     def _lower(cls, value: Any) -> Any:
@@ -120,6 +137,17 @@ class Settings(BaseModel):
     @property
     def max_upload_bytes(self) -> int:
         return int(self.max_upload_mb * 1024 * 1024)
+
+    @property
+    def manifest_root_paths(self) -> tuple[Path, ...] | None:
+        """Resolved directories manifest paths must lie under.
+
+        ``None`` when the variable is unset (then loopback clients may read
+        any absolute path); an explicitly empty value means no directory.
+        """
+        if self.manifest_roots is None:
+            return None
+        return tuple(Path(root).expanduser().resolve() for root in _split_paths(self.manifest_roots))
 
     @property
     def probe_stale_window_sec(self) -> float | None:

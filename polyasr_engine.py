@@ -8,6 +8,7 @@ once, outside the engines, and tested against both.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -42,12 +43,48 @@ class Transcript:
     raw: str = ""  # the engine's raw answer, usable as a later clip's prefix
 
 
+# Tokens of a previous hypothesis left unfixed when it is fed back as the
+# answer prefix (the Qwen3-ASR streaming recipe rolls back about five).
+ROLLBACK_TOKENS = 5
+
+
+def rolled_back_ids(ids: list[int], decode: Callable[[list[int]], str], prefix: str) -> list[int]:
+    """``ids`` (the tokens of ``prefix``) minus the last ``ROLLBACK_TOKENS``:
+    the words at the boundary may still change.
+
+    A character outside ASCII may span several byte-level tokens, so the cut
+    backs off until the kept ids decode to an exact start of ``prefix``: the
+    answer never continues from half a character.
+    """
+    end = max(0, len(ids) - ROLLBACK_TOKENS)
+    while end and not prefix.startswith(decode(ids[:end])):
+        end -= 1
+    return ids[:end]
+
+
+class Preempted(RuntimeError):
+    """A preemptible decode stopped early because more urgent work was waiting."""
+
+
+@dataclass(frozen=True)
+class AlignedUnit:
+    """One timed unit of text: a word for space-delimited scripts, a character
+    (or a tokenizer word for Japanese/Korean) for CJK. Times in seconds."""
+
+    text: str
+    start: float
+    end: float
+
+
 class Engine(Protocol):
     """What a backend provides. Calls run on the unit's worker thread."""
 
     backend: str  # "mlx" | "cuda"
     model_id: str  # the ASR model (id or local dir)
     aligner_id: str  # the forced aligner (id or local dir)
+    # Replace a chunk's segments by one whole-chunk segment when grouping
+    # covers too little of its text (contract §6.4; the MLX safety net).
+    align_coverage_fallback: bool
 
     def load(self, unit: str) -> Any:
         """Load ``unit`` ("asr" or "align") and return the live model object."""
@@ -55,8 +92,22 @@ class Engine(Protocol):
     def empty_cache(self) -> None:
         """Return freed accelerator memory to the device (after an eviction)."""
 
-    def transcribe(self, model: Any, clips: list[Clip]) -> list[Transcript]:
-        """Decode a batch of clips with the asr unit's model, one result per clip."""
+    def transcribe(
+        self, model: Any, clips: list[Clip], should_stop: Callable[[], bool] | None = None
+    ) -> list[Transcript]:
+        """Decode a batch of clips with the asr unit's model, one result per clip.
+
+        When ``should_stop`` is given the engine may poll it while generating and
+        raise :class:`Preempted` once it returns true (engines whose library
+        offers no hook between tokens simply run to the end)."""
+
+    def align(self, model: Any, clip: Clip, text: str, language: str) -> list[AlignedUnit]:
+        """Time ``text`` against ``clip`` with the align unit's forced aligner.
+
+        ``language`` is one of the aligner's languages (it picks the word
+        splitter). Times are raw aligner output: not clamped, possibly past
+        the end of the clip.
+        """
 
     def info(self) -> dict[str, Any]:
         """Backend facts for /health: ``device``, ``dtype`` and the memory block."""

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from polyasr_config import Settings
-from polyasr_engine import Transcript
+from polyasr_engine import Preempted, Transcript
 from polyasr_manager import AsrModelManager, ModelUnavailable, NotResident
 
 log = logging.getLogger("polyasr.health")
@@ -123,8 +123,8 @@ class HealthMonitor:
             # The clip is English speech; pinning that keeps the probe about
             # "does the model produce text", not about language detection.
             result = await self._transcribe(self.probe_clip, language="English", probe=True)
-        except NotResident:
-            return
+        except (NotResident, Preempted):
+            return  # evicted (never reload to probe), or real work needed the device
         except ModelUnavailable as exc:
             log.warning("streaming probe: %s", exc)
             text = ""

@@ -20,7 +20,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from polyasr_engine import UNITS, Engine
 from polyasr_scheduler import BatchFn, Priority, UnitScheduler
@@ -45,6 +45,28 @@ class ModelBusy(RuntimeError):
 
 class NotResident(RuntimeError):
     """A resident-only lease found the unit evicted (probes never reload)."""
+
+
+class ManagerObserver(Protocol):
+    """Told about loads, evictions and every run on a unit's thread (metrics)."""
+
+    def loaded(self, unit: str, seconds: float | None) -> None:
+        """``seconds`` is None for a timed-out load adopted after it finished."""
+
+    def evicted(self, unit: str) -> None: ...
+
+    def ran(self, unit: str, priority: Priority, seconds: float) -> None: ...
+
+
+class _Unobserved:
+    def loaded(self, unit: str, seconds: float | None) -> None:
+        pass
+
+    def evicted(self, unit: str) -> None:
+        pass
+
+    def ran(self, unit: str, priority: Priority, seconds: float) -> None:
+        pass
 
 
 @dataclass
@@ -81,6 +103,7 @@ class AsrModelManager:
         idle_seconds: float,
         load_timeout: float,
         on_load_failure: Callable[[str, str], None] | None = None,
+        observer: ManagerObserver | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.engine = engine
@@ -89,8 +112,12 @@ class AsrModelManager:
         self.load_timeout = load_timeout
         self.on_load_failure = on_load_failure
         self.clock = clock
-        self._units = {name: _Unit(name, UnitScheduler(name)) for name in UNITS}
+        self.observer: ManagerObserver = observer or _Unobserved()
+        self._units = {name: _Unit(name, self._scheduler(name)) for name in UNITS}
         self._sweeper: asyncio.Task[None] | None = None
+
+    def _scheduler(self, name: str) -> UnitScheduler:
+        return UnitScheduler(name, on_run=lambda priority, sec: self.observer.ran(name, priority, sec))
 
     # -- lifecycle -------------------------------------------------------
 
@@ -164,17 +191,20 @@ class AsrModelManager:
         self,
         name: str,
         key: str,
-        batch_fn: Callable[[Any, list[Any]], list[Any]],
+        batch_fn: Callable[[Any, list[Any], Callable[[], bool] | None], list[Any]],
         payload: Any,
         priority: Priority,
         replace_key: str | None = None,
         **lease: bool,
     ) -> Any:
-        """Queue ``payload`` for ``batch_fn(model, payloads)``, batched with
-        other queued payloads of the same key and priority (see
-        :meth:`UnitScheduler.submit_batched` for ``replace_key``)."""
+        """Queue ``payload`` for ``batch_fn(model, payloads, should_stop)``,
+        batched with other queued payloads of the same key and priority (see
+        :meth:`UnitScheduler.submit_batched` for ``replace_key``). Work below
+        commit priority (partials, probes) is preemptible: ``should_stop``
+        tells the engine that something more urgent waits."""
         unit = self._units[name]
-        run: BatchFn = lambda payloads: batch_fn(unit.model, payloads)  # noqa: E731
+        stop = unit.worker.urgent_waiting if priority >= Priority.PARTIAL else None
+        run: BatchFn = lambda payloads: batch_fn(unit.model, payloads, stop)  # noqa: E731
         async with self.lease(name, **lease):
             return await unit.worker.submit_batched(key, run, payload, priority, replace_key)
 
@@ -207,6 +237,7 @@ class AsrModelManager:
         if not stuck.cancelled() and stuck.exception() is None:
             unit.model = stuck.result()
             unit.loads += 1
+            self.observer.loaded(unit.name, None)
 
     async def _load(self, unit: _Unit) -> None:
         try:
@@ -226,6 +257,7 @@ class AsrModelManager:
             unit.load_seconds = round(self.clock() - started, 3)
             unit.last_error = None
             unit.last_used = self.clock()
+            self.observer.loaded(unit.name, unit.load_seconds)
             log.info("loaded %s in %.2f s", unit.name, unit.load_seconds)
         finally:
             unit.loading = None
@@ -267,6 +299,7 @@ class AsrModelManager:
         unit.model = None
         unit.last_used = None
         unit.evictions += 1
+        self.observer.evicted(unit.name)
 
         def release() -> None:
             holder.clear()

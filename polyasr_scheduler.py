@@ -14,6 +14,7 @@ import concurrent.futures
 import heapq
 import itertools
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import IntEnum
@@ -32,6 +33,8 @@ class Priority(IntEnum):
 
 
 BatchFn = Callable[[list[Any]], list[Any]]
+# Told how long each run on the worker thread took (a batch is one run): metrics.
+OnRun = Callable[[Priority, float], None]
 
 
 @dataclass(order=True)
@@ -50,13 +53,15 @@ class UnitScheduler:
 
     # A batch runs to completion before anything else on the unit: a cap keeps
     # a queue of long uploads from holding a final for more than one short call.
-    def __init__(self, name: str, max_batch: int = 8) -> None:
+    def __init__(self, name: str, max_batch: int = 8, on_run: OnRun | None = None) -> None:
         self.name = name
         self.max_batch = max_batch
+        self.on_run = on_run
         self._heap: list[_Job] = []
         self._seq = itertools.count()
         self._cv = threading.Condition()
         self._closed = False
+        self._running = int(Priority.PROBE) + 1  # priority of the job on the thread now
         self._thread = threading.Thread(target=self._loop, name=f"polyasr-{name}", daemon=True)
         self._thread.start()
 
@@ -84,6 +89,12 @@ class UnitScheduler:
         key: a newer partial of a session makes its older, unstarted one stale.
         """
         return self._push(priority, key, replace_key, batch_fn, payload)
+
+    def urgent_waiting(self) -> bool:
+        """Whether more urgent work waits behind the running job (a final behind
+        a partial): a preemptible decode checks this between tokens and yields."""
+        with self._cv:
+            return bool(self._heap) and self._heap[0].priority < self._running
 
     def is_queued(self, replace_key: str) -> bool:
         """Whether a job with ``replace_key`` waits (submitted, not yet started)."""
@@ -145,13 +156,23 @@ class UnitScheduler:
             live = [j for j in jobs if j.future.set_running_or_notify_cancel()]
             if not live:
                 continue
+            with self._cv:
+                self._running = live[0].priority
+            began = time.perf_counter()
             try:
                 results = live[0].run([j.payload for j in live])
                 if len(results) != len(live):
                     raise RuntimeError(f"{len(results)} results for a batch of {len(live)}")
             except Exception as exc:  # noqa: BLE001 - handed to every waiter
+                if isinstance(exc, StopIteration):  # a Future refuses to carry one
+                    exc = RuntimeError(f"engine raised StopIteration: {exc}")
                 for job in live:
                     job.future.set_exception(exc)
                 continue
+            finally:
+                with self._cv:
+                    self._running = int(Priority.PROBE) + 1
+                if self.on_run is not None:
+                    self.on_run(Priority(live[0].priority), time.perf_counter() - began)
             for job, result in zip(live, results, strict=True):
                 job.future.set_result(result)

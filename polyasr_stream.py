@@ -27,7 +27,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from polyasr_engine import Transcript
+from polyasr_engine import Preempted, Transcript
 from polyasr_manager import ModelUnavailable
 from polyasr_scheduler import Priority
 from polyasr_text import join_text
@@ -400,6 +400,9 @@ class DictationSession:
             )
         except asyncio.CancelledError:
             return  # replaced by a newer partial, or the stop arrived
+        except Preempted:
+            self.log("partial_preempted", audio_sec=seconds)
+            return  # a final (or other urgent work) needed the device
         except ModelUnavailable as exc:
             await self._report(exc)
             return

@@ -1,15 +1,17 @@
 """polyasr on Apple Silicon / MLX (port 8765): the MLX engine and the entry point.
 
 This file is the only place that knows MLX. The ``asr`` unit is an
-mlx-qwen3-asr ``Session``; the ``align`` unit is mlx-audio's
-Qwen3-ForcedAligner. Everything a client observes comes from the shared app
-factory. On Linux the CPU build of MLX runs the same code (that is how the
-test suite exercises this engine without a Mac).
+mlx-qwen3-asr ``Session`` (decoded through the library's own building blocks,
+so a streaming partial can continue a previous answer); the ``align`` unit is
+mlx-audio's Qwen3-ForcedAligner. Everything a client observes comes from the
+shared app factory. On Linux the CPU build of MLX runs the same code (that is
+how the test suite exercises this engine without a Mac).
 """
 
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +20,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from polyasr_config import Settings  # noqa: E402
-from polyasr_engine import Clip, Transcript  # noqa: E402
+from polyasr_engine import AlignedUnit, Clip, Transcript, rolled_back_ids  # noqa: E402
 
 _MB = 1_048_576
 
@@ -27,6 +29,7 @@ class MlxEngine:
     """mlx-qwen3-asr for transcription, mlx-audio for forced alignment."""
 
     backend = "mlx"
+    align_coverage_fallback = True  # contract §6.4: MLX keeps the safety net
 
     def __init__(self, settings: Settings) -> None:
         import mlx.core as mx
@@ -61,30 +64,93 @@ class MlxEngine:
 
     def load(self, unit: str) -> Any:
         if unit == "align":
-            from mlx_audio.stt.utils import load_model
-
-            return load_model(self.aligner_id)
+            return self._load_aligner()
         from mlx_qwen3_asr import Session
 
         return Session(self.model_id, dtype=self.dtype)
 
+    def _load_aligner(self) -> Any:
+        """mlx-audio's Qwen3-ForcedAligner.
+
+        ``load_model`` picks the class from the checkpoint's config: a
+        ``qwen3_forced_aligner`` thinker gives a wrapper around
+        ``ForcedAlignerModel``, but an ASR checkpoint loads just as happily
+        as ``Qwen3ASRModel``, whose ``generate`` would then transcribe
+        instead of align. Refuse that here, so a misconfigured
+        ``POLYASR_ALIGNER_MODEL`` is a clear "cannot load" (503).
+        """
+        from mlx_audio.stt.models.qwen3_asr.qwen3_forced_aligner import ForcedAlignerModel
+        from mlx_audio.stt.utils import load_model
+
+        model = load_model(self.aligner_id)
+        if not isinstance(getattr(model, "_model", model), ForcedAlignerModel):
+            raise TypeError(f"{self.aligner_id} is not a Qwen3-ForcedAligner checkpoint")
+        return model
+
     def empty_cache(self) -> None:
         self._mx.clear_cache()
 
-    def transcribe(self, model: Any, clips: list[Clip]) -> list[Transcript]:
-        """Decode clip by clip: MLX gains little from padding a batch on one device."""
+    def transcribe(
+        self, model: Any, clips: list[Clip], should_stop: Callable[[], bool] | None = None
+    ) -> list[Transcript]:
+        """Decode clip by clip: MLX gains little from padding a batch on one device.
+
+        Each decode's buffers go back to the system before the next one, as
+        the library's own ``transcribe`` does after every chunk, so the MLX
+        buffer cache does not keep growing with the longest clip seen.
+        mlx-qwen3-asr offers no hook between tokens, so ``should_stop`` is not
+        polled: a partial runs to its (small) token budget.
+        """
         results = []
         for clip in clips:
-            out = model.transcribe(
-                clip.samples,
-                context=clip.context,
-                language=clip.language,
-                max_new_tokens=clip.max_new_tokens,
-            )
-            language = (out.language or "").split(",")[0].strip()
-            language = None if language in ("", "unknown") else language
-            results.append(Transcript(text=out.text.strip(), language=language))
+            results.append(self._decode(model, clip))
+            self._mx.clear_cache()
         return results
+
+    def _decode(self, session: Any, clip: Clip) -> Transcript:
+        """One clip through mlx-qwen3-asr's per-chunk recipe, answer prefix included.
+
+        The steps are those of the library's ``transcribe`` for one chunk
+        (log-mel features, audio tower, chat-template prompt, greedy
+        ``generate_with_info``, ``parse_asr_output``), with one addition its
+        high-level ``Session.transcribe`` cannot express: the prompt may end
+        with the start of the answer (a previous raw hypothesis minus its last
+        tokens, as its own streaming decoder feeds it), so a partial
+        generates only the new words and ``raw`` is that prefix plus them.
+        The library would split audio over 30 s into chunks; clips arrive
+        already split at quiet points (``polyasr_decode.MAX_PIECE_SEC``), so
+        every clip is one chunk and has one raw answer to continue from.
+        """
+        from mlx_qwen3_asr.audio import compute_features
+        from mlx_qwen3_asr.generate import GenerationConfig, generate_with_info
+        from mlx_qwen3_asr.tokenizer import canonicalize_language, parse_asr_output
+
+        mx = self._mx
+        tokenizer = session.tokenizer
+        forced = canonicalize_language(clip.language)
+        mel, feature_lens = compute_features(clip.samples)
+        audio_features, _ = session.model.audio_tower(mel.astype(session.dtype), feature_lens)
+        prompt = tokenizer.build_prompt_tokens(
+            n_audio_tokens=int(audio_features.shape[1]), language=forced, context=clip.context
+        )
+        prefix_ids = rolled_back_ids(tokenizer.encode(clip.prefix), tokenizer.decode, clip.prefix)
+        input_ids = mx.array([prompt + prefix_ids])
+        positions = mx.arange(input_ids.shape[1])[None, :]
+        generation = generate_with_info(
+            model=session.model,
+            input_ids=input_ids,
+            audio_features=audio_features,
+            position_ids=mx.stack([positions, positions, positions], axis=1),
+            config=GenerationConfig(max_new_tokens=clip.max_new_tokens, temperature=0.0),
+        )
+        raw = tokenizer.decode(prefix_ids + generation.tokens)
+        detected, text = parse_asr_output(raw, user_language=forced)
+        language = detected.split(",")[0].strip()
+        return Transcript(text=text, language=None if language in ("", "unknown") else language, raw=raw)
+
+    def align(self, model: Any, clip: Clip, text: str, language: str) -> list[AlignedUnit]:
+        result = model.generate(clip.samples, text=text, language=language)
+        return [AlignedUnit(item.text, item.start_time, item.end_time) for item in result]
 
     def info(self) -> dict[str, Any]:
         mx = self._mx

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,18 +20,16 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from polyasr_config import ConfigError, Settings  # noqa: E402
-from polyasr_engine import Clip, Transcript  # noqa: E402
+from polyasr_engine import AlignedUnit, Clip, Preempted, Transcript, rolled_back_ids  # noqa: E402
 
 _MB = 1_048_576
-# Tokens of a previous hypothesis left unfixed when it is fed back as the
-# answer prefix (the Qwen3-ASR streaming recipe rolls back about five).
-ROLLBACK_TOKENS = 5
 
 
 class CudaEngine:
     """qwen-asr on torch, on ``POLYASR_DEVICE`` (a CUDA device or ``cpu``)."""
 
     backend = "cuda"
+    align_coverage_fallback = False  # contract §6.4: CUDA never had the net
 
     def __init__(self, settings: Settings) -> None:
         import torch
@@ -96,7 +95,9 @@ class CudaEngine:
             self._torch.cuda.synchronize()
             self._torch.cuda.empty_cache()
 
-    def transcribe(self, model: Any, clips: list[Clip]) -> list[Transcript]:
+    def transcribe(
+        self, model: Any, clips: list[Clip], should_stop: Callable[[], bool] | None = None
+    ) -> list[Transcript]:
         """One generate call for the whole batch, each clip with its own prompt.
 
         This is qwen-asr's own recipe (chat-template prompt, processor,
@@ -119,7 +120,7 @@ class CudaEngine:
         generated = (
             self._generate_vllm(model, prompts, wavs, budget)
             if model.backend == "vllm"
-            else self._generate_transformers(model, prompts, wavs, budget)
+            else self._generate_transformers(model, prompts, wavs, budget, should_stop)
         )
         results = []
         for clip, prefix, new in zip(clips, prefixes, generated, strict=True):
@@ -132,22 +133,40 @@ class CudaEngine:
 
     @staticmethod
     def _rolled_back(model: Any, prefix: str) -> str:
-        """``prefix`` minus its last tokens: the boundary words may still change."""
+        """``prefix`` minus its last tokens, as prompt text."""
         if not prefix:
             return ""
         tokenizer = model.processor.tokenizer
+
+        def decode(ids: list[int]) -> str:
+            return tokenizer.decode(ids, skip_special_tokens=False)
+
         ids = tokenizer.encode(prefix, add_special_tokens=False)
-        if len(ids) <= ROLLBACK_TOKENS:
-            return ""
-        return tokenizer.decode(ids[:-ROLLBACK_TOKENS], skip_special_tokens=False)
+        return decode(rolled_back_ids(ids, decode, prefix))
 
     def _generate_transformers(
-        self, model: Any, prompts: list[str], wavs: list[Any], budget: int
+        self,
+        model: Any,
+        prompts: list[str],
+        wavs: list[Any],
+        budget: int,
+        should_stop: Callable[[], bool] | None,
     ) -> list[str]:
+        torch = self._torch
         inputs = model.processor(text=prompts, audio=wavs, return_tensors="pt", padding=True)
         inputs = inputs.to(model.model.device).to(model.model.dtype)
-        with self._torch.inference_mode():
-            out = model.model.generate(**inputs, max_new_tokens=budget)
+        stopped = False
+
+        def stop_now(input_ids: Any, _scores: Any, **_kw: Any) -> Any:
+            """Checked between tokens: yield the device to a waiting final."""
+            nonlocal stopped
+            stopped = stopped or (should_stop is not None and should_stop())
+            return torch.full((input_ids.shape[0],), stopped, dtype=torch.bool, device=input_ids.device)
+
+        with torch.inference_mode():
+            out = model.model.generate(**inputs, max_new_tokens=budget, stopping_criteria=[stop_now])
+        if stopped:
+            raise Preempted("a more urgent decode is waiting")
         return model.processor.batch_decode(
             out.sequences[:, inputs["input_ids"].shape[1] :],
             skip_special_tokens=True,
@@ -165,6 +184,10 @@ class CudaEngine:
         ]
         outputs = model.model.generate(requests, sampling_params=params, use_tqdm=False)
         return [o.outputs[0].text for o in outputs]
+
+    def align(self, model: Any, clip: Clip, text: str, language: str) -> list[AlignedUnit]:
+        (result,) = model.align(audio=(clip.samples, 16_000), text=text, language=language)
+        return [AlignedUnit(item.text, item.start_time, item.end_time) for item in result]
 
     def info(self) -> dict[str, Any]:
         torch = self._torch

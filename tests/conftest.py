@@ -21,7 +21,9 @@ from typing import Any
 
 import httpx
 import pytest
+from fastapi.testclient import TestClient
 
+from polyasr_app import create_app
 from polyasr_config import Backend, Settings, load_settings
 from tests.fixtures.tiny_models import TinyModels, build_tiny_models
 
@@ -94,6 +96,56 @@ def make_settings(tiny: TinyModels, tmp_path: Path, backend: Backend) -> Any:
 @pytest.fixture
 def make_engine(backend: Backend) -> Any:
     return engine_class(backend)
+
+
+class SpyEngine:
+    """The real engine, with a record of what reached ``transcribe`` and ``align``.
+
+    ``calls`` lists ``(method, model)`` in call order, across both units.
+    """
+
+    def __init__(self, engine: Any) -> None:
+        self._engine = engine
+        self.batches: list[list[Any]] = []
+        self.aligned: list[tuple[Any, str, str]] = []  # (clip, text, language)
+        self.calls: list[tuple[str, Any]] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._engine, name)
+
+    def transcribe(self, model: Any, clips: list[Any], should_stop: Any = None) -> list[Any]:
+        self.batches.append(list(clips))
+        self.calls.append(("transcribe", model))
+        return self._engine.transcribe(model, clips, should_stop)
+
+    def align(self, model: Any, clip: Any, text: str, language: str) -> list[Any]:
+        self.aligned.append((clip, text, language))
+        self.calls.append(("align", model))
+        return self._engine.align(model, clip, text, language)
+
+
+LOOPBACK = ("127.0.0.1", 50000)
+TEST_CLIENT = ("testclient", 50000)  # Starlette's default: not a loopback address
+
+
+@pytest.fixture
+def make_client(make_settings: Any, make_engine: Any, tmp_path: Path) -> Iterator[Any]:
+    """Start the app in process on the real engine of this run, wrapped in a
+    :class:`SpyEngine`; ``peer`` is the client address the app sees."""
+    clients: list[TestClient] = []
+
+    def make(peer: tuple[str, int] = TEST_CLIENT, **env: str) -> tuple[TestClient, SpyEngine]:
+        settings = make_settings(**env)
+        engine = SpyEngine(make_engine(settings))
+        app = create_app(engine, settings, base_dir=tmp_path)
+        client = TestClient(app, raise_server_exceptions=False, client=peer)
+        client.__enter__()
+        clients.append(client)
+        return client, engine
+
+    yield make
+    for client in clients:
+        client.__exit__(None, None, None)
 
 
 def free_port() -> int:

@@ -27,8 +27,8 @@ class RottedEngine:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._engine, name)
 
-    def transcribe(self, model: Any, clips: list[Any]) -> list[Transcript]:
-        real = self._engine.transcribe(model, clips)
+    def transcribe(self, model: Any, clips: list[Any], should_stop: Any = None) -> list[Transcript]:
+        real = self._engine.transcribe(model, clips, should_stop)
         return [Transcript("", r.language) for r in real] if self.blank else real
 
 
@@ -80,6 +80,8 @@ async def test_keepwarm_probe_does_not_count_as_use(make_settings: Any, make_eng
     idle_before = mgr.idle_for("asr")
     await asyncio.sleep(2.0)
     assert mon.probe.runs >= 3  # the loop ran in the idle gap
+    while mgr.is_busy("asr"):  # a probe in flight holds a lease (idle_for reads 0.0)
+        await asyncio.sleep(0.01)
     idle_after = mgr.idle_for("asr")
     assert idle_before is not None and idle_after is not None and idle_after >= idle_before + 1.0
     await mon.close()

@@ -12,43 +12,10 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from polyasr_app import create_app
 from tests.audio_util import CONTAINERS, empty_wav, encode, speech, wav_bytes
-from tests.conftest import REPO
+from tests.conftest import REPO, SpyEngine
 
 SPEECH = speech()
-
-
-class SpyEngine:
-    """The real engine, with a record of what reached ``transcribe``."""
-
-    def __init__(self, engine: Any) -> None:
-        self._engine = engine
-        self.batches: list[list[Any]] = []
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._engine, name)
-
-    def transcribe(self, model: Any, clips: list[Any]) -> list[Any]:
-        self.batches.append(list(clips))
-        return self._engine.transcribe(model, clips)
-
-
-@pytest.fixture
-def make_client(make_settings: Any, make_engine: Any, tmp_path: Path) -> Iterator[Any]:
-    clients: list[TestClient] = []
-
-    def make(**env: str) -> tuple[TestClient, SpyEngine]:
-        settings = make_settings(**env)
-        engine = SpyEngine(make_engine(settings))
-        client = TestClient(create_app(engine, settings, base_dir=tmp_path), raise_server_exceptions=False)
-        client.__enter__()
-        clients.append(client)
-        return client, engine
-
-    yield make
-    for client in clients:
-        client.__exit__(None, None, None)
 
 
 @pytest.fixture

@@ -195,3 +195,31 @@ async def test_run_batched_decodes_on_the_unit(engine: Any) -> None:
     )
     assert len(results) == 3 and all(r.language == "English" for r in results)
     await mgr.close()
+
+
+async def test_a_final_preempts_a_running_partial(engine: Any, backend: str) -> None:
+    """On CUDA (transformers) a partial yields between tokens once a final waits;
+    mlx-qwen3-asr has no hook between tokens, so there it runs to its budget."""
+    import numpy as np
+
+    from polyasr_engine import Clip, Preempted
+    from tests.audio_util import speech
+
+    mgr = manager_for(engine)
+    audio = np.tile(speech(), 3)[: 16000 * 20]
+    async with mgr.lease("asr"):
+        pass
+    long_partial = asyncio.ensure_future(
+        mgr.run_batched("asr", "tx", engine.transcribe, Clip(audio, "English", "", 256), Priority.PARTIAL)
+    )
+    await asyncio.sleep(0.3)  # the partial is generating now
+    final = await mgr.run_batched(
+        "asr", "tx", engine.transcribe, Clip(audio[:32000], "English", "", 32), Priority.FINAL
+    )
+    assert final.language == "English"
+    if backend == "cuda":
+        with pytest.raises(Preempted):
+            await long_partial
+    else:
+        assert (await long_partial).language == "English"
+    await mgr.close()

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
+
+import pytest
 
 from polyasr_scheduler import Priority, UnitScheduler
 
@@ -46,4 +49,66 @@ async def test_errors_reach_every_waiter_and_the_worker_survives() -> None:
     else:
         raise AssertionError("expected the engine error")
     assert await sched.submit(lambda: 42, Priority.BATCH) == 42
+    sched.close()
+
+
+async def test_urgent_waiting_tells_a_running_job_to_yield() -> None:
+    sched = UnitScheduler("t")
+    seen: list[bool] = []
+    release = threading.Event()
+
+    def partial() -> None:
+        release.wait(5)
+        seen.append(sched.urgent_waiting())
+
+    running = sched.submit(partial, Priority.PARTIAL)
+    await asyncio.sleep(0.05)
+    later_partial = sched.submit(lambda: None, Priority.PARTIAL)
+    assert not sched.urgent_waiting()  # another partial is not more urgent
+    final = sched.submit(lambda: "final", Priority.FINAL)
+    release.set()
+    await running
+    assert seen == [True]
+    assert await final == "final"
+    await later_partial
+    assert not sched.urgent_waiting()
+    sched.close()
+
+
+async def test_each_run_is_reported_once_with_its_priority_and_duration() -> None:
+    runs: list[tuple[Priority, float]] = []
+    sched = UnitScheduler("t", on_run=lambda priority, seconds: runs.append((priority, seconds)))
+    gate = threading.Event()
+    blocker = sched.submit(gate.wait, Priority.CONTROL)
+    await asyncio.sleep(0.05)
+
+    def slow(payloads: list[str]) -> list[str]:
+        time.sleep(0.05)
+        return payloads
+
+    def boom(payloads: list[str]) -> list[str]:
+        raise ValueError("bad batch")
+
+    partials = [sched.submit_batched("tx", slow, f"p{i}", Priority.PARTIAL) for i in range(3)]
+    failing = sched.submit_batched("other", boom, "x", Priority.FINAL)
+    gate.set()
+    await blocker
+    assert await asyncio.gather(*partials) == ["p0", "p1", "p2"]
+    with pytest.raises(ValueError):
+        await failing
+    # the blocker, the failed final, then the three partials as one run
+    assert [priority for priority, _ in runs] == [Priority.CONTROL, Priority.FINAL, Priority.PARTIAL]
+    assert runs[2][1] >= 0.05
+    sched.close()
+
+
+async def test_an_engine_raising_stop_iteration_does_not_hang_its_waiter() -> None:
+    sched = UnitScheduler("t")
+
+    def exhausted() -> None:
+        next(iter([]))
+
+    with pytest.raises(RuntimeError, match="StopIteration"):
+        await asyncio.wait_for(sched.submit(exhausted, Priority.BATCH), 5)
+    assert await sched.submit(lambda: "alive", Priority.BATCH) == "alive"
     sched.close()

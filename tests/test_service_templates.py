@@ -1,10 +1,17 @@
-"""Service templates: every placeholder is filled by the README recipe, and the
-launchd template is a valid plist once filled."""
+"""Service templates: every placeholder is filled by the README recipe, the
+launchd template is a valid plist once filled, and the systemd unit passes
+``systemd-analyze verify`` where systemd is installed."""
 
 from __future__ import annotations
 
 import plistlib
 import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
 
 from tests.conftest import REPO
 
@@ -18,8 +25,8 @@ VALUES = {
 }
 
 
-def fill(text: str) -> str:
-    for key, value in VALUES.items():
+def fill(text: str, values: dict[str, str] = VALUES) -> str:
+    for key, value in values.items():
         text = text.replace(key, value)
     assert not re.search(r"__[A-Z_]+__", text), "unfilled placeholder"
     return text
@@ -37,5 +44,48 @@ def test_launchd_plist() -> None:
 def test_systemd_unit() -> None:
     unit = fill((REPO / "deploy" / "polyasr.service.template").read_text())
     assert "ExecStart=/opt/polyasr/.venv-mlx/bin/python /opt/polyasr/cuda/server.py" in unit
-    for line in ("Restart=on-failure", "NoNewPrivileges=true", "PrivateTmp=true", "User=asr"):
-        assert line in unit
+    for line in (
+        "Restart=on-failure",
+        "NoNewPrivileges=true",
+        "PrivateTmp=true",
+        "ProtectSystem=strict",
+        "User=asr",
+    ):
+        assert line in unit.splitlines()
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed")
+def test_systemd_unit_verifies(tmp_path: Path) -> None:
+    """Filled with paths that exist here (verify checks that ExecStart is an
+    executable), the unit loads without a single complaint about it."""
+    values = {
+        **VALUES,
+        "__REPO__": str(REPO),
+        "__VENV__": sys.prefix,  # this run's virtualenv: its bin/python exists
+        "__USER__": "root",
+        "__GROUP__": "root",
+        "__HF_HOME__": str(tmp_path / "hf"),
+        "__LOG_DIR__": str(tmp_path / "logs"),
+    }
+    unit = tmp_path / "polyasr.service"
+    unit.write_text(fill((REPO / "deploy" / "polyasr.service.template").read_text(), values))
+    result = subprocess.run(
+        ["systemd-analyze", "verify", "--man=no", str(unit)], capture_output=True, text=True, timeout=60
+    )
+    complaints = [line for line in result.stderr.splitlines() if "polyasr" in line]
+    assert result.returncode == 0 and complaints == [], result.stderr
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed")
+def test_systemd_verify_catches_a_broken_unit(tmp_path: Path) -> None:
+    """The check above has teeth: a misspelt key and a missing binary are reported."""
+    text = (REPO / "deploy" / "polyasr.service.template").read_text()
+    broken = text.replace("Restart=on-failure", "Restrat=on-failure")
+    values = {**VALUES, "__VENV__": str(tmp_path / "no-venv"), "__USER__": "root", "__GROUP__": "root"}
+    unit = tmp_path / "polyasr.service"
+    unit.write_text(fill(broken, values))
+    result = subprocess.run(
+        ["systemd-analyze", "verify", "--man=no", str(unit)], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode != 0
+    assert "Restrat" in result.stderr and "not executable" in result.stderr

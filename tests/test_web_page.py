@@ -1,0 +1,31 @@
+"""The dictation page is served without a browser: GET / and every asset it
+references, with content types a browser accepts (a worklet module must be
+JavaScript). The page's behaviour is tested in Chromium by test_browser.py."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+from fastapi.testclient import TestClient
+
+from polyasr_app import create_app
+
+
+def test_index_and_its_assets_are_served(make_settings: Any, make_engine: Any, tmp_path: Path) -> None:
+    settings = make_settings()
+    client = TestClient(create_app(make_engine(settings), settings, base_dir=tmp_path))  # no lifespan needed
+    index = client.get("/")
+    assert index.status_code == 200 and index.headers["content-type"].startswith("text/html")
+    assets = re.findall(r'(?:src|href)="(web/[^"]+)"', index.text)
+    assert sorted(assets) == ["web/app.js", "web/style.css"]
+    app_js = client.get("/web/app.js").text
+    worklet = re.search(r'addModule\("(web/[^"]+)"\)', app_js)
+    assert worklet is not None
+    types = {"js": "javascript", "css": "text/css"}
+    for asset in [*assets, worklet.group(1)]:
+        response = client.get(f"/{asset}")
+        assert response.status_code == 200, asset
+        assert types[asset.rsplit(".", 1)[1]] in response.headers["content-type"], asset
+    assert client.get("/web/missing.js").status_code == 404
