@@ -78,7 +78,7 @@ def test_cli_transcribe_reports_typed_errors(asr_server: LiveServer, tmp_path: P
     notes.write_text("this is not audio")
     run = polyasr("--url", asr_server.url, "transcribe", str(notes))
     assert run.returncode == 1 and run.stdout == ""
-    assert run.stderr.startswith("polyasr: bad_audio, HTTP 400: ")
+    assert run.stderr.startswith("polyasr: bad_request, HTTP 400: ")
 
 
 def test_cli_dictate_streams_a_file_and_prints_the_covered_final(
@@ -98,6 +98,16 @@ def test_cli_dictate_streams_a_file_and_prints_the_covered_final(
     assert result["recognized_through_seq"] == result["final_captured_seq"]
     assert abs(result["final_captured_seq"] - len(voice) / 1600) <= 2  # 100 ms frames of 16 kHz audio
     assert "partial: " in run.stderr
+
+
+def test_cli_align_prints_the_alignment(asr_server: LiveServer, voice_wav: Path) -> None:
+    text = "Hello world. This is a test!"
+    run = polyasr("--url", asr_server.url, "align", str(voice_wav), "--text", text, "--language", "en")
+    assert run.returncode == 0, run.stderr
+    body = json.loads(run.stdout)
+    assert body["text"] == text and body["language"] == "English"
+    assert [s["text"] for s in body["segments"]] == ["Hello world.", "This is a test!"]
+    assert all(set(w) == {"text", "start", "end"} for s in body["segments"] for w in s["words"])
 
 
 def on_terminal(args: list[str], stream: str) -> tuple[int, str, str]:

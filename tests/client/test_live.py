@@ -1,6 +1,6 @@
 """The Python client against a real server process (tiny checkpoints, real
 engine, real sockets): dictation with a dropped connection, coverage
-fallback, typed errors, batch, health and unload.
+fallback, typed errors, batch, alignment, health and unload.
 
 What the server actually received is read back from its archives (session
 ``input.flac`` per connection, HTTP uploads), so "no audio lost" is checked
@@ -19,10 +19,12 @@ import numpy as np
 import pytest
 import soundfile
 from polyasr_client import (
-    BadAudio,
+    AlignResult,
+    BadRequest,
     Dictation,
     InvalidRequest,
     Link,
+    ManifestEntry,
     ModelUnavailable,
     PolyAsrClient,
     UnsupportedLanguage,
@@ -232,7 +234,7 @@ async def test_batch_upload_progress_reaches_the_total(asr_server: LiveServer) -
 
 async def test_batch_errors_are_typed(asr_server: LiveServer, tmp_path: Path) -> None:
     async with PolyAsrClient(asr_server.url) as client:
-        with pytest.raises(BadAudio) as bad:
+        with pytest.raises(BadRequest) as bad:
             await client.transcribe(b"this is not audio", filename="notes.txt")
         with pytest.raises(InvalidRequest) as invalid:
             await client.transcribe(wav_bytes(speech("voice_a")), language="klingon")
@@ -243,6 +245,69 @@ async def test_batch_errors_are_typed(asr_server: LiveServer, tmp_path: Path) ->
     assert bad.value.status == 400 and bad.value.message
     assert invalid.value.status == 422 and "klingon" in invalid.value.message
     assert too_large.value.status == 413 and "MB" in too_large.value.message
+
+
+SENTENCES = "Hello world. This is a test!"
+
+
+def check_alignment(result: AlignResult, duration: float) -> None:
+    """Random weights time words nonsensically; the server still clamps and
+    orders them, and the client must carry every field through."""
+    assert result.segments and " + " in result.model
+    times = [t for s in result.segments for w in s.words for t in (w.start, w.end)]
+    assert times == sorted(times) and times[0] >= 0.0 and times[-1] <= duration + 1e-3
+    for segment in result.segments:
+        assert segment.start <= segment.end and all(w.text in segment.text for w in segment.words)
+
+
+async def test_align_a_transcript_and_a_recognized_upload(asr_server: LiveServer) -> None:
+    voice = speech("voice_a")
+    progress: list[tuple[int, int]] = []
+    async with PolyAsrClient(asr_server.url) as client:
+        given = await client.align(wav_bytes(voice), text=SENTENCES, language="en")
+        heard = await client.align(
+            wav_bytes(voice), language="en", on_progress=lambda sent, total: progress.append((sent, total))
+        )
+    assert given.text == SENTENCES and given.language == "English"
+    assert [s.text for s in given.segments] == ["Hello world.", "This is a test!"]
+    assert [w.text for s in given.segments for w in s.words] == ["Hello", "world", "This", "is", "a", "test"]
+    check_alignment(given, len(voice) / 16000)
+    assert heard.text and heard.language == "English"
+    check_alignment(heard, len(voice) / 16000)
+    assert progress[-1][0] == progress[-1][1] > len(wav_bytes(voice))
+
+
+async def test_align_manifest_of_files_on_the_server(asr_server: LiveServer, tmp_path: Path) -> None:
+    first, second = tmp_path / "first.wav", tmp_path / "second.wav"
+    first.write_bytes(wav_bytes(speech("voice_a")[: 3 * 16000]))
+    second.write_bytes(wav_bytes(speech("voice_b")[: 3 * 16000]))
+    entries = [
+        ManifestEntry(str(first), id="one", text="Hello world."),
+        ManifestEntry(str(second), offset=10.0, id="two", text="Good morning."),
+    ]
+    async with PolyAsrClient(asr_server.url) as client:
+        result = await client.align_manifest(entries, language="en")
+        with pytest.raises(BadRequest) as missing:
+            await client.align_manifest([ManifestEntry(str(tmp_path / "gone.wav"), id="gone")])
+    assert [s.text for s in result.segments] == ["Hello world.", "Good morning."]
+    assert (
+        result.segments[0].end <= 3.001
+        and 10.0 <= result.segments[1].start <= result.segments[1].end <= 13.001
+    )
+    assert missing.value.status == 400 and "gone" in missing.value.message
+
+
+async def test_align_errors_are_typed(asr_server: LiveServer) -> None:
+    wav = wav_bytes(speech("voice_a")[:16000])
+    async with PolyAsrClient(asr_server.url) as client:
+        with pytest.raises(InvalidRequest) as language:
+            await client.align(wav, text="hi", language="klingon")
+        with pytest.raises(InvalidRequest) as chunk:
+            await client.align(wav, text="hi", max_chunk_seconds=0)
+        with pytest.raises(BadRequest):
+            await client.align(b"this is not audio", text="hi", filename="notes.txt")
+    assert language.value.status == chunk.value.status == 422
+    assert isinstance(chunk.value.detail, list)  # FastAPI's validation items are kept
 
 
 async def test_health_and_unload(asr_server: LiveServer) -> None:

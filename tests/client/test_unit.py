@@ -21,7 +21,7 @@ import pytest
 from polyasr_client import (
     HTTP_ERRORS,
     WS_ERRORS,
-    BadAudio,
+    BadRequest,
     FrameError,
     FrameLedger,
     InternalError,
@@ -232,14 +232,14 @@ def test_an_unknown_ws_error_code_is_kept() -> None:
 
 def test_http_statuses_map_to_classes() -> None:
     assert {
-        400: BadAudio,
+        400: BadRequest,
         413: UploadTooLarge,
         422: InvalidRequest,
         500: InternalError,
         503: ModelUnavailable,
     } == HTTP_ERRORS
     bad = error_from_response(400, {}, json.dumps({"detail": "audio does not decode"}))
-    assert isinstance(bad, BadAudio) and bad.status == 400 and bad.message == "audio does not decode"
+    assert isinstance(bad, BadRequest) and bad.status == 400 and bad.message == "audio does not decode"
     busy = error_from_response(503, {"retry-after": "7"}, json.dumps({"detail": "align is in use"}))
     assert isinstance(busy, ModelUnavailable) and busy.retry_after == 7.0 and busy.code == "model_unavailable"
     items = [{"loc": ["body", "file"], "msg": "Field required", "type": "missing"}]
@@ -365,7 +365,10 @@ async def test_align_sends_file_text_and_language() -> None:
 async def test_align_manifest_posts_json() -> None:
     body = {"text": "", "language": None, "segments": [], "model": "m"}
     recorder = Recorder(httpx.Response(200, json=body))
-    entries = [ManifestEntry("/data/a.wav"), ManifestEntry("/data/b.wav", offset=12.5, id="b")]
+    entries = [
+        ManifestEntry("/data/a.wav"),
+        ManifestEntry("/data/b.wav", offset=12.5, id="b", text="good morning"),
+    ]
     async with recorder.client() as client:
         result = await client.align_manifest(entries, language="zh", max_chunk_seconds=90)
     request = recorder.requests[0]
@@ -373,7 +376,7 @@ async def test_align_manifest_posts_json() -> None:
     assert json.loads(request.content) == {
         "manifest": [
             {"path": "/data/a.wav", "offset": 0.0},
-            {"path": "/data/b.wav", "offset": 12.5, "id": "b"},
+            {"path": "/data/b.wav", "offset": 12.5, "id": "b", "text": "good morning"},
         ],
         "language": "zh",
         "max_chunk_seconds": 90,

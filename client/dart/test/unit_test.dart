@@ -268,13 +268,13 @@ void main() {
 
     test('http statuses map to classes', () {
       expect(httpErrors.keys.toSet(), {400, 413, 422, 500, 503});
-      expect(httpErrors[400]!('x'), isA<BadAudio>());
+      expect(httpErrors[400]!('x'), isA<BadRequest>());
       expect(httpErrors[413]!('x'), isA<UploadTooLarge>());
       expect(httpErrors[422]!('x'), isA<InvalidRequest>());
       expect(httpErrors[500]!('x'), isA<InternalError>());
       expect(httpErrors[503]!('x'), isA<ModelUnavailable>());
       final bad = errorFromResponse(400, {}, jsonEncode({'detail': 'audio does not decode'}));
-      expect(bad, isA<BadAudio>());
+      expect(bad, isA<BadRequest>());
       expect((bad.status, bad.message), (400, 'audio does not decode'));
       final busy = errorFromResponse(503, {'retry-after': '7'}, jsonEncode({'detail': 'align is in use'}));
       expect(busy, isA<ModelUnavailable>());
@@ -395,7 +395,7 @@ void main() {
     test('align manifest posts json', () async {
       final recorder = Recorder(() => jsonResponse({'text': '', 'language': null, 'segments': [], 'model': 'm'}));
       final result = await recorder.client().alignManifest(
-        const [ManifestEntry('/data/a.wav'), ManifestEntry('/data/b.wav', offset: 12.5, id: 'b')],
+        const [ManifestEntry('/data/a.wav'), ManifestEntry('/data/b.wav', offset: 12.5, id: 'b', text: 'good morning')],
         language: 'zh',
         maxChunkSeconds: 90,
       );
@@ -404,7 +404,7 @@ void main() {
       expect(jsonDecode(request.body), {
         'manifest': [
           {'path': '/data/a.wav', 'offset': 0.0},
-          {'path': '/data/b.wav', 'offset': 12.5, 'id': 'b'},
+          {'path': '/data/b.wav', 'offset': 12.5, 'id': 'b', 'text': 'good morning'},
         ],
         'language': 'zh',
         'max_chunk_seconds': 90,

@@ -89,10 +89,11 @@ class InternalError(PolyAsrError):
     code = "internal_error"
 
 
-class BadAudio(PolyAsrError):
-    """HTTP 400: the upload does not decode as audio, or is empty."""
+class BadRequest(PolyAsrError):
+    """HTTP 400: the upload does not decode as audio or is empty, or a
+    manifest entry is invalid (missing, relative or unknown path)."""
 
-    code = "bad_audio"
+    code = "bad_request"
 
 
 class UploadTooLarge(PolyAsrError):
@@ -128,7 +129,7 @@ WS_ERRORS: dict[str, type[PolyAsrError]] = {
 }
 
 HTTP_ERRORS: dict[int, type[PolyAsrError]] = {
-    400: BadAudio,
+    400: BadRequest,
     413: UploadTooLarge,
     422: InvalidRequest,
     500: InternalError,

@@ -86,15 +86,19 @@ class AlignResult:
 
 @dataclass(frozen=True)
 class ManifestEntry:
-    """One server-local clip for ``/v1/align/manifest``; its timestamps are
-    shifted by ``offset`` seconds."""
+    """One server-local clip for ``/v1/align/manifest``: its timestamps are
+    shifted by ``offset`` seconds, ``id`` names it in error messages, and
+    ``text`` (optional) is its transcript, aligned as given."""
 
     path: str
     offset: float = 0.0
     id: str | None = None
+    text: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         entry: dict[str, Any] = {"path": self.path, "offset": self.offset}
         if self.id is not None:
             entry["id"] = self.id
+        if self.text is not None:
+            entry["text"] = self.text
         return entry

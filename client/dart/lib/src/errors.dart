@@ -97,10 +97,11 @@ class InternalError extends PolyAsrError {
       : super(code: 'internal_error');
 }
 
-/// HTTP 400: the upload does not decode as audio, or is empty.
-class BadAudio extends PolyAsrError {
-  BadAudio(super.message, {super.status, super.detail, super.retryAfter})
-      : super(code: 'bad_audio');
+/// HTTP 400: the upload does not decode as audio or is empty, or a manifest
+/// entry is invalid (missing, relative or unknown path).
+class BadRequest extends PolyAsrError {
+  BadRequest(super.message, {super.status, super.detail, super.retryAfter})
+      : super(code: 'bad_request');
 }
 
 /// HTTP 413: over the server's `POLYASR_MAX_UPLOAD_MB`.
@@ -144,7 +145,7 @@ final Map<String, ErrorFactory> wsErrors = {
 };
 
 final Map<int, ErrorFactory> httpErrors = {
-  400: BadAudio.new,
+  400: BadRequest.new,
   413: UploadTooLarge.new,
   422: InvalidRequest.new,
   500: InternalError.new,

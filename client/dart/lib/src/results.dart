@@ -81,18 +81,21 @@ class AlignResult {
       };
 }
 
-/// One server-local clip for `/v1/align/manifest`; its timestamps are
-/// shifted by [offset] seconds.
+/// One server-local clip for `/v1/align/manifest`: its timestamps are
+/// shifted by [offset] seconds, [id] names it in error messages, and [text]
+/// (optional) is its transcript, aligned as given.
 class ManifestEntry {
-  const ManifestEntry(this.path, {this.offset = 0.0, this.id});
+  const ManifestEntry(this.path, {this.offset = 0.0, this.id, this.text});
 
   final String path;
   final double offset;
   final String? id;
+  final String? text;
 
   Map<String, Object> toJson() => {
         'path': path,
         'offset': offset,
         if (id != null) 'id': id!,
+        if (text != null) 'text': text!,
       };
 }
