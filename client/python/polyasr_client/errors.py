@@ -1,0 +1,170 @@
+"""Typed errors for everything the service can refuse.
+
+The server puts a machine ``code`` in every WebSocket ``error`` and answers
+HTTP failures with a status and ``{"detail": ...}``; callers should branch on
+a class (retry on :class:`ModelUnavailable`, fix the request on
+:class:`InvalidRequest`), never on the human text.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+
+class PolyAsrError(Exception):
+    """Base of every error this client raises for the service."""
+
+    code = "error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        status: int | None = None,
+        detail: Any = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+        self.status = status  # HTTP status, None for WebSocket errors
+        self.detail = detail  # the body's ``detail`` as sent (a list for 422 validation)
+        self.retry_after = retry_after  # seconds, from a 503's Retry-After
+
+
+class ProtocolError(PolyAsrError):
+    """The server rejected our use of the dictation protocol: a client bug."""
+
+    code = "protocol_error"
+
+
+class AudioBeforeStart(ProtocolError):
+    code = "audio_before_start"
+
+
+class UnframedAudio(ProtocolError):
+    code = "unframed_audio"
+
+
+class UnsupportedVersion(ProtocolError):
+    code = "unsupported_version"
+
+
+class MissingSessionId(ProtocolError):
+    code = "missing_session_id"
+
+
+class StopBeforeStart(ProtocolError):
+    code = "stop_before_start"
+
+
+class UnsupportedMessage(ProtocolError):
+    code = "unsupported_message"
+
+
+class InvalidJson(ProtocolError):
+    code = "invalid_json"
+
+
+class UnsupportedAudioFormat(PolyAsrError):
+    code = "unsupported_audio_format"
+
+
+class UnsupportedLanguage(PolyAsrError):
+    code = "unsupported_language"
+
+
+class ModelUnavailable(PolyAsrError):
+    """The model cannot be loaded now (WS ``model_unavailable``, HTTP 503):
+    route elsewhere or retry after ``retry_after`` seconds."""
+
+    code = "model_unavailable"
+
+
+class InternalError(PolyAsrError):
+    code = "internal_error"
+
+
+class BadRequest(PolyAsrError):
+    """HTTP 400: the upload does not decode as audio or is empty, or a
+    manifest entry is invalid (missing, relative or unknown path)."""
+
+    code = "bad_request"
+
+
+class UploadTooLarge(PolyAsrError):
+    """HTTP 413: over the server's ``POLYASR_MAX_UPLOAD_MB``."""
+
+    code = "upload_too_large"
+
+
+class InvalidRequest(PolyAsrError):
+    """HTTP 422: a missing or malformed field, or an unsupported language."""
+
+    code = "invalid_request"
+
+
+class ConnectionLost(PolyAsrError):
+    """The dictation socket could not be (re)established within the retries."""
+
+    code = "connection_lost"
+
+
+WS_ERRORS: dict[str, type[PolyAsrError]] = {
+    "audio_before_start": AudioBeforeStart,
+    "unframed_audio": UnframedAudio,
+    "unsupported_version": UnsupportedVersion,
+    "missing_session_id": MissingSessionId,
+    "stop_before_start": StopBeforeStart,
+    "unsupported_message": UnsupportedMessage,
+    "invalid_json": InvalidJson,
+    "unsupported_audio_format": UnsupportedAudioFormat,
+    "unsupported_language": UnsupportedLanguage,
+    "model_unavailable": ModelUnavailable,
+    "internal_error": InternalError,
+}
+
+HTTP_ERRORS: dict[int, type[PolyAsrError]] = {
+    400: BadRequest,
+    413: UploadTooLarge,
+    422: InvalidRequest,
+    500: InternalError,
+    503: ModelUnavailable,
+}
+
+
+def error_from_message(message: Mapping[str, Any]) -> PolyAsrError:
+    """The typed error for a WebSocket ``error`` message; an unknown code
+    keeps its code on the base class rather than being dropped."""
+    code = message.get("code")
+    text = str(message.get("error") or "dictation failed")
+    if isinstance(code, str) and code in WS_ERRORS:
+        return WS_ERRORS[code](text)
+    return PolyAsrError(text, code=code if isinstance(code, str) and code else None)
+
+
+def error_from_response(status: int, headers: Mapping[str, str], body: str) -> PolyAsrError:
+    """The typed error for a non-2xx HTTP answer with a FastAPI body."""
+    try:
+        detail: Any = json.loads(body).get("detail")
+    except (ValueError, AttributeError):
+        detail = body or None
+    message = detail if isinstance(detail, str) else json.dumps(detail) if detail else f"HTTP {status}"
+    retry_after = _seconds(headers.get("retry-after") or headers.get("Retry-After"))
+    cls = HTTP_ERRORS.get(status)
+    if cls is None:
+        return PolyAsrError(message, code=f"http_{status}", status=status, detail=detail)
+    return cls(message, status=status, detail=detail, retry_after=retry_after)
+
+
+def _seconds(value: str | None) -> float | None:
+    """Retry-After in its delta-seconds form; the HTTP-date form is not used
+    by the server and reads as absent."""
+    try:
+        return float(value) if value is not None else None
+    except ValueError:
+        return None

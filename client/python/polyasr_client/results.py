@@ -1,0 +1,104 @@
+"""What the HTTP endpoints answer, as values rather than loose dicts.
+
+Health and unload stay plain dicts: their bodies carry backend-specific
+blocks (``gpu`` vs ``memory_mb``) that a client only displays.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Transcription:
+    """``POST /v1/audio/transcriptions``; ``language``/``duration`` only come
+    with ``verbose_json``, ``raw`` is the JSON body (None for ``text``)."""
+
+    text: str
+    language: str | None = None
+    duration: float | None = None
+    raw: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class Word:
+    text: str
+    start: float
+    end: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {"text": self.text, "start": self.start, "end": self.end}
+
+
+@dataclass(frozen=True)
+class Segment:
+    text: str
+    start: float
+    end: float
+    words: tuple[Word, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "text": self.text,
+            "start": self.start,
+            "end": self.end,
+            "words": [w.to_json() for w in self.words],
+        }
+
+
+@dataclass(frozen=True)
+class AlignResult:
+    """``POST /v1/align`` and ``/v1/align/manifest`` (the same schema)."""
+
+    text: str
+    language: str | None
+    segments: tuple[Segment, ...]
+    model: str
+
+    @classmethod
+    def from_json(cls, body: dict[str, Any]) -> AlignResult:
+        return cls(
+            text=str(body.get("text", "")),
+            language=body.get("language"),
+            segments=tuple(
+                Segment(
+                    text=str(s["text"]),
+                    start=float(s["start"]),
+                    end=float(s["end"]),
+                    words=tuple(
+                        Word(str(w["text"]), float(w["start"]), float(w["end"])) for w in s.get("words", ())
+                    ),
+                )
+                for s in body.get("segments", ())
+            ),
+            model=str(body.get("model", "")),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "text": self.text,
+            "language": self.language,
+            "segments": [s.to_json() for s in self.segments],
+            "model": self.model,
+        }
+
+
+@dataclass(frozen=True)
+class ManifestEntry:
+    """One server-local clip for ``/v1/align/manifest``: its timestamps are
+    shifted by ``offset`` seconds, ``id`` names it in error messages, and
+    ``text`` (optional) is its transcript, aligned as given."""
+
+    path: str
+    offset: float = 0.0
+    id: str | None = None
+    text: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        entry: dict[str, Any] = {"path": self.path, "offset": self.offset}
+        if self.id is not None:
+            entry["id"] = self.id
+        if self.text is not None:
+            entry["text"] = self.text
+        return entry

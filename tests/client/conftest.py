@@ -1,0 +1,43 @@
+"""One real server process for the client's end-to-end and CLI tests.
+
+It runs this suite's engine on the tiny checkpoints with partials on (fast,
+so a short dictation shows some), session archives on (the tests read what
+the server received from them) and a small upload limit (so 413 is cheap).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+
+from tests.audio_util import speech
+from tests.conftest import LiveServer, tiny_env
+
+MAX_UPLOAD_MB = 0.5
+
+
+@pytest.fixture(scope="session")
+def asr_server(tiny: Any, backend: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    logs = tmp_path_factory.mktemp("client-logs")
+    env = tiny_env(
+        tiny,
+        POLYASR_LOG_DIR=str(logs),
+        POLYASR_PARTIALS_ENABLED="1",
+        POLYASR_PARTIAL_INTERVAL_SEC="0.2",
+        POLYASR_MAX_UPLOAD_MB=str(MAX_UPLOAD_MB),
+    )
+    server = LiveServer(backend, env, logs / "server.log")
+    server.logs = logs  # type: ignore[attr-defined]
+    server.wait_ready()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def speech_pcm() -> bytes:
+    """voice_a and a second of silence, as the PCM16LE the socket takes."""
+    samples = np.concatenate([speech("voice_a"), np.zeros(16000, np.float32)])
+    return (np.clip(samples, -1, 1) * 32767).astype("<i2").tobytes()

@@ -1,0 +1,174 @@
+"""The ``polyasr`` command, run as a real subprocess (the installed console
+script, and ``python -m polyasr_client``) against the live server."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import pty
+import struct
+import subprocess
+import sys
+import tempfile
+import termios
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.audio_util import encode, speech, wav_bytes
+from tests.conftest import LiveServer
+
+POLYASR = str(Path(sys.executable).parent / "polyasr")
+UNREACHABLE = "http://127.0.0.1:9"  # the discard port: nothing listens
+
+
+def polyasr(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    full_env = {k: v for k, v in os.environ.items() if k != "POLYASR_URL"}
+    full_env.update(env or {})
+    return subprocess.run(
+        [POLYASR, *args], capture_output=True, text=True, env=full_env, timeout=timeout, check=False
+    )
+
+
+@pytest.fixture(scope="module")
+def voice_wav(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("cli") / "voice_a.wav"
+    path.write_bytes(wav_bytes(speech("voice_a")))
+    return path
+
+
+def test_cli_health_prints_the_status_and_exits_by_it(asr_server: LiveServer) -> None:
+    run = polyasr("--url", asr_server.url, "health")
+    body = json.loads(run.stdout)
+    assert body["status"] in ("ok", "degraded") and "manager" in body
+    assert run.returncode == (0 if body["status"] == "ok" else 1)
+
+
+def test_cli_takes_the_url_from_polyasr_url_and_the_flag_wins(asr_server: LiveServer) -> None:
+    from_env = polyasr("health", env={"POLYASR_URL": asr_server.url})
+    assert "manager" in json.loads(from_env.stdout)
+    flag_wins = polyasr("health", "--url", asr_server.url, env={"POLYASR_URL": UNREACHABLE})
+    assert "manager" in json.loads(flag_wins.stdout)
+    unreachable = polyasr("health", env={"POLYASR_URL": UNREACHABLE})
+    assert unreachable.returncode == 1 and unreachable.stdout == ""
+    assert "connection_lost" in unreachable.stderr and "127.0.0.1:9" in unreachable.stderr
+
+
+def test_cli_transcribe_in_every_format(asr_server: LiveServer, voice_wav: Path) -> None:
+    common = ("--url", asr_server.url, "transcribe", str(voice_wav), "--language", "en")
+    as_json = polyasr(*common)
+    as_text = polyasr(*common, "--format", "text")
+    verbose = polyasr(*common, "--format", "verbose_json")
+    assert as_json.returncode == as_text.returncode == verbose.returncode == 0
+    assert as_json.stderr == ""  # no progress bar when stderr is not a terminal
+    text = json.loads(as_json.stdout)["text"]
+    assert text and as_text.stdout == text + "\n"
+    details = json.loads(verbose.stdout)
+    assert details["text"] == text and details["duration"] == pytest.approx(
+        len(speech("voice_a")) / 16000, abs=0.01
+    )
+
+
+def test_cli_transcribe_reports_typed_errors(asr_server: LiveServer, tmp_path: Path) -> None:
+    notes = tmp_path / "notes.txt"
+    notes.write_text("this is not audio")
+    run = polyasr("--url", asr_server.url, "transcribe", str(notes))
+    assert run.returncode == 1 and run.stdout == ""
+    assert run.stderr.startswith("polyasr: bad_request, HTTP 400: ")
+
+
+def test_cli_dictate_streams_a_file_and_prints_the_covered_final(
+    asr_server: LiveServer, tmp_path: Path
+) -> None:
+    voice = speech("voice_a")
+    data, suffix = encode(voice, "ogg")  # 44.1 kHz stereo Vorbis: decoded to 16 kHz mono by the client
+    clip = tmp_path / f"voice{suffix}"
+    clip.write_bytes(data)
+    run = polyasr(
+        "dictate", str(clip), "--url", asr_server.url, "--language", "en", "--pace", "3", "--format", "json",
+        "--partials",
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    result = json.loads(run.stdout)
+    assert result["source"] == "stream" and result["fallback_reason"] is None and result["text"]
+    assert result["recognized_through_seq"] == result["final_captured_seq"]
+    assert abs(result["final_captured_seq"] - len(voice) / 1600) <= 2  # 100 ms frames of 16 kHz audio
+    assert "partial: " in run.stderr
+
+
+def test_cli_align_prints_the_alignment(asr_server: LiveServer, voice_wav: Path) -> None:
+    text = "Hello world. This is a test!"
+    run = polyasr("--url", asr_server.url, "align", str(voice_wav), "--text", text, "--language", "en")
+    assert run.returncode == 0, run.stderr
+    body = json.loads(run.stdout)
+    assert body["text"] == text and body["language"] == "English"
+    assert [s["text"] for s in body["segments"]] == ["Hello world.", "This is a test!"]
+    assert all(set(w) == {"text", "start", "end"} for s in body["segments"] for w in s["words"])
+
+
+def on_terminal(args: list[str], stream: str) -> tuple[int, str, str]:
+    """Run ``python -m polyasr_client ARGS`` with ``stream`` (stdout or
+    stderr) on a pseudo-terminal: (exit status, what the terminal showed,
+    the other stream)."""
+    primary, secondary = pty.openpty()
+    fcntl.ioctl(secondary, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))  # rows, columns
+    with tempfile.TemporaryFile() as other:
+        streams: dict[str, Any] = {"stdout": other, "stderr": other, stream: secondary}
+        command = [sys.executable, "-m", "polyasr_client", *args]
+        proc = subprocess.Popen(command, stdout=streams["stdout"], stderr=streams["stderr"])
+        os.close(secondary)
+        shown = b""
+        while True:
+            try:
+                chunk = os.read(primary, 4096)
+            except OSError:  # EIO: the child closed the terminal
+                break
+            if not chunk:
+                break
+            shown += chunk
+        status = proc.wait(timeout=120)
+        os.close(primary)
+        other.seek(0)
+        return status, shown.decode(), other.read().decode()
+
+
+def test_cli_dictate_rewrites_partials_in_place_on_a_tty(asr_server: LiveServer, voice_wav: Path) -> None:
+    args = ["--url", asr_server.url, "dictate", str(voice_wav), "--language", "en", "--pace", "3"]
+    status, screen, errors = on_terminal(args, "stdout")
+    assert status == 0, errors
+    erase = "\r\x1b[K"
+    assert screen.count(erase) >= 2  # at least one partial, then the erase before the final
+    final = screen.rsplit(erase, 1)[1]
+    assert final.endswith("\r\n") and final.strip() and erase not in final
+
+
+def test_cli_shows_upload_progress_on_a_terminal(asr_server: LiveServer, voice_wav: Path) -> None:
+    args = ["--url", asr_server.url, "transcribe", str(voice_wav), "--language", "en"]
+    status, screen, out = on_terminal(args, "stderr")
+    assert status == 0 and json.loads(out)["text"]
+    assert "100%" in screen and "transcribing" in screen  # the bar filled, then waits on the server
+
+
+def _capture_library_loads() -> bool:
+    try:
+        import sounddevice  # noqa: F401
+    except (ImportError, OSError):  # OSError: installed, but PortAudio is missing
+        return False
+    return True
+
+
+@pytest.mark.skipif(_capture_library_loads(), reason="a capture library is installed and loads")
+def test_cli_dictate_mic_without_sounddevice_says_what_to_install(asr_server: LiveServer) -> None:
+    run = polyasr("dictate", "--mic", "--url", asr_server.url)
+    assert run.returncode == 2 and "sounddevice" in run.stderr and "pip install" in run.stderr
+
+
+def test_cli_unload_prints_what_was_evicted(asr_server: LiveServer, voice_wav: Path) -> None:
+    polyasr("--url", asr_server.url, "transcribe", str(voice_wav), "--language", "en")
+    run = polyasr("--url", asr_server.url, "unload")
+    body: Any = json.loads(run.stdout)
+    assert run.returncode == 0 and "asr" in body["unloaded"] and body["manager"]["resident"] == []
