@@ -6,8 +6,8 @@
 PYTHON ?= python3
 MLX_VENV := .venv-mlx
 CUDA_VENV := .venv-cuda
-MLX_REQS := requirements.txt requirements-common.txt requirements-dev.txt
-CUDA_REQS := cuda/requirements.txt requirements-common.txt requirements-dev.txt
+MLX_REQS := requirements.txt requirements-common.txt requirements-dev.txt client/python/pyproject.toml
+CUDA_REQS := cuda/requirements.txt requirements-common.txt requirements-dev.txt client/python/pyproject.toml
 
 # MLX on Apple Silicon; CUDA everywhere else (on the CPU when there is no GPU).
 ifeq ($(shell uname -s)-$(shell uname -m),Darwin-arm64)
@@ -36,12 +36,14 @@ $(MLX_VENV)/.installed: $(MLX_REQS)
 	test -x $(MLX_VENV)/bin/python || $(PYTHON) -m venv $(MLX_VENV)
 	$(MLX_VENV)/bin/pip install -q "$$(grep -m1 '^torch==' requirements.txt)"
 	$(MLX_VENV)/bin/pip install -q -r requirements.txt -r requirements-dev.txt
+	$(MLX_VENV)/bin/pip install -q -e client/python
 	touch $@
 
 $(CUDA_VENV)/.installed: $(CUDA_REQS)
 	test -x $(CUDA_VENV)/bin/python || $(PYTHON) -m venv $(CUDA_VENV)
 	$(CUDA_VENV)/bin/pip install -q "$$(grep -m1 '^torch==' cuda/requirements.txt)"
 	$(CUDA_VENV)/bin/pip install -q -r cuda/requirements.txt -r requirements-dev.txt
+	$(CUDA_VENV)/bin/pip install -q -e client/python
 	touch $@
 
 venvs: $(MLX_VENV)/.installed $(CUDA_VENV)/.installed
