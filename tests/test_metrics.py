@@ -83,6 +83,7 @@ def test_metrics_count_real_traffic(live_server: Any) -> None:
     assert final["recognizedThroughSeq"] == 40
 
     # a dictation in progress is an active session, and stops being one after done
+    wait_for(url, "polyasr_ws_sessions_active", 0)  # the finished one has closed (after its final)
     with connect(url.replace("http", "ws") + "/ws/transcribe") as ws:
         ws.send(json.dumps({"type": "start", "protocol": 1, "sessionId": "open"}))
         ws.recv(timeout=30)
