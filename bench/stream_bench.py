@@ -158,7 +158,9 @@ async def main_async(args: argparse.Namespace) -> None:
         f"token budget {args.tokens_per_sec:g}/audio-second"
     )
     try:
-        await measure(url, 1, 3.0, "warm-up")  # first-call costs (VAD, speaker encoder) stay out of the figures
+        await measure(
+            url, 1, 3.0, "warm-up"
+        )  # first-call costs (VAD, speaker encoder) stay out of the figures
         medians: dict[tuple[int, float], float] = {}
         for sessions in sorted({1, args.sessions}):
             for seconds in lengths:
