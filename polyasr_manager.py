@@ -382,7 +382,9 @@ class AsrModelManager:
         return {
             "resident": resident,
             "coload": self.coload,
-            "idle_seconds": int(self.idle_seconds) if float(self.idle_seconds).is_integer() else self.idle_seconds,
+            "idle_seconds": int(self.idle_seconds)
+            if float(self.idle_seconds).is_integer()
+            else self.idle_seconds,
             "idle_for": min(idles) if idles else None,
             "units": list(UNITS),
             "unit_state": {
