@@ -300,11 +300,16 @@ def create_app(engine: Engine, settings: Settings, base_dir: Path) -> FastAPI:
             on_load_failure=lambda unit, reason: mon.on_load_failure(unit, reason),
             observer=metrics,
         )
-        mon = HealthMonitor(settings, mgr, engine.model_id, _load_probe_clip())
+        probe_clip = _load_probe_clip()
+        mon = HealthMonitor(settings, mgr, engine.model_id, probe_clip)
         transcriber = Transcriber(engine, mgr, settings, on_text=mon.record_text)
         # VAD and speaker encoder first: they are cheap to fail on, unlike a model load.
         vad = await asyncio.to_thread(shared_vad)
         speaker = await asyncio.to_thread(shared_speaker_filter)
+        if probe_clip is not None:
+            # The first embedding pays one-off costs (JIT-compiled resampling in
+            # Resemblyzer's preprocessing): pay them now, not in a user's first stop.
+            await asyncio.to_thread(speaker.embed, probe_clip)
         registry = SessionRegistry(settings.resume_ttl_sec, settings.stop_result_ttl_sec)
         holder.update(
             manager=mgr,

@@ -81,6 +81,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pace", type=float, default=1.0, help="x real time for a file; 0 = as fast as possible")
     p.add_argument("--format", choices=("text", "json"), default="text")
     p.add_argument("--partials", action="store_true", help="print partials as lines on stderr when not a TTY")
+    p.add_argument(
+        "--final-timeout",
+        type=float,
+        default=15.0,
+        help="seconds to wait for the final after stop before recovering through the batch endpoint",
+    )
 
     command("health", _health, "readiness of the server (exit 1 unless status is ok)")
     command("unload", _unload, "evict every resident model now")
@@ -124,7 +130,13 @@ async def _dictate(args: argparse.Namespace) -> int:
     display = PartialDisplay(sys.stdout, lines=args.partials)
     mic = Microphone() if args.mic else None
     pcm = None if mic else await asyncio.to_thread(decode_pcm16, args.file)
-    dictation = Dictation(args.url, language=args.language, context=args.context, on_partial=display.show)
+    dictation = Dictation(
+        args.url,
+        language=args.language,
+        context=args.context,
+        on_partial=display.show,
+        final_timeout=args.final_timeout,
+    )
     async with dictation:
         if mic is not None:
             with mic:
