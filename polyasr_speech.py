@@ -17,8 +17,9 @@ from __future__ import annotations
 import copy
 import threading
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -99,17 +100,22 @@ class Vad:
         return VadStream(model)
 
 
-_vad: Vad | None = None
-_vad_lock = threading.Lock()
+T = TypeVar("T")
 
 
-def shared_vad() -> Vad:
-    """The process-wide :class:`Vad`, loaded on first use."""
-    global _vad
-    with _vad_lock:
-        if _vad is None:
-            _vad = Vad()
-        return _vad
+def _process_wide(factory: Callable[[], T]) -> Callable[[], T]:
+    """``factory()`` built once per process, on first use, even from several threads."""
+    lock = threading.Lock()
+    made: list[T] = []
+
+    def get() -> T:
+        with lock:
+            if not made:
+                made.append(factory())
+            return made[0]
+
+    get.__doc__ = f"The process-wide {factory.__name__}, loaded on first use."
+    return get
 
 
 class SpeakerFilter:
@@ -157,17 +163,8 @@ class SpeakerFilter:
         return float(np.dot(a, b) / (np.linalg.norm(a) * np.linalg.norm(b)))
 
 
-_speaker_filter: SpeakerFilter | None = None
-_speaker_lock = threading.Lock()
-
-
-def shared_speaker_filter() -> SpeakerFilter:
-    """The process-wide :class:`SpeakerFilter`, loaded on first use."""
-    global _speaker_filter
-    with _speaker_lock:
-        if _speaker_filter is None:
-            _speaker_filter = SpeakerFilter()
-        return _speaker_filter
+shared_vad = _process_wide(Vad)
+shared_speaker_filter = _process_wide(SpeakerFilter)
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ engine here loads the tiny random-weight checkpoints through the real loaders.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import socket
@@ -162,6 +163,7 @@ class LiveServer:
         self.url = f"http://127.0.0.1:{self.port}"
         full_env = {**os.environ, **env, "POLYASR_PORT": str(self.port), "POLYASR_HOST": "127.0.0.1"}
         self.log_path = log_path
+        self.logs: Path | None = None  # the server's archive root, when a helper set one
         self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
             [sys.executable, str(ENTRY_POINTS[backend])],
@@ -192,6 +194,18 @@ class LiveServer:
             self.proc.kill()
             self.proc.wait()
         self._log.close()
+
+
+@contextlib.contextmanager
+def serving(backend: str, tiny: TinyModels, logs: Path, **extra: str) -> Iterator[LiveServer]:
+    """A ready server archiving under ``logs`` (as ``server.logs``) for the block."""
+    server = LiveServer(backend, tiny_env(tiny, POLYASR_LOG_DIR=str(logs), **extra), logs / "server.log")
+    server.logs = logs
+    try:
+        server.wait_ready()
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture

@@ -14,18 +14,15 @@ import openai
 import pytest
 
 from tests.audio_util import speech, wav_bytes
-from tests.conftest import LiveServer, tiny_env
+from tests.conftest import LiveServer, serving
 
 SPEECH = speech("voice_a")
 
 
 @pytest.fixture(scope="module")
 def server(tiny: Any, backend: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
-    logs = tmp_path_factory.mktemp("openai-logs")
-    live = LiveServer(backend, tiny_env(tiny, POLYASR_LOG_DIR=str(logs)), logs / "server.log")
-    live.wait_ready()
-    yield live
-    live.stop()
+    with serving(backend, tiny, tmp_path_factory.mktemp("openai-logs")) as live:
+        yield live
 
 
 @pytest.fixture

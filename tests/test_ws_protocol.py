@@ -17,7 +17,7 @@ from websockets.sync.client import ClientConnection, connect
 
 from polyasr_protocol import build_frame
 from tests.audio_util import speech
-from tests.conftest import LiveServer, tiny_env
+from tests.conftest import LiveServer, serving, tiny_env
 
 SPEECH = np.concatenate([speech("voice_a"), np.zeros(16000, np.float32)])
 PCM = (np.clip(SPEECH, -1, 1) * 32767).astype("<i2").tobytes()
@@ -30,19 +30,15 @@ def frames(count: int, first: int = 0) -> list[bytes]:
 
 @pytest.fixture(scope="module")
 def server(tiny: Any, backend: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
-    logs = tmp_path_factory.mktemp("ws-logs")
-    env = tiny_env(
+    with serving(
+        backend,
         tiny,
-        POLYASR_LOG_DIR=str(logs),
+        tmp_path_factory.mktemp("ws-logs"),
         POLYASR_PARTIALS_ENABLED="1",
         POLYASR_PARTIAL_INTERVAL_SEC="0.2",
         POLYASR_STOP_RESULT_TTL_SEC="3",
-    )
-    live = LiveServer(backend, env, logs / "server.log")
-    live.logs = logs  # type: ignore[attr-defined]
-    live.wait_ready()
-    yield live
-    live.stop()
+    ) as live:
+        yield live
 
 
 class Client:
@@ -148,7 +144,7 @@ def test_resume_after_a_dropped_connection_resends_without_reprocessing(server: 
     assert stream(second, frames(10, first=5)) == [9, 9, 9, 9, 9, 10, 11, 12, 13, 14]  # duplicates acked
     second.send({"type": "stop", "stopId": "r1", "finalCapturedSeq": 15})
     assert second.until("final")["recognizedThroughSeq"] == 15
-    log_dirs = sorted((server.logs / "sessions").glob("*/*"))  # type: ignore[attr-defined]
+    log_dirs = sorted((server.logs / "sessions").glob("*/*"))
     events = [json.loads(line) for d in log_dirs for line in (d / "events.jsonl").read_text().splitlines()]
     duplicates = [e for e in events if e["type"] == "duplicate_audio" and e.get("session_id") == "resumable"]
     assert len(duplicates) == 5
@@ -287,7 +283,7 @@ def test_session_archive(server: LiveServer) -> None:
     client.until("done")
     assert client.closed_with() == 1000
     time.sleep(0.3)
-    for folder in sorted((server.logs / "sessions").glob("*/*-ws-*")):  # type: ignore[attr-defined]
+    for folder in sorted((server.logs / "sessions").glob("*/*-ws-*")):
         lines = [json.loads(line) for line in (folder / "events.jsonl").read_text().splitlines()]
         started = [e for e in lines if e["type"] == "protocol_started"]
         if started and started[0]["session_id"] == "archived":

@@ -14,26 +14,22 @@ import numpy as np
 import pytest
 
 from tests.audio_util import speech
-from tests.conftest import LiveServer, tiny_env
+from tests.conftest import LiveServer, serving
 
 MAX_UPLOAD_MB = 0.5
 
 
 @pytest.fixture(scope="session")
 def asr_server(tiny: Any, backend: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
-    logs = tmp_path_factory.mktemp("client-logs")
-    env = tiny_env(
+    with serving(
+        backend,
         tiny,
-        POLYASR_LOG_DIR=str(logs),
+        tmp_path_factory.mktemp("client-logs"),
         POLYASR_PARTIALS_ENABLED="1",
         POLYASR_PARTIAL_INTERVAL_SEC="0.2",
         POLYASR_MAX_UPLOAD_MB=str(MAX_UPLOAD_MB),
-    )
-    server = LiveServer(backend, env, logs / "server.log")
-    server.logs = logs  # type: ignore[attr-defined]
-    server.wait_ready()
-    yield server
-    server.stop()
+    ) as server:
+        yield server
 
 
 @pytest.fixture(scope="session")

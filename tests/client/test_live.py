@@ -138,7 +138,7 @@ async def test_dictation_is_covered_and_partials_follow_the_delta_rule(
     for text, delta in partials:
         shown = shown + delta if delta is not None else text
         assert shown == text
-    [(resumed, received)] = session_audio(asr_server.logs, d.session_id)  # type: ignore[attr-defined]
+    [(resumed, received)] = session_audio(asr_server.logs, d.session_id)
     assert not resumed and received == speech_pcm
 
 
@@ -165,7 +165,7 @@ async def test_a_dropped_connection_is_resumed_without_losing_audio(
     assert d.stats.resent_frames >= 1  # at least the frame sent into the dead socket
     assert result.source == "stream" and result.fallback_reason is None
     assert result.recognized_through_seq == result.final_captured_seq == frames
-    archived = session_audio(asr_server.logs, d.session_id)  # type: ignore[attr-defined]
+    archived = session_audio(asr_server.logs, d.session_id)
     assert [resumed for resumed, _ in archived] == [False, True]
     assert archived[0][1] and archived[1][1]
     assert b"".join(pcm for _, pcm in archived) == speech_pcm  # every frame once, in order
@@ -189,7 +189,7 @@ async def test_an_uncovered_final_falls_back_to_the_batch_endpoint(
     assert result.source == "batch" and result.fallback_reason == "uncovered"
     assert result.recognized_through_seq is None and result.stream_text is not None
     assert result.final_captured_seq == frame_count(speech_pcm)
-    upload, meta = archived_upload(asr_server.logs, f"{d.session_id}.wav")  # type: ignore[attr-defined]
+    upload, meta = archived_upload(asr_server.logs, f"{d.session_id}.wav")
     assert upload == wav_from_pcm16(speech_pcm)  # the whole utterance, frames the socket lost included
     assert result.text == meta["text"] and meta["language"] == "en"
 
@@ -205,7 +205,7 @@ async def test_a_session_the_server_never_heard_falls_back_to_the_batch_endpoint
         await stream_pcm(d, speech_pcm[: 20 * FRAME], pace=0)
         result = await d.stop()
     assert (result.source, result.fallback_reason) == ("batch", "stop_expired:session_not_held")
-    upload, meta = archived_upload(asr_server.logs, f"{d.session_id}.wav")  # type: ignore[attr-defined]
+    upload, meta = archived_upload(asr_server.logs, f"{d.session_id}.wav")
     assert upload == wav_from_pcm16(speech_pcm[: 20 * FRAME]) and result.text == meta["text"]
 
 
