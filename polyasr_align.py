@@ -36,13 +36,14 @@ from typing import Any, TypeVar
 import numpy as np
 from pydantic import BaseModel, Field
 
-from polyasr_audio import SAMPLE_RATE, AudioDecodeError, decode_audio, quietest_point
+from polyasr_audio import AudioDecodeError, decode_audio, quietest_point
+from polyasr_constants import SAMPLE_RATE, VAD_THRESHOLD, WINDOW_SAMPLES
 from polyasr_decode import Transcriber
 from polyasr_engine import AlignedUnit, Clip, Engine
 from polyasr_languages import ALIGNER_NAMES, UnsupportedLanguage, normalize_language
 from polyasr_manager import AsrModelManager, ModelBusy, ModelUnavailable
 from polyasr_scheduler import Priority
-from polyasr_speech import VAD_THRESHOLD, WINDOW_SAMPLES, shared_vad
+from polyasr_speech import shared_vad
 from polyasr_text import is_cjk, join_texts
 
 DEFAULT_CHUNK_SEC = 270  # headroom under the aligner's ~300 s limit

@@ -51,6 +51,7 @@ from polyasr_align import (
 )
 from polyasr_audio import AudioDecodeError, decode_audio
 from polyasr_config import Backend, ConfigError, Settings, load_settings
+from polyasr_constants import SAMPLE_RATE
 from polyasr_decode import StreamDecoder, Transcriber
 from polyasr_engine import Engine
 from polyasr_health import HealthMonitor
@@ -475,7 +476,7 @@ def create_app(engine: Engine, settings: Settings, base_dir: Path) -> FastAPI:
             return PlainTextResponse(srt(segments))
         if fmt == "vtt":
             return PlainTextResponse(vtt(segments), media_type="text/vtt")
-        duration = len(samples) / 16_000
+        duration = len(samples) / SAMPLE_RATE
         return verbose_json(result.text, result.language, duration, segments, "word" in granularities)
 
     align_label = f"{engine.model_id} + {engine.aligner_id}"

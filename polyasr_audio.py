@@ -15,7 +15,8 @@ from typing import BinaryIO
 import av
 import numpy as np
 
-SAMPLE_RATE = 16_000
+from polyasr_constants import SAMPLE_RATE
+
 
 
 class AudioDecodeError(ValueError):

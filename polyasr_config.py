@@ -71,7 +71,10 @@ class Settings(BaseModel):
     idle_evict_seconds: float = _env("IDLE_EVICT_SECONDS", default=180.0, ge=0)
     coload: bool = _env("COLOAD", default=True)
     load_timeout_sec: float = _env("LOAD_TIMEOUT_SEC", default=300.0, gt=0)
-    max_upload_mb: float = _env("MAX_UPLOAD_MB", default=200.0, gt=0)
+    max_upload_mb: float = _env("MAX_UPLOAD_MB", default=25.0, gt=0)
+    # Decoded duration of one upload (or manifest entry): compressed silence
+    # decodes to hours of float32, so bytes alone do not bound memory.
+    max_audio_sec: float = _env("MAX_AUDIO_SEC", default=10_800.0, gt=0)
     # Directories /v1/align/manifest may read; unset = loopback clients only.
     manifest_roots: str | None = _env("MANIFEST_ROOTS", default=None)
 
@@ -100,10 +103,44 @@ class Settings(BaseModel):
     )
     resume_ttl_sec: float = _env("RESUME_TTL_SEC", default=300.0, gt=0)
     stop_result_ttl_sec: float = _env("STOP_RESULT_TTL_SEC", default=300.0, gt=0)
+    stop_store_max: int = _env("STOP_STORE_MAX", default=10_000, ge=1)
+
+    # What one client can grow (issue: hardening); each has its own refusal.
+    max_sessions: int = _env("MAX_SESSIONS", default=64, ge=1)
+    max_session_sec: float = _env("MAX_SESSION_SEC", default=7_200.0, gt=0)
+    session_idle_sec: float = _env("SESSION_IDLE_SEC", default=30.0, gt=0)
+    start_timeout_sec: float = _env("START_TIMEOUT_SEC", default=30.0, gt=0)
+    reorder_window: int = _env("REORDER_WINDOW", default=256, ge=1)
+    ws_max_text_bytes: int = _env("WS_MAX_TEXT_BYTES", default=65_536, ge=256)
+    ws_max_frame_bytes: int = _env("WS_MAX_FRAME_BYTES", default=262_144, ge=1_024)
+    max_id_chars: int = _env("MAX_ID_CHARS", default=128, ge=1)
+    max_context_chars: int = _env("MAX_CONTEXT_CHARS", default=4_096, ge=0)
+    max_queued_decodes: int = _env("MAX_QUEUED_DECODES", default=256, ge=1)
+    decode_timeout_sec: float = _env("DECODE_TIMEOUT_SEC", default=300.0, gt=0)
+    shutdown_grace_sec: float = _env("SHUTDOWN_GRACE_SEC", default=10.0, ge=0)
+
+    # Live rot detection (contract §4.1.1).
+    live_rot_detect: bool = _env("LIVE_ROT_DETECT", default=True)
+    live_min_speech_sec: float = _env("LIVE_MIN_SPEECH_SEC", default=2.0, ge=0)
+    live_reload_witnesses: int = _env("LIVE_RELOAD_WITNESSES", default=2, ge=1)
+
+    # Who may talk to the service.
+    api_key: str | None = _env("API_KEY", default=None)
+    health_public: bool = _env("HEALTH_PUBLIC", default=True)
+    allowed_origins: str | None = _env("ALLOWED_ORIGINS", default=None)
+    allowed_hosts: str | None = _env("ALLOWED_HOSTS", default=None)
+
+    # Archive retention (both archives), oldest first.
+    log_retention_days: float = _env("LOG_RETENTION_DAYS", default=30.0, ge=0)
+    log_max_gb: float = _env("LOG_MAX_GB", default=20.0, ge=0)
 
     device: str = _env("DEVICE", default="cuda:0")
     dtype: Literal["bfloat16", "float16", "float32"] = _env("DTYPE", default="bfloat16")
     engine_backend: Literal["transformers", "vllm"] = _env("BACKEND", default="transformers")
+    # CUDA decode path: our static-cache loop ("fast") or transformers' generate;
+    # None = fast on a CUDA device, generate on the CPU.
+    decode: Literal["fast", "generate"] | None = _env("DECODE", default=None)
+    compile: bool = _env("COMPILE", default=False)
 
     @field_validator(
         "coload",
@@ -111,6 +148,9 @@ class Settings(BaseModel):
         "partials_enabled",
         "final_wait_partial",
         "native_streaming",
+        "live_rot_detect",
+        "health_public",
+        "compile",
         mode="before",
     )
     @classmethod
@@ -129,10 +169,16 @@ class Settings(BaseModel):
                 raise ValueError(f"{root!r} is not an absolute path")
         return value
 
-    @field_validator("dtype", "engine_backend", "stream_finalization_mode", mode="before")
+    @field_validator("dtype", "engine_backend", "stream_finalization_mode", "decode", mode="before")
     @classmethod
     def _lower(cls, value: Any) -> Any:
         return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator("api_key", "allowed_origins", "allowed_hosts", mode="before")
+    @classmethod
+    def _blank_is_unset(cls, value: Any) -> Any:
+        """An empty key or list means the same as none given."""
+        return None if isinstance(value, str) and not value.strip() else value
 
     @property
     def max_upload_bytes(self) -> int:

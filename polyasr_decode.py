@@ -17,6 +17,7 @@ import numpy as np
 
 from polyasr_audio import split_at_quiet
 from polyasr_config import Settings
+from polyasr_constants import SAMPLE_RATE
 from polyasr_engine import Clip, Engine, Transcript
 from polyasr_manager import AsrModelManager
 from polyasr_scheduler import Priority
@@ -124,7 +125,7 @@ class Transcriber:
         lease = {"use": False, "resident_only": True} if probe else {}
         tasks = []
         for piece in cuts:
-            seconds = budget_sec if single and budget_sec is not None else len(piece) / 16_000
+            seconds = budget_sec if single and budget_sec is not None else len(piece) / SAMPLE_RATE
             clip = Clip(
                 piece, language, context, self.settings.token_budget(seconds), prefix=prefix if single else ""
             )
@@ -137,7 +138,7 @@ class Transcriber:
             for piece, task in zip(cuts, tasks, strict=True):
                 result: Transcript = await task
                 end = start + len(piece)
-                yield TimedPiece(result.text, result.language, result.raw, start / 16_000, end / 16_000)
+                yield TimedPiece(result.text, result.language, result.raw, start / SAMPLE_RATE, end / SAMPLE_RATE)
                 start = end
         finally:
             for task in tasks:

@@ -14,6 +14,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from polyasr_constants import SAMPLE_RATE
+
 UNITS: tuple[str, ...] = ("asr", "align")
 
 
@@ -33,7 +35,7 @@ class Clip:
 
     @property
     def seconds(self) -> float:
-        return len(self.samples) / 16_000
+        return len(self.samples) / SAMPLE_RATE
 
 
 @dataclass(frozen=True)

@@ -10,13 +10,13 @@ import struct
 from dataclasses import dataclass
 from typing import Any
 
+from polyasr_constants import BYTES_PER_SECOND, SAMPLE_RATE
+
 MAGIC = b"BASR"
 FRAMING_VERSION = 1
 FRAME_TYPE_AUDIO = 1
 HEADER = struct.Struct(">4sBBHQ")  # magic, version, type, reserved, seq (big-endian)
 PROTOCOL = 1
-SAMPLE_RATE = 16_000
-BYTES_PER_SECOND = 32_000
 
 
 class ProtocolError(Exception):

@@ -23,11 +23,8 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-SAMPLE_RATE = 16_000
-WINDOW_SAMPLES = 2560  # 160 ms: the unit the VAD gate decides on
-SUB_CHUNK = 512  # the only input size Silero accepts at 16 kHz
-VAD_THRESHOLD = 0.5
-COMMIT_SILENCE_WINDOWS = 4  # 4 non-speech windows (640 ms) close a chunk
+from polyasr_constants import SAMPLE_RATE, SUB_CHUNK, WINDOW_SAMPLES
+
 SPEAKER_SIM_THRESHOLD = 0.70
 EMBED_MAX_SEC = 6.0  # the part of a long chunk the speaker is judged on
 MIN_EMBED_SEC = 1.0  # shorter audio gives embeddings too noisy to judge a speaker by

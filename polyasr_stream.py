@@ -27,15 +27,12 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from polyasr_constants import COMMIT_SILENCE_WINDOWS, SAMPLE_RATE, VAD_THRESHOLD, WINDOW_SAMPLES
 from polyasr_engine import Preempted, Transcript
 from polyasr_manager import ModelUnavailable
 from polyasr_scheduler import Priority
 from polyasr_text import join_text
 
-SAMPLE_RATE = 16_000
-WINDOW = 2560  # 160 ms VAD window
-VAD_THRESHOLD = 0.5
-COMMIT_SILENCE_WINDOWS = 4  # 640 ms of non-speech closes a chunk
 MIN_DECODE_SEC = 0.3  # shorter raw audio is not worth a fallback decode
 MIN_SPEAKER_CHECK_SEC = 0.3
 PARTIAL_OVERLAP_SEC = 0.3  # audio before the stable frontier a partial re-hears
@@ -224,7 +221,7 @@ class DictationSession:
             self.updated_at = self.clock()
             return
         self.staged = np.concatenate([self.staged, samples]) if len(self.staged) else samples
-        usable = len(self.staged) // WINDOW * WINDOW
+        usable = len(self.staged) // WINDOW_SAMPLES * WINDOW_SAMPLES
         if usable:
             windows = self.staged[:usable]
             self.staged = self.staged[usable:]
@@ -232,7 +229,7 @@ class DictationSession:
             self.staged_start += usable
             probs = await asyncio.to_thread(self.vad.window_probs, windows)
             for i, prob in enumerate(probs):
-                await self._window(windows[i * WINDOW : (i + 1) * WINDOW], start + i * WINDOW, prob)
+                await self._window(windows[i * WINDOW_SAMPLES : (i + 1) * WINDOW_SAMPLES], start + i * WINDOW_SAMPLES, prob)
         self.updated_at = self.clock()
 
     async def _window(self, window: np.ndarray, start: int, prob: float) -> None:
@@ -240,7 +237,7 @@ class DictationSession:
             if not self.pending:
                 if self.last_quiet is not None:  # one window of onset pre-roll
                     self.pending.append(self.last_quiet)
-                    self.pending_start = start - WINDOW
+                    self.pending_start = start - WINDOW_SAMPLES
                 else:
                     self.pending_start = start
             self.pending.append(window)
@@ -560,7 +557,7 @@ class DictationSession:
         if not len(self.staged):
             return
         leftover = self.staged
-        padded = np.concatenate([leftover, np.zeros(WINDOW - len(leftover), np.float32)])
+        padded = np.concatenate([leftover, np.zeros(WINDOW_SAMPLES - len(leftover), np.float32)])
         self.staged = np.zeros(0, np.float32)
         (prob,) = await asyncio.to_thread(self.vad.window_probs, padded)
         if prob >= VAD_THRESHOLD or self.pending:

@@ -26,10 +26,11 @@ from typing import IO, Any
 import numpy as np
 import soundfile as sf
 
+from polyasr_constants import BYTES_PER_SECOND, SAMPLE_RATE
+
 log = logging.getLogger("polyasr.wslog")
 
-SAMPLE_RATE = 16_000
-_BYTES_PER_MS = SAMPLE_RATE * 2 // 1000  # PCM16 mono
+_BYTES_PER_MS = BYTES_PER_SECOND // 1000  # PCM16 mono
 _FLAC_BLOCK_BYTES = 1 << 20  # even, so no block splits a sample
 
 

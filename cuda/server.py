@@ -20,6 +20,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from polyasr_config import ConfigError, Settings  # noqa: E402
+from polyasr_constants import SAMPLE_RATE  # noqa: E402
 from polyasr_engine import AlignedUnit, Clip, Preempted, Transcript, rolled_back_ids  # noqa: E402
 
 _MB = 1_048_576
@@ -186,7 +187,7 @@ class CudaEngine:
         return [o.outputs[0].text for o in outputs]
 
     def align(self, model: Any, clip: Clip, text: str, language: str) -> list[AlignedUnit]:
-        (result,) = model.align(audio=(clip.samples, 16_000), text=text, language=language)
+        (result,) = model.align(audio=(clip.samples, SAMPLE_RATE), text=text, language=language)
         return [AlignedUnit(item.text, item.start_time, item.end_time) for item in result]
 
     def info(self) -> dict[str, Any]:
