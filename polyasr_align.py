@@ -38,7 +38,7 @@ from pydantic import BaseModel, Field
 
 from polyasr_audio import AudioDecodeError, decode_audio, quietest_point
 from polyasr_constants import SAMPLE_RATE, VAD_THRESHOLD, WINDOW_SAMPLES
-from polyasr_decode import Transcriber
+from polyasr_decode import DecodeRequest, Transcriber
 from polyasr_engine import AlignedUnit, Clip, Engine
 from polyasr_languages import ALIGNER_NAMES, UnsupportedLanguage, normalize_language
 from polyasr_manager import AsrModelManager, ModelBusy, ModelUnavailable
@@ -726,7 +726,10 @@ class Aligner:
             return
         async with self.manager.lease("asr"):
             results = await _all(
-                [_named(c.label, self.transcriber.transcribe(c.samples, language=language)) for c in chunks]
+                [
+                    _named(c.label, self.transcriber.transcribe(c.samples, DecodeRequest(language=language)))
+                    for c in chunks
+                ]
             )
         for chunk, result in zip(chunks, results, strict=True):
             chunk.text = result.text.strip()

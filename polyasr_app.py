@@ -52,7 +52,7 @@ from polyasr_align import (
 from polyasr_audio import AudioDecodeError, decode_audio
 from polyasr_config import Backend, ConfigError, Settings, load_settings
 from polyasr_constants import SAMPLE_RATE
-from polyasr_decode import StreamDecoder, Transcriber
+from polyasr_decode import DecodeRequest, StreamDecoder, Transcriber
 from polyasr_engine import Engine
 from polyasr_health import HealthMonitor
 from polyasr_languages import UnsupportedLanguage, normalize_language
@@ -69,7 +69,6 @@ from polyasr_openai import (
     verbose_json,
     vtt,
 )
-from polyasr_scheduler import Priority
 from polyasr_sessionlog import HttpArchive
 from polyasr_speech import SpeakerGate, shared_speaker_filter, shared_vad
 from polyasr_stream import StreamSettings
@@ -418,7 +417,7 @@ def create_app(engine: Engine, settings: Settings, base_dir: Path) -> FastAPI:
         text = ""
         try:
             async for piece in transcriber().pieces(
-                samples, language=language, context=context, priority=Priority.BATCH
+                samples, DecodeRequest(language=language, context=context)
             ):
                 joined = join_text(text, piece.text)
                 if joined != text:
@@ -463,7 +462,7 @@ def create_app(engine: Engine, settings: Settings, base_dir: Path) -> FastAPI:
             upload = await asyncio.to_thread(_spooled_copy, file.file)
             events = streamed(samples, pinned, hint, upload, file.filename or "")
             return StreamingResponse(events, media_type="text/event-stream")
-        result = await transcriber().transcribe(samples, language=pinned, context=hint)
+        result = await transcriber().transcribe(samples, DecodeRequest(language=pinned, context=hint))
         await asyncio.to_thread(archive.record, file.file, file.filename or "", language, result.text)
         if fmt == "text":
             return PlainTextResponse(result.text)

@@ -18,7 +18,6 @@ import numpy as np
 from polyasr_constants import SAMPLE_RATE
 
 
-
 class AudioDecodeError(ValueError):
     """The bytes are not audio we can decode, or hold no samples at all."""
 

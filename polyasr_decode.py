@@ -44,6 +44,26 @@ class Transcription(Transcript):
 MAX_PIECE_SEC = 30.0
 
 
+@dataclass(frozen=True)
+class DecodeRequest:
+    """Everything that steers one decode besides its audio, passed through whole.
+
+    ``probe`` marks the health probe: lowest priority, not counted as use,
+    and never loads an evicted unit. ``prefix`` (a previous raw answer for
+    the same audio) and ``budget_sec`` (the seconds of audio still to be
+    written out) let a streaming partial generate only what is new;
+    ``replace_key`` lets a newer partial replace a queued older one.
+    """
+
+    language: str | None = None  # Qwen name; None = auto-detect
+    context: str = ""
+    priority: Priority = Priority.BATCH
+    prefix: str = ""
+    budget_sec: float | None = None
+    replace_key: str | None = None
+    probe: bool = False
+
+
 class Transcriber:
     """Decodes audio with the ``asr`` unit via the scheduler."""
 
@@ -60,60 +80,23 @@ class Transcriber:
         self.on_text = on_text
 
     async def transcribe(
-        self,
-        samples: np.ndarray,
-        *,
-        language: str | None = None,
-        context: str = "",
-        priority: Priority = Priority.BATCH,
-        probe: bool = False,
-        prefix: str = "",
-        replace_key: str | None = None,
-        budget_sec: float | None = None,
+        self, samples: np.ndarray, request: DecodeRequest = DecodeRequest()
     ) -> Transcription:
-        """Decode ``samples`` (16 kHz mono float32).
-
-        ``probe`` marks the health probe: lowest priority, not counted as use,
-        and never loads an evicted unit. ``prefix`` (a previous raw answer for
-        the same audio) and ``budget_sec`` (the seconds of audio still to be
-        written out) let a streaming partial generate only what is new;
-        ``replace_key`` lets a newer partial replace a queued older one.
-        """
-        pieces = self.pieces(
-            samples,
-            language=language,
-            context=context,
-            priority=Priority.PROBE if probe else priority,
-            probe=probe,
-            prefix=prefix,
-            replace_key=replace_key,
-            budget_sec=budget_sec,
-        )
-        timed = [piece async for piece in pieces]
+        """Decode ``samples`` (16 kHz mono float32) as one text."""
+        timed = [piece async for piece in self.pieces(samples, request)]
         text = join_texts([t.text for t in timed])
-        if not probe:
+        if not request.probe:
             self.on_text(text)
         detected = next((t.language for t in timed if t.language), None)
         raw = timed[0].raw if len(timed) == 1 else ""
         return Transcription(
             text=text,
-            language=detected or language,
+            language=detected or request.language,
             raw=raw,
             pieces=tuple(TimedText(t.start, t.end, t.text) for t in timed),
         )
 
-    async def pieces(
-        self,
-        samples: np.ndarray,
-        *,
-        language: str | None,
-        context: str,
-        priority: Priority,
-        probe: bool = False,
-        prefix: str = "",
-        replace_key: str | None = None,
-        budget_sec: float | None = None,
-    ) -> AsyncIterator[TimedPiece]:
+    async def pieces(self, samples: np.ndarray, request: DecodeRequest) -> AsyncIterator[TimedPiece]:
         """The pieces of ``samples`` as they are decoded, in order.
 
         All pieces are queued at once (so the engine gets them as one batch);
@@ -122,15 +105,21 @@ class Transcriber:
         """
         cuts = split_at_quiet(samples, MAX_PIECE_SEC)
         single = len(cuts) == 1
-        lease = {"use": False, "resident_only": True} if probe else {}
+        priority = Priority.PROBE if request.probe else request.priority
+        lease = {"use": False, "resident_only": True} if request.probe else {}
         tasks = []
         for piece in cuts:
-            seconds = budget_sec if single and budget_sec is not None else len(piece) / SAMPLE_RATE
+            budget_sec = request.budget_sec if single and request.budget_sec is not None else None
+            seconds = budget_sec if budget_sec is not None else len(piece) / SAMPLE_RATE
             clip = Clip(
-                piece, language, context, self.settings.token_budget(seconds), prefix=prefix if single else ""
+                piece,
+                request.language,
+                request.context,
+                self.settings.token_budget(seconds),
+                prefix=request.prefix if single else "",
             )
             run = self.manager.run_batched(
-                "asr", "transcribe", self.engine.transcribe, clip, priority, replace_key, **lease
+                "asr", "transcribe", self.engine.transcribe, clip, priority, request.replace_key, **lease
             )
             tasks.append(asyncio.ensure_future(run))
         try:
@@ -138,7 +127,9 @@ class Transcriber:
             for piece, task in zip(cuts, tasks, strict=True):
                 result: Transcript = await task
                 end = start + len(piece)
-                yield TimedPiece(result.text, result.language, result.raw, start / SAMPLE_RATE, end / SAMPLE_RATE)
+                yield TimedPiece(
+                    result.text, result.language, result.raw, start / SAMPLE_RATE, end / SAMPLE_RATE
+                )
                 start = end
         finally:
             for task in tasks:
@@ -152,26 +143,8 @@ class StreamDecoder:
     def __init__(self, transcriber: Transcriber) -> None:
         self.transcriber = transcriber
 
-    async def decode(
-        self,
-        samples: np.ndarray,
-        *,
-        priority: Priority,
-        context: str,
-        language: str | None,
-        prefix: str = "",
-        replace_key: str | None = None,
-        budget_sec: float | None = None,
-    ) -> Transcript:
-        return await self.transcriber.transcribe(
-            samples,
-            language=language,
-            context=context,
-            priority=priority,
-            prefix=prefix,
-            replace_key=replace_key,
-            budget_sec=budget_sec,
-        )
+    async def decode(self, samples: np.ndarray, request: DecodeRequest) -> Transcript:
+        return await self.transcriber.transcribe(samples, request)
 
     def is_queued(self, replace_key: str) -> bool:
         return self.transcriber.manager.is_queued("asr", replace_key)

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from polyasr_config import Settings
+from polyasr_decode import DecodeRequest
 from polyasr_engine import Preempted, Transcript
 from polyasr_manager import AsrModelManager, ModelUnavailable, NotResident
 
@@ -122,7 +123,7 @@ class HealthMonitor:
         try:
             # The clip is English speech; pinning that keeps the probe about
             # "does the model produce text", not about language detection.
-            result = await self._transcribe(self.probe_clip, language="English", probe=True)
+            result = await self._transcribe(self.probe_clip, DecodeRequest(language="English", probe=True))
         except (NotResident, Preempted):
             return  # evicted (never reload to probe), or real work needed the device
         except ModelUnavailable as exc:

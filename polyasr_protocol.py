@@ -10,7 +10,7 @@ import struct
 from dataclasses import dataclass
 from typing import Any
 
-from polyasr_constants import BYTES_PER_SECOND, SAMPLE_RATE
+from polyasr_constants import SAMPLE_RATE
 
 MAGIC = b"BASR"
 FRAMING_VERSION = 1

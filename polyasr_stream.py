@@ -28,6 +28,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from polyasr_constants import COMMIT_SILENCE_WINDOWS, SAMPLE_RATE, VAD_THRESHOLD, WINDOW_SAMPLES
+from polyasr_decode import DecodeRequest
 from polyasr_engine import Preempted, Transcript
 from polyasr_manager import ModelUnavailable
 from polyasr_scheduler import Priority
@@ -58,17 +59,7 @@ class SpeakerGate(Protocol):
 class SessionDecoder(Protocol):
     """How a session reaches the model (the scheduler, in production)."""
 
-    async def decode(
-        self,
-        samples: np.ndarray,
-        *,
-        priority: Priority,
-        context: str,
-        language: str | None,
-        prefix: str = "",
-        replace_key: str | None = None,
-        budget_sec: float | None = None,
-    ) -> Transcript: ...
+    async def decode(self, samples: np.ndarray, request: DecodeRequest) -> Transcript: ...
 
     def is_queued(self, replace_key: str) -> bool: ...
 
@@ -229,7 +220,9 @@ class DictationSession:
             self.staged_start += usable
             probs = await asyncio.to_thread(self.vad.window_probs, windows)
             for i, prob in enumerate(probs):
-                await self._window(windows[i * WINDOW_SAMPLES : (i + 1) * WINDOW_SAMPLES], start + i * WINDOW_SAMPLES, prob)
+                await self._window(
+                    windows[i * WINDOW_SAMPLES : (i + 1) * WINDOW_SAMPLES], start + i * WINDOW_SAMPLES, prob
+                )
         self.updated_at = self.clock()
 
     async def _window(self, window: np.ndarray, start: int, prob: float) -> None:
@@ -301,11 +294,7 @@ class DictationSession:
         try:
             try:
                 result = await decoder.decode(
-                    _glue(chunks),
-                    priority=Priority.COMMIT,
-                    context=self.context,
-                    language=self.language,
-                    replace_key=self._commit_key(),
+                    _glue(chunks), self._request(Priority.COMMIT, replace_key=self._commit_key())
                 )
             except asyncio.CancelledError:
                 return  # the stop came first: the final decodes these chunks itself
@@ -326,6 +315,10 @@ class DictationSession:
         finally:
             self.commit_task = None
             self.updated_at = self.clock()
+
+    def _request(self, priority: Priority, **steer: Any) -> DecodeRequest:
+        """A decode of this session's audio: its context and language, and ``steer``."""
+        return DecodeRequest(language=self.language, context=self.context, priority=priority, **steer)
 
     def _partial_key(self) -> str:
         return f"partial:{id(self)}"
@@ -388,12 +381,9 @@ class DictationSession:
         try:
             result = await decoder.decode(
                 audio,
-                priority=Priority.PARTIAL,
-                context=self.context,
-                language=self.language,
-                prefix=prefix,
-                replace_key=self._partial_key(),
-                budget_sec=budget_sec,
+                self._request(
+                    Priority.PARTIAL, prefix=prefix, replace_key=self._partial_key(), budget_sec=budget_sec
+                ),
             )
         except asyncio.CancelledError:
             return  # replaced by a newer partial, or the stop arrived
@@ -520,9 +510,7 @@ class DictationSession:
         tail_text = ""
         if tail:
             audio = _glue(tail)
-            result = await decoder.decode(
-                audio, priority=Priority.FINAL, context=self.context, language=self.language
-            )
+            result = await decoder.decode(audio, self._request(Priority.FINAL))
             tail_text = result.text
         self.log(
             "final_incremental",
@@ -541,9 +529,7 @@ class DictationSession:
         if heard and not self.rejected and not self.accepted:
             # Sound the VAD never called speech: decode what was heard. (Pure
             # silence is not decoded: a model asked to may invent words.)
-            result = await decoder.decode(
-                self._raw_since(0), priority=Priority.FINAL, context=self.context, language=self.language
-            )
+            result = await decoder.decode(self._raw_since(0), self._request(Priority.FINAL))
             self.log("final_raw_fallback", text=result.text)
             if result.text:
                 return FinalResult(result.text, "raw_fallback", decoded=True)

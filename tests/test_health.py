@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from polyasr_decode import Transcriber
+from polyasr_decode import DecodeRequest, Transcriber
 from polyasr_engine import Transcript
 from polyasr_health import HealthMonitor, check_weights
 from polyasr_manager import AsrModelManager
@@ -50,7 +50,7 @@ async def test_probe_ok_then_stale_then_refreshed_by_real_text(make_settings: An
     assert mon.probe.ok is True and mon.reasons() == []
     await asyncio.sleep(0.7)
     assert mon.reasons() == ["streaming_probe_stale"]
-    result = await tx.transcribe(speech()[:32000], language="English")
+    result = await tx.transcribe(speech()[:32000], DecodeRequest(language="English"))
     assert result.text
     assert mon.reasons() == []
     await mon.close()

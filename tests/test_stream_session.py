@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from polyasr_decode import DecodeRequest
 from polyasr_engine import Transcript
 from polyasr_protocol import partial
 from polyasr_scheduler import Priority
@@ -45,9 +46,9 @@ class ScriptedDecoder:
     calls: list[Call] = field(default_factory=list)
     delay: float = 0.0  # latency of partial decodes
 
-    async def decode(self, samples: np.ndarray, **kw: Any) -> Transcript:
-        self.calls.append(Call(kw["priority"], len(samples) / SR, kw.get("prefix", "")))
-        if self.delay and kw["priority"] == Priority.PARTIAL:
+    async def decode(self, samples: np.ndarray, request: DecodeRequest) -> Transcript:
+        self.calls.append(Call(request.priority, len(samples) / SR, request.prefix))
+        if self.delay and request.priority == Priority.PARTIAL:
             await asyncio.sleep(self.delay)
         n = max(1, round(len(samples) / SR / 0.5))
         n_call = len(self.calls)
