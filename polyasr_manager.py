@@ -43,6 +43,13 @@ class ModelBusy(RuntimeError):
     retry_after = 5
 
 
+class ServerBusy(RuntimeError):
+    """Too much decode work is already queued on a unit; retry shortly (HTTP 503
+    ``server_busy`` with Retry-After)."""
+
+    retry_after = 2
+
+
 class NotResident(RuntimeError):
     """A resident-only lease found the unit evicted (probes never reload)."""
 

@@ -356,9 +356,10 @@ class Connection:
             return
         ready = session.accept_frame(seq, pcm)
         self.services.manager.touch("asr")
+        for payload in ready:
+            await self.log.audio(payload)  # archived before it is acknowledged
         await self.send(ack(session.session_id, session.ack_seq))
         for payload in ready:
-            self.log.audio(payload)
             samples = pcm16_to_float(payload)
             await session.feed(samples, passes_energy_gate(samples))
 

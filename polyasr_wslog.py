@@ -13,6 +13,7 @@ and a broken disk does not flood the log on every frame.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -74,8 +75,12 @@ class WsSessionLog:
             if not (self._off or self._closed):
                 self._write_event(type, fields)
 
-    def audio(self, pcm: bytes) -> None:
-        """Append raw PCM16LE (16 kHz mono) to ``input.pcm``."""
+    async def audio(self, pcm: bytes) -> None:
+        """Append raw PCM16LE (16 kHz mono) to ``input.pcm``; returns once written,
+        so a frame is acknowledged only after its audio is on disk."""
+        await asyncio.to_thread(self._append_audio, pcm)
+
+    def _append_audio(self, pcm: bytes) -> None:
         with self._lock:
             if self._off or self._closed or not pcm:
                 return

@@ -25,12 +25,12 @@ def read_events(folder: Path) -> list[dict]:
     return [json.loads(line) for line in (folder / "events.jsonl").read_text(encoding="utf-8").splitlines()]
 
 
-def test_layout_events_and_flac(tmp_path: Path) -> None:
+async def test_layout_events_and_flac(tmp_path: Path) -> None:
     pcm = pcm_of(speech("voice_a")[: 16000 * 2])
     log = WsSessionLog(tmp_path, "cuda", "Qwen/Qwen3-ASR-0.6B")
     log.event("protocol_started", session_id="client-1", resume=False, ack_seq=0, context_len=0)
     for start in range(0, len(pcm), 3200):
-        log.audio(pcm[start : start + 3200])
+        await log.audio(pcm[start : start + 3200])
     log.event("final", text="héllo 你好")
     log.close()
 
@@ -63,12 +63,12 @@ def test_layout_events_and_flac(tmp_path: Path) -> None:
     np.testing.assert_array_equal(decoded, np.frombuffer(pcm, dtype="<i2"))
 
 
-def test_pcm_holds_all_audio_before_close(tmp_path: Path) -> None:
+async def test_pcm_holds_all_audio_before_close(tmp_path: Path) -> None:
     """A crash before close leaves every frame and event on disk."""
     pcm = pcm_of(speech("voice_a")[:8000])
     log = WsSessionLog(tmp_path, "mlx", "m")
-    log.audio(pcm[:5000])
-    log.audio(pcm[5000:])
+    await log.audio(pcm[:5000])
+    await log.audio(pcm[5000:])
     log.event("partial", text="hi", audio_sec=0.5)
     [folder] = session_dirs(tmp_path)
     assert (folder / "input.pcm").read_bytes() == pcm
@@ -76,13 +76,13 @@ def test_pcm_holds_all_audio_before_close(tmp_path: Path) -> None:
     log.close()
 
 
-def test_close_is_last_and_idempotent(tmp_path: Path) -> None:
+async def test_close_is_last_and_idempotent(tmp_path: Path) -> None:
     log = WsSessionLog(tmp_path, "mlx", "m")
-    log.audio(b"\x01\x00" * 16)
+    await log.audio(b"\x01\x00" * 16)
     log.close()
     log.close()
     log.event("late", x=1)
-    log.audio(b"\x00\x00")
+    await log.audio(b"\x00\x00")
     [folder] = session_dirs(tmp_path)
     events = read_events(folder)
     assert [e["type"] for e in events] == ["start", "close"]
@@ -106,41 +106,41 @@ def test_session_without_audio_keeps_no_pcm(tmp_path: Path) -> None:
     assert sorted(p.name for p in log.path.iterdir()) == ["events.jsonl"]
 
 
-def test_unwritable_flac_keeps_pcm(tmp_path: Path) -> None:
+async def test_unwritable_flac_keeps_pcm(tmp_path: Path) -> None:
     log = WsSessionLog(tmp_path, "mlx", "m")
-    log.audio(b"\x01\x00" * 100)
+    await log.audio(b"\x01\x00" * 100)
     (log.path / "input.flac").mkdir()  # something FLAC cannot be written over
     log.close()
     assert (log.path / "input.pcm").read_bytes() == b"\x01\x00" * 100
     assert read_events(log.path)[-1]["type"] == "close"
 
 
-def test_encoder_failure_keeps_pcm_and_no_partial_flac(tmp_path: Path, monkeypatch) -> None:
+async def test_encoder_failure_keeps_pcm_and_no_partial_flac(tmp_path: Path, monkeypatch) -> None:
     def broken_write(self, data) -> None:
         raise RuntimeError("encoder failed")
 
     monkeypatch.setattr(sf.SoundFile, "write", broken_write)
     log = WsSessionLog(tmp_path, "mlx", "m")
-    log.audio(b"\x01\x00" * 100)
+    await log.audio(b"\x01\x00" * 100)
     log.close()
     assert sorted(p.name for p in log.path.iterdir()) == ["events.jsonl", "input.pcm"]
 
 
-def test_disabled_without_root(tmp_path: Path, monkeypatch) -> None:
+async def test_disabled_without_root(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
     log = WsSessionLog(None, "mlx", "m")
     log.event("start_again")
-    log.audio(b"\x00\x00" * 10)
+    await log.audio(b"\x00\x00" * 10)
     log.close()
     assert log.path is None
     assert list(tmp_path.iterdir()) == []
 
 
-def test_blocked_root_never_raises(tmp_path: Path) -> None:
+async def test_blocked_root_never_raises(tmp_path: Path) -> None:
     (tmp_path / "sessions").write_text("a file where the folder should be")
     log = WsSessionLog(tmp_path, "mlx", "m")
     log.event("protocol_started", session_id="c", resume=False, ack_seq=0, context_len=0)
-    log.audio(b"\x00\x00" * 10)
+    await log.audio(b"\x00\x00" * 10)
     log.close()
     assert log.path is None
     assert (tmp_path / "sessions").is_file()
