@@ -49,6 +49,7 @@ from polyasr_align import (
     is_loopback,
     load_manifest,
 )
+from polyasr_archive import Archives
 from polyasr_audio import AudioDecodeError, decode_audio
 from polyasr_config import Backend, ConfigError, Settings, load_settings
 from polyasr_constants import SAMPLE_RATE
@@ -69,12 +70,10 @@ from polyasr_openai import (
     verbose_json,
     vtt,
 )
-from polyasr_sessionlog import HttpArchive
 from polyasr_speech import SpeakerGate, shared_speaker_filter, shared_vad
 from polyasr_stream import StreamSettings
 from polyasr_text import TimedText, join_text
 from polyasr_ws import Connection, SessionRegistry, StreamServices
-from polyasr_wslog import WsSessionLog
 
 log = logging.getLogger("polyasr")
 
@@ -283,7 +282,7 @@ def create_app(engine: Engine, settings: Settings, base_dir: Path) -> FastAPI:
         return holder["aligner"]
 
     log_root = settings.log_root(base_dir)
-    archive = HttpArchive(log_root, backend=engine.backend, model=engine.model_id)
+    archives = Archives(log_root, engine.backend, engine.model_id, settings)
     metrics = Metrics(
         queue_depth=lambda unit: manager().queue_depth(unit) if "manager" in holder else None,
         engine_info=engine.info,
@@ -323,7 +322,7 @@ def create_app(engine: Engine, settings: Settings, base_dir: Path) -> FastAPI:
                 settings=_stream_settings(settings, engine),
                 new_vad=vad.new_stream,
                 new_speaker=lambda: SpeakerGate(speaker),
-                new_log=lambda: WsSessionLog(log_root, backend=engine.backend, model=engine.model_id),
+                new_log=archives.new_connection,
             ),
         )
         app.state.manager = mgr  # for in-process tests and tools
@@ -335,10 +334,12 @@ def create_app(engine: Engine, settings: Settings, base_dir: Path) -> FastAPI:
         await mon.start(transcriber.transcribe)
         mgr.start()
         pruner = asyncio.get_running_loop().create_task(registry.prune_forever())
+        await archives.start()
         try:
             yield
         finally:
             pruner.cancel()
+            await archives.close()
             await mon.close()
             await mgr.close()
 
@@ -424,7 +425,7 @@ def create_app(engine: Engine, settings: Settings, base_dir: Path) -> FastAPI:
                     yield sse(text_delta(joined[len(text) :]))
                     text = joined
             transcriber().on_text(text)
-            await asyncio.to_thread(archive.record, upload, filename, language, text)
+            await asyncio.to_thread(archives.uploads.record, upload, filename, language, text)
             yield sse(text_done(text))
         finally:
             upload.close()
@@ -463,7 +464,9 @@ def create_app(engine: Engine, settings: Settings, base_dir: Path) -> FastAPI:
             events = streamed(samples, pinned, hint, upload, file.filename or "")
             return StreamingResponse(events, media_type="text/event-stream")
         result = await transcriber().transcribe(samples, DecodeRequest(language=pinned, context=hint))
-        await asyncio.to_thread(archive.record, file.file, file.filename or "", language, result.text)
+        await asyncio.to_thread(
+            archives.uploads.record, file.file, file.filename or "", language, result.text
+        )
         if fmt == "text":
             return PlainTextResponse(result.text)
         if fmt == "json":

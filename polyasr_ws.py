@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from polyasr_archive import ConnectionArchive
 from polyasr_audio import pcm16_to_float
 from polyasr_languages import UnsupportedLanguage, normalize_language
 from polyasr_manager import ModelBusy, ModelUnavailable
@@ -48,7 +49,6 @@ from polyasr_protocol import (
 )
 from polyasr_speech import passes_energy_gate
 from polyasr_stream import DictationSession, SessionDecoder, SpeakerGate, StreamSettings, VadStream
-from polyasr_wslog import WsSessionLog
 
 log = logging.getLogger("polyasr.ws")
 
@@ -157,7 +157,7 @@ class StreamServices:
     settings: StreamSettings
     new_vad: Callable[[], VadStream]
     new_speaker: Callable[[], SpeakerGate]
-    new_log: Callable[[], WsSessionLog]
+    new_log: Callable[[], ConnectionArchive]
 
 
 _TIMEOUT = object()

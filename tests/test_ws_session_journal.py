@@ -9,11 +9,11 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any
 
+from polyasr_archive import ConnectionArchive
 from polyasr_protocol import build_frame
 from polyasr_speech import SpeakerGate, shared_speaker_filter, shared_vad
 from polyasr_stream import StreamSettings
 from polyasr_ws import Connection, SessionRegistry, StreamServices
-from polyasr_wslog import WsSessionLog
 from tests.test_stream_session import ScriptedDecoder
 
 
@@ -68,7 +68,7 @@ def services(registry: SessionRegistry, manager: FakeManager | None = None) -> S
         settings=StreamSettings(),
         new_vad=shared_vad().new_stream,
         new_speaker=lambda: SpeakerGate(shared_speaker_filter()),
-        new_log=lambda: WsSessionLog(None, backend="test", model="test"),
+        new_log=lambda: ConnectionArchive(None, backend="test", model="test"),
     )
 
 
