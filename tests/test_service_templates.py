@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from polyasr_config import load_settings
 from tests.conftest import REPO
 
 VALUES = {
@@ -39,6 +40,8 @@ def test_launchd_plist() -> None:
     assert plist["ProgramArguments"] == ["/opt/polyasr/.venv-mlx/bin/python", "/opt/polyasr/server.py"]
     assert plist["KeepAlive"] is True and plist["ThrottleInterval"] == 10
     assert plist["EnvironmentVariables"]["POLYASR_LOG_DIR"] == "/var/log/polyasr"
+    assert plist["Umask"] == 0o077  # archives readable by the user only
+    assert plist["ExitTimeOut"] == 30  # drain + FLAC conversion before SIGKILL
 
 
 def test_systemd_unit() -> None:
@@ -50,8 +53,17 @@ def test_systemd_unit() -> None:
         "PrivateTmp=true",
         "ProtectSystem=strict",
         "User=asr",
+        "UMask=0077",
     ):
         assert line in unit.splitlines()
+
+
+def test_systemd_stop_timeout_outlasts_the_shutdown_grace() -> None:
+    """systemd's SIGKILL must not cut off the drain or the archives' FLAC conversion."""
+    unit = fill((REPO / "deploy" / "polyasr.service.template").read_text())
+    [timeout] = re.findall(r"^TimeoutStopSec=(\d+)$", unit, re.MULTILINE)
+    grace = load_settings("cuda", {}).shutdown_grace_sec
+    assert int(timeout) >= grace + 15
 
 
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed")
