@@ -215,7 +215,7 @@ class ConnectionArchive:
         self._opened_at = time.monotonic()
         self._events: IO[str] | None = None
         self._pcm: IO[bytes] | None = None
-        self._off = root is None  # set (by the writer) after the first failure
+        self._off = root is None  # disabled, or (set by the writer) after the first failure
         self._closing = root is None
         self._lock = threading.Lock()  # orders ``close`` after every queued write
         self._close_lock = threading.Lock()  # a second ``close`` waits for the first

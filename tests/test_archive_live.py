@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import soundfile
 from websockets.exceptions import ConnectionClosed
-from websockets.sync.client import connect
+from websockets.sync.client import ClientConnection, connect
 
 from polyasr_protocol import build_frame
 from tests.audio_util import speech
@@ -47,43 +47,79 @@ def folder_of(logs: Path, session_id: str) -> Path:
     raise AssertionError(f"no archive for {session_id}")
 
 
+def dictation(server: LiveServer, session_id: str) -> ClientConnection:
+    ws = connect(server.url.replace("http", "ws") + "/ws/transcribe")
+    ws.send(json.dumps({"type": "start", "protocol": 1, "control": 2, "sessionId": session_id}))
+    assert json.loads(ws.recv(timeout=60))["type"] == "started"
+    return ws
+
+
+def highest_ack(ws: ClientConnection, acked: int, until: int | None = None) -> int:
+    """Read acks until ``ackSeq`` reaches ``until``, or (``None``) until the socket ends."""
+    try:
+        while until is None or acked < until:
+            message = json.loads(ws.recv(timeout=60 if until is not None else 5))
+            if message["type"] == "ack":
+                acked = max(acked, message["ackSeq"])
+    except (ConnectionClosed, TimeoutError):
+        assert until is None, "the server stopped acknowledging"
+    return acked
+
+
+def complete_when_closed(folder: Path) -> tuple[list[str], int]:
+    """What a reader finds the moment it first sees the ``close`` line: the
+    folder's files and the FLAC's length in samples."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if read_events(folder)[-1]["type"] == "close":
+            files = sorted(p.name for p in folder.iterdir())
+            return files, soundfile.info(folder / "input.flac").frames
+        time.sleep(0.002)
+    raise AssertionError("no close line")
+
+
+FRAMES = [PCM[i : i + FRAME] for i in range(0, 40 * FRAME, FRAME)]
+
+
 def test_kill_9_then_restart_recovers_every_acknowledged_frame(
     backend: str, tiny: Any, tmp_path: Path
 ) -> None:
     logs = tmp_path / "logs"
-    frames = [PCM[i : i + FRAME] for i in range(0, 40 * FRAME, FRAME)]
-    assert len(frames) == 40 and all(len(f) == FRAME for f in frames)
+    assert len(FRAMES) == 40 and all(len(f) == FRAME for f in FRAMES)
     server = start_server(backend, tiny, logs, tmp_path / "first.log")
-    acked = -1
     try:
-        ws = connect(server.url.replace("http", "ws") + "/ws/transcribe")
-        ws.send(json.dumps({"type": "start", "protocol": 1, "control": 2, "sessionId": "killed"}))
-        assert json.loads(ws.recv(timeout=60))["type"] == "started"
-        for seq, pcm in enumerate(frames):  # pipelined: acks lag the sends
+        finished = dictation(server, "finished")
+        for seq, pcm in enumerate(FRAMES[:10]):
+            finished.send(build_frame(seq, pcm))
+        highest_ack(finished, -1, until=9)
+        finished.send(json.dumps({"type": "stop", "stopId": "s", "finalCapturedSeq": 10}))
+        completed = folder_of(logs, "finished")
+        assert complete_when_closed(completed) == (["events.jsonl", "input.flac"], 10 * FRAME // 2)
+        finished.close()
+
+        ws = dictation(server, "killed")
+        for seq, pcm in enumerate(FRAMES):  # pipelined: acks lag the sends
             ws.send(build_frame(seq, pcm))
-        while acked < 19:
-            message = json.loads(ws.recv(timeout=60))
-            if message["type"] == "ack":
-                acked = max(acked, message["ackSeq"])
+        acked = highest_ack(ws, -1, until=19)
         server.proc.kill()  # SIGKILL: no shutdown, no close line, no FLAC
         server.proc.wait(timeout=30)
-        try:  # acks the server sent before it died still count
-            while True:
-                message = json.loads(ws.recv(timeout=5))
-                if message["type"] == "ack":
-                    acked = max(acked, message["ackSeq"])
-        except (ConnectionClosed, TimeoutError):
-            pass
-        finally:
-            ws.close()
+        acked = highest_ack(ws, acked)  # acks sent before the kill still count
+        ws.close()
     finally:
         server.stop()
-
     folder = folder_of(logs, "killed")
     assert (folder / "input.pcm").exists() and read_events(folder)[-1]["type"] != "close"
+    completed_events = (completed / "events.jsonl").read_bytes()
 
     restarted = start_server(backend, tiny, logs, tmp_path / "second.log")
-    restarted.stop()
+    try:
+        terminated = dictation(restarted, "terminated")
+        for seq, pcm in enumerate(FRAMES[:10]):
+            terminated.send(build_frame(seq, pcm))
+        highest_ack(terminated, -1, until=9)
+    finally:
+        restarted.stop()  # SIGTERM: archives are completed on the way out
+
     events = read_events(folder)
     assert events[-1]["type"] == "close" and events[-1]["recovered"] is True
     assert sorted(p.name for p in folder.iterdir()) == ["events.jsonl", "input.flac"]
@@ -91,7 +127,10 @@ def test_kill_9_then_restart_recovers_every_acknowledged_frame(
     kept = len(audio) // FRAME
     assert len(audio) == kept * FRAME == events[-1]["audio_bytes"]
     assert kept >= acked + 1  # every acknowledged frame is there ...
-    assert audio == b"".join(frames[:kept])  # ... sample-exact, in seq order, nothing else
+    assert audio == b"".join(FRAMES[:kept])  # ... sample-exact, in seq order, nothing else
+    assert (completed / "events.jsonl").read_bytes() == completed_events  # complete: left alone
+    closed = read_events(folder_of(logs, "terminated"))[-1]
+    assert closed["type"] == "close" and "recovered" not in closed and closed["audio_bytes"] == 10 * FRAME
 
 
 def test_retention_at_start_up(backend: str, tiny: Any, tmp_path: Path) -> None:
