@@ -57,7 +57,7 @@ _FLAC_PARTIAL = "input.flac.partial"  # a FLAC being written: never taken for th
 _DAY = re.compile(r"\d{4}-\d{2}-\d{2}")
 _BYTES_PER_MS = BYTES_PER_SECOND // 1000
 _FLAC_BLOCK_BYTES = 1 << 20  # even, so no block splits a sample
-_TAIL_BYTES = 1 << 20  # enough to hold an events.jsonl's last line
+_TAIL_BYTES = 1 << 16  # more than a close line, read from the end of events.jsonl
 PRUNE_INTERVAL_SEC = 3600.0
 
 
@@ -379,26 +379,37 @@ def _connection_folders(root: Path) -> Iterator[Path]:
             yield from sorted(f for f in day.iterdir() if f.is_dir() and "-ws-" in f.name)
 
 
+def _complete_end(f: BinaryIO, size: int) -> int:
+    """The offset just past the file's last newline (0 if none), read backwards in blocks."""
+    pos = size
+    while pos > 0:
+        step = min(_TAIL_BYTES, pos)
+        pos -= step
+        f.seek(pos)
+        newline = f.read(step).rfind(b"\n")
+        if newline >= 0:
+            return pos + newline + 1
+    return 0
+
+
 def _last_event(events: Path) -> dict[str, Any] | None:
-    """The last complete line of ``events.jsonl``; a torn last line (killed mid-write) is cut off."""
+    """The last line of ``events.jsonl`` if it is a short, whole JSON object
+    (a ``close`` line always is); a torn last line (killed mid-write) is cut off."""
     if not events.exists():
         return None
     with open(events, "rb+") as f:
         size = f.seek(0, os.SEEK_END)
-        start = max(0, size - _TAIL_BYTES)
+        end = _complete_end(f, size)
+        if end < size:
+            f.truncate(end)
+        start = max(0, end - _TAIL_BYTES)
         f.seek(start)
-        tail = f.read()
-        if tail and not tail.endswith(b"\n"):
-            cut = tail.rfind(b"\n") + 1
-            f.truncate(start + cut)
-            tail = tail[:cut]
-    lines = tail.splitlines()
-    if not lines:
-        return None
+        tail = f.read(end - start)
     try:
-        return json.loads(lines[-1])
+        last = json.loads(tail.rstrip(b"\n").rsplit(b"\n", 1)[-1])
     except ValueError:
         return None
+    return last if isinstance(last, dict) else None
 
 
 def _recover_one(folder: Path) -> bool:

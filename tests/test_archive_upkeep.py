@@ -67,6 +67,20 @@ def test_recovery_cuts_a_torn_last_line(tmp_path: Path) -> None:
     assert [e["type"] for e in read_events(folder)] == ["start", "protocol_started", "close"]
 
 
+def test_recovery_past_long_lines(tmp_path: Path) -> None:
+    """A last line longer than the tail read (a long final), whole or torn."""
+    whole = killed_folder(tmp_path, "101010-ws-00000001")
+    with open(whole / "events.jsonl", "a") as f:
+        f.write(json.dumps({"t_ms": 5, "type": "final", "text": "w" * 300_000}) + "\n")
+    torn = killed_folder(tmp_path, "101010-ws-00000002")
+    with open(torn / "events.jsonl", "a") as f:
+        f.write('{"t_ms": 5, "type": "final", "text": "' + "w" * 300_000)
+    assert recover(tmp_path) == [whole, torn]
+    assert [e["type"] for e in read_events(whole)] == ["start", "protocol_started", "final", "close"]
+    assert [e["type"] for e in read_events(torn)] == ["start", "protocol_started", "close"]
+    assert recover(tmp_path) == []
+
+
 def test_recovery_after_a_kill_during_close(tmp_path: Path) -> None:
     """Killed mid-encoding (a partial FLAC) or between the rename and the PCM's
     removal: the PCM is the truth and is converted again."""
