@@ -517,7 +517,6 @@ def prune(
     max_age_days: float,
     max_bytes: float,
     is_open: Callable[[Path], bool] = lambda _: False,
-    now: float | None = None,
 ) -> list[Path]:
     """Delete archived uploads and connection folders, oldest first (blocking).
 
@@ -526,10 +525,9 @@ def prune(
     disables either rule. The folder of an open connection is never deleted.
     Only date folders under ``http/`` and ``sessions/`` are looked at.
     """
-    now = time.time() if now is None else now
     items = sorted(_items(root), key=lambda item: item.mtime)
     total = sum(item.size for item in items)
-    cutoff = now - max_age_days * 86400 if max_age_days > 0 else None
+    cutoff = time.time() - max_age_days * 86400 if max_age_days > 0 else None
     deleted = []
     for item in items:
         too_old = cutoff is not None and item.mtime < cutoff
