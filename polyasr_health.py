@@ -17,7 +17,6 @@ import os
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -26,32 +25,9 @@ from polyasr_config import Settings
 from polyasr_decode import DecodeRequest
 from polyasr_engine import Preempted, Transcript
 from polyasr_manager import AsrModelManager, ModelUnavailable, NotResident
+from polyasr_weights import check_weights
 
 log = logging.getLogger("polyasr.health")
-
-WEIGHT_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model"]
-
-
-def check_weights(model_id: str) -> tuple[bool, str]:
-    """Whether ``model_id`` resolves offline: a local directory, or a complete
-    snapshot in the Hugging Face cache. Never downloads."""
-    path = Path(model_id).expanduser()
-    if path.is_dir():
-        if (path / "config.json").is_file():
-            return True, str(path)
-        return False, f"{path} has no config.json"
-    if path.is_absolute() or model_id.startswith((".", "~")):
-        return False, f"{model_id} does not exist"
-    from huggingface_hub import snapshot_download
-
-    try:
-        snapshot = Path(snapshot_download(model_id, local_files_only=True, allow_patterns=WEIGHT_PATTERNS))
-    except Exception as exc:  # noqa: BLE001 - every lookup failure means "not present"
-        return False, f"{model_id} is not in the local Hugging Face cache ({type(exc).__name__})"
-    if not any(snapshot.glob("*.safetensors")):
-        return False, f"{model_id} snapshot has no *.safetensors files"
-    return True, str(snapshot)
-
 
 @dataclass
 class ProbeState:
