@@ -91,15 +91,38 @@ async def test_unload_lets_queued_decodes_finish_and_later_ones_reload(engine: A
     await asyncio.sleep(0.2)
     assert not unload.done()  # it waits for the work bound to the model
     assert not mgr.is_resident("asr")  # but new work no longer gets that model
-    late = decode(mgr, engine)  # arrives after the unload: reloads
     gate.set()
     await blocker
     results = await asyncio.gather(*queued)
     assert [r.language for r in results] == ["English"] * 4
     assert await unload == ["asr"]
-    assert (await late).language == "English"
+    assert not mgr.is_resident("asr")
+    assert (await decode(mgr, engine)).language == "English"  # the next decode reloads
     state = mgr.status()["unit_state"]["asr"]
     assert state["loads"] == 2 and state["evictions"] == 1 and mgr.is_resident("asr")
+    await mgr.close()
+
+
+async def test_work_arriving_during_an_unload_waits_for_it_then_reloads(engine: Any) -> None:
+    queued: list[asyncio.Future[Any]] = []
+    loads: list[int] = []  # for each load: how many queued decodes had finished
+    real_load = engine.load
+    engine.load = lambda unit: loads.append(sum(t.done() for t in queued)) or real_load(unit)
+    mgr = manager_for(engine)
+    async with mgr.lease("asr"):
+        pass
+    gate, blocker = await block_unit(mgr)
+    queued.extend(decode(mgr, engine) for _ in range(3))
+    await asyncio.sleep(0.1)
+    unload = asyncio.ensure_future(mgr.unload_all())
+    await asyncio.sleep(0.1)
+    late = decode(mgr, engine)
+    gate.set()
+    await blocker
+    assert [r.language for r in await asyncio.gather(*queued, late)] == ["English"] * 4
+    assert await unload == ["asr"]
+    # the reload started only once the old model's work was done (never two copies)
+    assert loads == [0, 3]
     await mgr.close()
 
 
