@@ -126,7 +126,7 @@ class AsrModelManager:
 
     def touch(self, name: str) -> None:
         """Count as use now (a live dictation's accepted audio frame)."""
-        self._units[name].last_used = self.clock()
+        self._units[name].usage.touch()
 
     async def run(self, name: str, fn: Callable[[Any], Any], priority: Priority, **lease: bool) -> Any:
         """Run ``fn(model)`` on the unit's thread under a lease."""
@@ -156,7 +156,7 @@ class AsrModelManager:
         for other in self._units.values():
             if other is wanted:
                 continue
-            if not await other.wait_unleased(deadline):
+            if not await other.usage.wait_unleased(deadline):
                 raise ModelBusy(
                     f"{other.name} is in use and only one model may be resident "
                     "(POLYASR_COLOAD=0); retry shortly"
@@ -167,10 +167,9 @@ class AsrModelManager:
         """Evict units unused for longer than the idle window (never leased ones)."""
         if self.idle_seconds <= 0:
             return []
-        now = self.clock()
         evicted = []
         for unit in self._units.values():
-            if unit.idle_expired(now, self.idle_seconds) and await unit.evict():
+            if unit.model is not None and unit.usage.idle_expired(self.idle_seconds) and await unit.evict():
                 evicted.append(unit.name)
         return sorted(evicted)
 
@@ -183,7 +182,7 @@ class AsrModelManager:
     async def reload(self, name: str) -> bool:
         """Reload a resident, unleased unit in place (self-heal)."""
         unit = self._units[name]
-        if unit.model is None or unit.leases > 0:
+        if unit.model is None or unit.usage.leases > 0:
             return False
         await unit.evict()
         try:
@@ -208,7 +207,7 @@ class AsrModelManager:
 
     def is_busy(self, name: str) -> bool:
         """In real use right now (a health probe does not count)."""
-        return self._units[name].uses > 0
+        return self._units[name].usage.uses > 0
 
     def queue_depth(self, name: str) -> int:
         return self._units[name].worker.depth()

@@ -58,6 +58,65 @@ def _trim_heap() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
+class UnitUsage:
+    """Who holds a unit and since when it is idle: its leases and its idle clock.
+
+    A lease that counts as *use* (not a health probe) stops the idle clock;
+    the clock starts again when the last such lease ends.
+    """
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self.clock = clock
+        self.leases = 0
+        self.uses = 0  # leases that count as use
+        self.last_used: float | None = None
+        self.waiters: list[asyncio.Event] = []
+
+    def acquire(self, use: bool) -> None:
+        self.leases += 1
+        self.uses += use
+
+    def release(self, use: bool) -> None:
+        """End one lease; the idle clock starts from here, waiters may proceed."""
+        self.leases -= 1
+        self.uses -= use
+        if use:
+            self.touch()
+        if self.leases == 0:
+            for event in self.waiters:
+                event.set()
+
+    def touch(self) -> None:
+        self.last_used = self.clock()
+
+    async def wait_unleased(self, deadline: float) -> bool:
+        """Wait until no lease is held, until ``deadline`` (on the clock)."""
+        while self.leases > 0:
+            remaining = deadline - self.clock()
+            if remaining <= 0:
+                return False
+            event = asyncio.Event()
+            self.waiters.append(event)
+            try:
+                await asyncio.wait_for(event.wait(), remaining)
+            except TimeoutError:
+                pass
+            finally:
+                self.waiters.remove(event)
+        return True
+
+    def idle_for(self) -> float | None:
+        if self.last_used is None:
+            return None
+        return 0.0 if self.uses else round(self.clock() - self.last_used, 1)
+
+    def idle_expired(self, idle_seconds: float) -> bool:
+        """Unleased and unused for ``idle_seconds``."""
+        return (
+            self.leases == 0 and self.last_used is not None and self.clock() - self.last_used >= idle_seconds
+        )
+
+
 class ModelUnit:
     """A model unit's state and the only way to run work on its model."""
 
@@ -88,9 +147,7 @@ class ModelUnit:
             name, on_run=lambda priority, sec: observer.ran(name, priority, sec), run_timeout=decode_timeout
         )
         self.model: Any = None
-        self.leases = 0
-        self.uses = 0  # leases that count as use (not health probes)
-        self.last_used: float | None = None
+        self.usage = UnitUsage(clock)
         self.loading: asyncio.Task[None] | None = None
         self.stuck_load: asyncio.Future[Any] | None = None
         self.evicting: asyncio.Task[None] | None = None
@@ -99,7 +156,6 @@ class ModelUnit:
         self.loads = 0
         self.evictions = 0
         self.load_seconds: float | None = None
-        self.waiters: list[asyncio.Event] = []
 
     # -- leases ----------------------------------------------------------
 
@@ -112,53 +168,25 @@ class ModelUnit:
         """
         if resident_only and self.model is None:
             raise NotResident(self.name)
-        self.leases += 1
-        self.uses += use
+        self.usage.acquire(use)
         try:
             if not resident_only:
                 await self.ensure()
             if use:
-                self.last_used = self.clock()
+                self.usage.touch()
             yield
         finally:
-            self.release(use)
+            self.usage.release(use)
 
     @asynccontextmanager
     async def hold(self) -> AsyncIterator[None]:
         """Keep the unit from idle eviction for the block without loading it
         (a live dictation: the first decode that needs the unit loads it)."""
-        self.leases += 1
-        self.uses += 1
+        self.usage.acquire(use=True)
         try:
             yield
         finally:
-            self.release(use=True)
-
-    def release(self, use: bool) -> None:
-        """End one lease; the idle clock starts from here, waiters may proceed."""
-        self.leases -= 1
-        self.uses -= use
-        if use:
-            self.last_used = self.clock()
-        if self.leases == 0:
-            for event in self.waiters:
-                event.set()
-
-    async def wait_unleased(self, deadline: float) -> bool:
-        """Wait until no lease is held, until ``deadline`` (on the clock)."""
-        while self.leases > 0:
-            remaining = deadline - self.clock()
-            if remaining <= 0:
-                return False
-            event = asyncio.Event()
-            self.waiters.append(event)
-            try:
-                await asyncio.wait_for(event.wait(), remaining)
-            except TimeoutError:
-                pass
-            finally:
-                self.waiters.remove(event)
-        return True
+            self.usage.release(use=True)
 
     # -- work --------------------------------------------------------------
 
@@ -266,7 +294,7 @@ class ModelUnit:
             self.loads += 1
             self.load_seconds = round(self.clock() - started, 3)
             self.last_error = None
-            self.last_used = self.clock()
+            self.usage.touch()
             self.observer.loaded(self.name, self.load_seconds)
             log.info("loaded %s in %.2f s", self.name, self.load_seconds)
         finally:
@@ -292,7 +320,7 @@ class ModelUnit:
                 await asyncio.shield(self.evicting)
             return False
         holder, self.model = [self.model], None
-        self.last_used = None
+        self.usage.last_used = None
         self.evictions += 1
         self.observer.evicted(self.name)
         self.evicting = asyncio.get_running_loop().create_task(self._free(holder, set(self.bound)))
@@ -318,25 +346,14 @@ class ModelUnit:
 
     # -- status --------------------------------------------------------------
 
-    def idle_expired(self, now: float, idle_seconds: float) -> bool:
-        """Resident, unleased and unused for ``idle_seconds``."""
-        return (
-            self.model is not None
-            and self.leases == 0
-            and self.last_used is not None
-            and now - self.last_used >= idle_seconds
-        )
-
     def idle_for(self) -> float | None:
-        if self.model is None or self.last_used is None:
-            return None
-        return 0.0 if self.uses else round(self.clock() - self.last_used, 1)
+        return None if self.model is None else self.usage.idle_for()
 
     def state(self) -> dict[str, Any]:
         """This unit's detail for ``/health``'s ``manager.unit_state``."""
         return {
             "resident": self.model is not None,
-            "leases": self.leases,
+            "leases": self.usage.leases,
             "idle_for": self.idle_for(),
             "loads": self.loads,
             "evictions": self.evictions,
