@@ -193,7 +193,7 @@ class ModelUnit:
     async def run(self, fn: Callable[[Any], Any], priority: Priority, **lease: bool) -> Any:
         """Run ``fn(model)`` on the unit's thread under a lease."""
         async with self.lease(**lease):
-            model = await self._model_for_work(priority, lease.get("resident_only", False))
+            model = await self._model_for_work(priority, lease.get("resident_only", False), shed=False)
             return await self._bind(self.worker.submit(lambda: fn(model), priority))
 
     async def run_batched(
@@ -212,30 +212,31 @@ class ModelUnit:
         tells the engine that something more urgent waits."""
         stop = self.worker.urgent_waiting if priority >= Priority.PARTIAL else None
         async with self.lease(**lease):
-            model = await self._model_for_work(priority, lease.get("resident_only", False))
+            model = await self._model_for_work(priority, lease.get("resident_only", False), shed=True)
             run: BatchFn = lambda payloads: batch_fn(model, payloads, stop)  # noqa: E731
             return await self._bind(self.worker.submit_batched(key, run, payload, priority, replace_key))
 
-    async def _model_for_work(self, priority: Priority, resident_only: bool) -> Any:
+    async def _model_for_work(self, priority: Priority, resident_only: bool, shed: bool) -> Any:
         """The model new work binds to, loading it if an eviction took it since
         the lease began; admission to a full queue is decided here."""
         while self.model is None:
             if resident_only:
                 raise NotResident(self.name)
             await self.ensure()
-        self._admit(priority)
+        self._admit(priority, shed)
         return self.model
 
-    def _admit(self, priority: Priority) -> None:
+    def _admit(self, priority: Priority, shed: bool) -> None:
         """At ``max_queued`` waiting jobs: refuse batch work (503 ``server_busy``)
-        and shed partials and probes (as preempted: a newer one comes soon).
-        Finals, commits and the unit's own loads and evictions always queue,
-        so a dictation that was admitted is never refused its result."""
+        and, when ``shed``, drop partials and probes (as preempted: a newer one
+        comes soon). Finals, commits, native-stream calls (their state must see
+        every chunk) and the unit's own loads and evictions always queue, so a
+        dictation that was admitted is never refused its result."""
         if self.max_queued is None or self.worker.depth() < self.max_queued:
             return
         if priority == Priority.BATCH:
             raise ServerBusy(f"{self.max_queued} decodes already queued on {self.name}; retry shortly")
-        if priority >= Priority.PARTIAL:
+        if shed and priority >= Priority.PARTIAL:
             raise Preempted(f"{self.name} decode queue is full")
 
     def _bind(self, future: asyncio.Future[Any]) -> asyncio.Future[Any]:

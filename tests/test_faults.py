@@ -175,12 +175,15 @@ async def test_a_full_queue_refuses_batch_work_sheds_partials_and_keeps_finals(e
     with pytest.raises(Preempted):
         await decode(mgr, engine, Priority.PARTIAL)
     finals = [decode(mgr, engine, Priority.FINAL), decode(mgr, engine, Priority.COMMIT)]
+    # a native-stream feed is partial work too, but its state must see every chunk
+    native = asyncio.ensure_future(mgr.run("asr", lambda _model: "fed", Priority.PARTIAL))
     await asyncio.sleep(0.05)
-    assert mgr.queue_depth("asr") == 4  # finals and commits of admitted sessions still queue
+    assert mgr.queue_depth("asr") == 5  # finals and commits of admitted sessions still queue
     gate.set()
     await blocker
     results = await asyncio.gather(*admitted, *finals)
     assert all(r.language == "English" for r in results)
+    assert await native == "fed"
     assert (await decode(mgr, engine)).language == "English"  # room again
     await mgr.close()
 
