@@ -57,7 +57,7 @@ from polyasr_decode import DecodeRequest, StreamDecoder, Transcriber
 from polyasr_engine import Engine
 from polyasr_health import HealthMonitor
 from polyasr_languages import UnsupportedLanguage, normalize_language
-from polyasr_manager import AsrModelManager, ModelBusy, ModelUnavailable
+from polyasr_manager import AsrModelManager, DecodeTimeout, ModelBusy, ModelUnavailable, ServerBusy
 from polyasr_metrics import Metrics
 from polyasr_openai import (
     FORMATS,
@@ -185,6 +185,8 @@ _ERRORS: dict[type[Exception], tuple[int, str]] = {
     AlignEntryFailed: (500, "align_failed"),
     ModelUnavailable: (503, "model_unavailable"),
     ModelBusy: (503, "model_busy"),
+    ServerBusy: (503, "server_busy"),
+    DecodeTimeout: (503, "decode_timeout"),
 }
 
 
@@ -195,7 +197,8 @@ def _install_error_handlers(app: FastAPI) -> None:
         status, code = _ERRORS[type(exc)]
         if status >= 500:
             log.error("%s", exc, exc_info=exc.__cause__)
-        headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, ModelBusy) else None
+        retry_after = getattr(exc, "retry_after", None)
+        headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
         return _error(status, str(exc), code, headers)
 
     for kind in _ERRORS:
@@ -285,7 +288,7 @@ def create_app(engine: Engine, settings: Settings, base_dir: Path) -> FastAPI:
     archives = Archives(log_root, engine.backend, engine.model_id, settings)
     metrics = Metrics(
         queue_depth=lambda unit: manager().queue_depth(unit) if "manager" in holder else None,
-        engine_info=engine.info,
+        engine_memory=engine.memory_mib,
     )
 
     @asynccontextmanager
@@ -296,6 +299,8 @@ def create_app(engine: Engine, settings: Settings, base_dir: Path) -> FastAPI:
             coload=settings.coload,
             idle_seconds=settings.idle_evict_seconds,
             load_timeout=settings.load_timeout_sec,
+            decode_timeout=settings.decode_timeout_sec,
+            max_queued=settings.max_queued_decodes,
             on_load_failure=lambda unit, reason: mon.on_load_failure(unit, reason),
             observer=metrics,
         )

@@ -114,6 +114,11 @@ class Engine(Protocol):
     def info(self) -> dict[str, Any]:
         """Backend facts for /health: ``device``, ``dtype`` and the memory block."""
 
+    def memory_mib(self) -> dict[str, float]:
+        """Accelerator memory now, in MiB, by kind: MLX ``active``, ``peak`` and
+        ``cache``; CUDA ``allocated`` and ``reserved`` (empty on the CPU). The
+        one source of both ``/health``'s memory block and the metrics."""
+
     # Native streaming (the library's own incremental decoder), when
     # ``supports_native_streaming`` is true for this engine's configuration.
     supports_native_streaming: bool

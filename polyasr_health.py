@@ -7,6 +7,14 @@ the project's own speech clip decoded through the live ``asr`` unit — came
 back empty several times in a row; or there is no recent evidence at all that
 the resident model produces text. The probe runs only in idle gaps, never
 counts as use (idle eviction wins) and never reloads an evicted unit.
+
+Live rot detection watches real dictation instead: a model that has rotted
+still answers finals but stops producing partials, so sessions with speech, a
+final and no partial are witnesses, and enough of them in a row reload the
+``asr`` unit at the next idle gap. That evidence means something only when
+partials are on: with ``POLYASR_PARTIALS_ENABLED=0`` (the MLX default) every
+session has zero partials, so the detector stays off rather than reloading
+after every second dictation (contract wart 17).
 """
 
 from __future__ import annotations
@@ -17,7 +25,6 @@ import os
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -25,32 +32,10 @@ import numpy as np
 from polyasr_config import Settings
 from polyasr_decode import DecodeRequest
 from polyasr_engine import Preempted, Transcript
-from polyasr_manager import AsrModelManager, ModelUnavailable, NotResident
+from polyasr_manager import AsrModelManager, DecodeTimeout, ModelUnavailable, NotResident
+from polyasr_weights import check_weights
 
 log = logging.getLogger("polyasr.health")
-
-WEIGHT_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model"]
-
-
-def check_weights(model_id: str) -> tuple[bool, str]:
-    """Whether ``model_id`` resolves offline: a local directory, or a complete
-    snapshot in the Hugging Face cache. Never downloads."""
-    path = Path(model_id).expanduser()
-    if path.is_dir():
-        if (path / "config.json").is_file():
-            return True, str(path)
-        return False, f"{path} has no config.json"
-    if path.is_absolute() or model_id.startswith((".", "~")):
-        return False, f"{model_id} does not exist"
-    from huggingface_hub import snapshot_download
-
-    try:
-        snapshot = Path(snapshot_download(model_id, local_files_only=True, allow_patterns=WEIGHT_PATTERNS))
-    except Exception as exc:  # noqa: BLE001 - every lookup failure means "not present"
-        return False, f"{model_id} is not in the local Hugging Face cache ({type(exc).__name__})"
-    if not any(snapshot.glob("*.safetensors")):
-        return False, f"{model_id} snapshot has no *.safetensors files"
-    return True, str(snapshot)
 
 
 @dataclass
@@ -63,7 +48,16 @@ class ProbeState:
     runs: int = 0
 
 
+@dataclass
+class LiveState:
+    witnesses: int = 0  # consecutive sessions with speech, a final and no partial
+    reload_requested: bool = False
+    reloads: int = 0
+
+
 Transcribe = Callable[..., Awaitable[Transcript]]
+# How often a requested live reload looks for an idle gap.
+LIVE_IDLE_POLL_SEC = 0.5
 
 
 class HealthMonitor:
@@ -87,6 +81,7 @@ class HealthMonitor:
         self.weights_present = True
         self.weights_detail = ""
         self.probe = ProbeState()
+        self.live = LiveState()
         self._tasks: list[asyncio.Task[None]] = []
         self._transcribe: Transcribe | None = None
 
@@ -94,12 +89,58 @@ class HealthMonitor:
     def probe_enabled(self) -> bool:
         return self.settings.streaming_probe and self.probe_clip is not None
 
+    @property
+    def live_enabled(self) -> bool:
+        """Zero partials is evidence only where partials are produced at all."""
+        return self.settings.live_rot_detect and self.settings.partials_enabled
+
     # -- evidence ----------------------------------------------------------
 
     def record_text(self, text: str) -> None:
         """Real traffic that produced text is good evidence (a busy server is not stale)."""
         if text.strip():
             self.probe.last_ok = self.clock()
+
+    def record_session(self, signal_sec: float, final_text: str, partials: int) -> None:
+        """A dictation stop was answered: ``signal_sec`` of speech went in,
+        ``final_text`` came out, after ``partials`` partials (contract §4.1.1).
+
+        A session with a partial resets the count; one with at least
+        ``LIVE_MIN_SPEECH_SEC`` of speech, a non-empty final and no partial is
+        a witness; any other is inconclusive. ``LIVE_RELOAD_WITNESSES`` in a
+        row request a reload, run at the next idle gap.
+        """
+        if not self.live_enabled:
+            return
+        live = self.live
+        if partials > 0:
+            live.witnesses = 0
+            return
+        if signal_sec < self.settings.live_min_speech_sec or not final_text.strip():
+            return
+        live.witnesses += 1
+        log.warning(
+            "live rot witness: %.1f s of speech, a final and no partial (%d)", signal_sec, live.witnesses
+        )
+        if live.witnesses >= self.settings.live_reload_witnesses and not live.reload_requested:
+            live.reload_requested = True
+            self._tasks = [task for task in self._tasks if not task.done()]
+            self._tasks.append(asyncio.get_running_loop().create_task(self._live_reload()))
+
+    async def _live_reload(self) -> None:
+        """Reload ``asr`` once nothing uses it (never mid-session); an eviction
+        in the meantime satisfies the request (the next load is fresh anyway)."""
+        live = self.live
+        try:
+            while self.manager.is_resident("asr"):
+                if not self.manager.is_busy("asr") and await self.manager.reload("asr"):
+                    live.reloads += 1
+                    log.warning("live rot: asr reloaded after %d witness sessions", live.witnesses)
+                    break
+                await asyncio.sleep(LIVE_IDLE_POLL_SEC)
+        finally:
+            live.reload_requested = False
+            live.witnesses = 0
 
     async def check_weights_now(self) -> None:
         """Re-resolve the weights, bounded in time (a wedged volume must not hang)."""
@@ -126,7 +167,7 @@ class HealthMonitor:
             result = await self._transcribe(self.probe_clip, DecodeRequest(language="English", probe=True))
         except (NotResident, Preempted):
             return  # evicted (never reload to probe), or real work needed the device
-        except ModelUnavailable as exc:
+        except (ModelUnavailable, DecodeTimeout) as exc:
             log.warning("streaming probe: %s", exc)
             text = ""
         else:
@@ -219,4 +260,10 @@ class HealthMonitor:
             "last_ok_age_sec": age,
             "reloads": state.reloads,
             "last_text": state.last_text,
+            "live": {
+                "enabled": self.live_enabled,
+                "witnesses": self.live.witnesses,
+                "reload_requested": self.live.reload_requested,
+                "reloads": self.live.reloads,
+            },
         }

@@ -11,7 +11,6 @@ No FastAPI in here: ``polyasr_app`` wires it in.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Any
 
 import psutil
 from prometheus_client import (
@@ -33,25 +32,14 @@ DECODE_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 
 LOAD_BUCKETS = (0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 
 
-def engine_memory_bytes(info: dict[str, Any]) -> dict[str, float]:
-    """The engine's ``/health`` memory figures (MiB) in bytes, by kind: MLX's
-    ``memory_mb`` block (active, peak, cache) or CUDA's ``gpu`` block
-    (allocated, reserved); nothing for a CUDA engine on the CPU."""
-    figures: dict[str, Any] = dict(info.get("memory_mb") or {})
-    for key, value in (info.get("gpu") or {}).items():
-        if key.startswith("mem_") and key.endswith("_mb"):
-            figures[key.removeprefix("mem_").removesuffix("_mb")] = value
-    return {kind: float(v) * MIB for kind, v in figures.items() if isinstance(v, int | float)}
-
-
 class _ReadAtScrape:
     """Gauges whose truth lives elsewhere: read from the source at each scrape."""
 
     def __init__(
-        self, queue_depth: Callable[[str], int | None], engine_info: Callable[[], dict[str, Any]]
+        self, queue_depth: Callable[[str], int | None], engine_memory: Callable[[], dict[str, float]]
     ) -> None:
         self.queue_depth = queue_depth
-        self.engine_info = engine_info
+        self.engine_memory = engine_memory
         self.process = psutil.Process()
 
     def collect(self) -> Iterator[Metric]:
@@ -77,8 +65,8 @@ class _ReadAtScrape:
             "Accelerator memory the engine reports (MLX: active, peak, cache; CUDA: allocated, reserved)",
             labels=["kind"],
         )
-        for kind, value in engine_memory_bytes(self.engine_info()).items():
-            engine.add_metric([kind], value)
+        for kind, mib in self.engine_memory().items():
+            engine.add_metric([kind], mib * MIB)
         yield engine
 
 
@@ -86,8 +74,9 @@ class Metrics:
     """One app's metrics; also the model manager's observer."""
 
     def __init__(
-        self, queue_depth: Callable[[str], int | None], engine_info: Callable[[], dict[str, Any]]
+        self, queue_depth: Callable[[str], int | None], engine_memory: Callable[[], dict[str, float]]
     ) -> None:
+        """``engine_memory`` is the engine's :meth:`~polyasr_engine.Engine.memory_mib`."""
         self.registry = CollectorRegistry()
         reg = self.registry
         self.requests = Counter(
@@ -118,7 +107,7 @@ class Metrics:
         for unit in UNITS:  # every unit's series exists from the first scrape, at 0
             self.loads.labels(unit)
             self.evictions.labels(unit)
-        reg.register(_ReadAtScrape(queue_depth, engine_info))
+        reg.register(_ReadAtScrape(queue_depth, engine_memory))
 
     def request(self, route: str, method: str, status: int) -> None:
         self.requests.labels(route, method, str(status)).inc()

@@ -5,14 +5,22 @@ decodes) runs on that unit's own thread — MLX needs one thread per model
 because Metal streams are thread-local — in priority order, so a final never
 waits behind a queue of partials or a long upload, and queued requests of the
 same kind are handed to the engine together as one batch.
+
+Whatever the engine does, the thread lives on and every waiter gets an answer:
+an engine raising anything (even ``BaseException``) fails that run's waiters
+with a ``RuntimeError``; a run past its deadline fails its waiters with
+:class:`DecodeTimeout` and a fresh thread takes over the queue, while the stuck
+thread's late result is discarded when (if ever) it returns.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import heapq
 import itertools
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -36,6 +44,26 @@ BatchFn = Callable[[list[Any]], list[Any]]
 # Told how long each run on the worker thread took (a batch is one run): metrics.
 OnRun = Callable[[Priority, float], None]
 
+log = logging.getLogger("polyasr.scheduler")
+
+
+class DecodeTimeout(RuntimeError):
+    """A run took longer than its deadline (``POLYASR_DECODE_TIMEOUT_SEC``); only
+    its own waiters fail (HTTP 503 ``decode_timeout``)."""
+
+    retry_after = 5
+
+
+def _as_exception(exc: BaseException) -> Exception:
+    """What a waiter may safely receive: a Future refuses ``StopIteration`` and
+    an event loop re-raises ``KeyboardInterrupt``/``SystemExit`` out of itself,
+    so anything but a plain ``Exception`` is wrapped."""
+    if isinstance(exc, Exception) and not isinstance(exc, StopIteration):
+        return exc
+    wrapped = RuntimeError(f"engine raised {type(exc).__name__}: {exc}")
+    wrapped.__cause__ = exc
+    return wrapped
+
 
 @dataclass(order=True)
 class _Job:
@@ -48,22 +76,43 @@ class _Job:
     future: concurrent.futures.Future[Any] = field(compare=False)
 
 
+_IDLE = int(Priority.PROBE) + 1  # "priority" of no run at all: anything is more urgent
+
+
 class UnitScheduler:
     """A worker thread that runs submitted work in priority, then FIFO, order."""
 
     # A batch runs to completion before anything else on the unit: a cap keeps
     # a queue of long uploads from holding a final for more than one short call.
-    def __init__(self, name: str, max_batch: int = 8, on_run: OnRun | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        max_batch: int = 8,
+        on_run: OnRun | None = None,
+        run_timeout: float | None = None,
+    ) -> None:
         self.name = name
         self.max_batch = max_batch
         self.on_run = on_run
+        # Deadline of one run (loads and evictions excepted: the manager times
+        # loads itself and adopts a late one); None = no deadline.
+        self.run_timeout = run_timeout
         self._heap: list[_Job] = []
         self._seq = itertools.count()
         self._cv = threading.Condition()
         self._closed = False
-        self._running = int(Priority.PROBE) + 1  # priority of the job on the thread now
-        self._thread = threading.Thread(target=self._loop, name=f"polyasr-{name}", daemon=True)
-        self._thread.start()
+        self._running = _IDLE  # priority of the job on the thread now
+        self._current: list[_Job] | None = None  # the run on the live thread
+        # Bumped when a stuck run's thread is abandoned: an older thread exits
+        # as soon as its run returns, and its results are discarded.
+        self._generation = 0
+        self._start_thread()
+
+    def _start_thread(self) -> None:
+        thread = threading.Thread(
+            target=self._loop, args=(self._generation,), name=f"polyasr-{self.name}", daemon=True
+        )
+        thread.start()
 
     def depth(self) -> int:
         """Jobs waiting (not counting the one running)."""
@@ -130,11 +179,11 @@ class UnitScheduler:
             self._cv.notify()
         return asyncio.wrap_future(future)
 
-    def _take(self) -> list[_Job] | None:
+    def _take(self, generation: int) -> list[_Job] | None:
         with self._cv:
-            while not self._heap and not self._closed:
+            while not self._heap and not self._closed and generation == self._generation:
                 self._cv.wait()
-            if not self._heap:
+            if generation != self._generation or not self._heap:
                 return None
             first = heapq.heappop(self._heap)
             jobs = [first]
@@ -151,28 +200,71 @@ class UnitScheduler:
                     jobs.extend(same)
             return jobs
 
-    def _loop(self) -> None:
-        while (jobs := self._take()) is not None:
+    def _loop(self, generation: int) -> None:
+        while (jobs := self._take(generation)) is not None:
             live = [j for j in jobs if j.future.set_running_or_notify_cancel()]
-            if not live:
-                continue
-            with self._cv:
-                self._running = live[0].priority
-            began = time.perf_counter()
-            try:
-                results = live[0].run([j.payload for j in live])
-                if len(results) != len(live):
-                    raise RuntimeError(f"{len(results)} results for a batch of {len(live)}")
-            except Exception as exc:  # noqa: BLE001 - handed to every waiter
-                if isinstance(exc, StopIteration):  # a Future refuses to carry one
-                    exc = RuntimeError(f"engine raised StopIteration: {exc}")
-                for job in live:
-                    job.future.set_exception(exc)
-                continue
-            finally:
-                with self._cv:
-                    self._running = int(Priority.PROBE) + 1
-                if self.on_run is not None:
-                    self.on_run(Priority(live[0].priority), time.perf_counter() - began)
-            for job, result in zip(live, results, strict=True):
-                job.future.set_result(result)
+            if live:
+                self._run(live, generation)
+
+    def _run(self, live: list[_Job], generation: int) -> None:
+        """One engine call for ``live``; every waiter gets a result or an error."""
+        with self._cv:
+            self._running, self._current = live[0].priority, live
+        watchdog = self._watch(live)
+        began = time.perf_counter()
+        outcome: list[Any] | Exception
+        try:
+            outcome = live[0].run([j.payload for j in live])
+            if len(outcome) != len(live):
+                outcome = RuntimeError(f"{len(outcome)} results for a batch of {len(live)}")
+        except BaseException as exc:  # noqa: BLE001 - the thread outlives any engine failure
+            outcome = _as_exception(exc)
+        if watchdog is not None:
+            watchdog.cancel()
+        with self._cv:
+            if generation != self._generation:
+                return  # abandoned past its deadline: the waiters already have DecodeTimeout
+            self._running, self._current = _IDLE, None
+        self._report(Priority(live[0].priority), time.perf_counter() - began)
+        for index, job in enumerate(live):
+            with contextlib.suppress(concurrent.futures.InvalidStateError):
+                if isinstance(outcome, Exception):
+                    job.future.set_exception(outcome)
+                else:
+                    job.future.set_result(outcome[index])
+
+    def _report(self, priority: Priority, seconds: float) -> None:
+        if self.on_run is None:
+            return
+        try:
+            self.on_run(priority, seconds)
+        except Exception:
+            log.exception("%s: run observer failed", self.name)
+
+    def _watch(self, live: list[_Job]) -> threading.Timer | None:
+        """Arm the run's deadline (decodes only)."""
+        if self.run_timeout is None or live[0].priority == Priority.CONTROL:
+            return None
+        timer = threading.Timer(self.run_timeout, self._expire, args=(live,))
+        timer.daemon = True
+        timer.start()
+        return timer
+
+    def _expire(self, live: list[_Job]) -> None:
+        """The run passed its deadline: fail its waiters, hand the queue to a new thread.
+
+        The stuck call cannot be interrupted; its thread exits when (if ever)
+        the call returns. The next runs go to a fresh thread, so one wedged
+        decode costs its own request and never the queue behind it.
+        """
+        with self._cv:
+            if self._current is not live:
+                return  # it finished just now
+            self._generation += 1
+            self._running, self._current = _IDLE, None
+            self._start_thread()
+        error = DecodeTimeout(f"{self.name} decode did not finish within {self.run_timeout:g} s")
+        for job in live:
+            with contextlib.suppress(concurrent.futures.InvalidStateError):
+                job.future.set_exception(error)
+        log.error("%s: a run passed its %g s deadline; a fresh thread took over", self.name, self.run_timeout)

@@ -152,16 +152,19 @@ class MlxEngine:
         result = model.generate(clip.samples, text=text, language=language)
         return [AlignedUnit(item.text, item.start_time, item.end_time) for item in result]
 
-    def info(self) -> dict[str, Any]:
+    def memory_mib(self) -> dict[str, float]:
         mx = self._mx
         return {
-            "device": str(mx.default_device()),
+            "active": round(mx.get_active_memory() / _MB, 1),
+            "peak": round(mx.get_peak_memory() / _MB, 1),
+            "cache": round(mx.get_cache_memory() / _MB, 1),
+        }
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "device": str(self._mx.default_device()),
             "dtype": self.dtype_name,
-            "memory_mb": {
-                "active": round(mx.get_active_memory() / _MB, 1),
-                "peak": round(mx.get_peak_memory() / _MB, 1),
-                "cache": round(mx.get_cache_memory() / _MB, 1),
-            },
+            "memory_mb": self.memory_mib(),
         }
 
 

@@ -190,16 +190,24 @@ class CudaEngine:
         (result,) = model.align(audio=(clip.samples, SAMPLE_RATE), text=text, language=language)
         return [AlignedUnit(item.text, item.start_time, item.end_time) for item in result]
 
-    def info(self) -> dict[str, Any]:
+    def _cuda_index(self) -> int | None:
+        return self._torch.device(self.device).index if self.device.startswith("cuda") else None
+
+    def memory_mib(self) -> dict[str, float]:
         torch = self._torch
-        gpu = None
-        if torch.cuda.is_available():
-            index = torch.device(self.device).index if self.device.startswith("cuda") else None
-            gpu = {
-                "device": torch.cuda.get_device_name(index),
-                "mem_allocated_mb": round(torch.cuda.memory_allocated(index) / _MB, 1),
-                "mem_reserved_mb": round(torch.cuda.memory_reserved(index) / _MB, 1),
-            }
+        if not torch.cuda.is_available():
+            return {}
+        index = self._cuda_index()
+        return {
+            "allocated": round(torch.cuda.memory_allocated(index) / _MB, 1),
+            "reserved": round(torch.cuda.memory_reserved(index) / _MB, 1),
+        }
+
+    def info(self) -> dict[str, Any]:
+        gpu: dict[str, Any] | None = None
+        if self._torch.cuda.is_available():
+            gpu = {"device": self._torch.cuda.get_device_name(self._cuda_index())}
+            gpu.update({f"mem_{kind}_mb": mib for kind, mib in self.memory_mib().items()})
         return {"device": self.device, "dtype": self.dtype_name, "gpu": gpu}
 
 

@@ -132,3 +132,76 @@ def test_check_weights_resolves_offline(tiny: Any, tmp_path: Path, monkeypatch: 
     assert check_weights(str(tmp_path / "missing"))[0] is False
     present, detail = check_weights("Qwen/Qwen3-ASR-0.6B")
     assert present is False and "cache" in detail
+
+
+async def settle(mon: HealthMonitor) -> None:
+    """Let a requested live reload find its idle gap (or give up)."""
+    for _ in range(200):
+        if not mon.live.reload_requested:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("the live reload never ran")
+
+
+async def test_live_rot_witnesses_reload_asr_at_the_next_idle_gap(
+    make_settings: Any, make_engine: Any
+) -> None:
+    settings = make_settings(
+        POLYASR_PARTIALS_ENABLED="1", POLYASR_LIVE_RELOAD_WITNESSES="2", POLYASR_KEEPWARM_INTERVAL_SEC="0"
+    )
+    mgr, mon, _ = await stack(settings, make_engine(settings))
+    assert mon.probe_block([])["live"] == {
+        "enabled": True,
+        "witnesses": 0,
+        "reload_requested": False,
+        "reloads": 0,
+    }
+    mon.record_session(5.0, "hello there", partials=0)  # witness 1
+    mon.record_session(1.0, "short", partials=0)  # too little speech: inconclusive
+    mon.record_session(5.0, "   ", partials=0)  # no final text: inconclusive
+    assert mon.live.witnesses == 1
+    mon.record_session(5.0, "hello", partials=2)  # partials flowed: the model is fine
+    assert mon.live.witnesses == 0
+    async with mgr.hold("asr"):  # a live dictation: never reloaded mid-session
+        mon.record_session(3.0, "one", partials=0)
+        mon.record_session(3.0, "two", partials=0)
+        assert mon.probe_block([])["live"]["reload_requested"] is True
+        await asyncio.sleep(1.2)
+        assert mon.live.reloads == 0 and mgr.status()["unit_state"]["asr"]["loads"] == 1
+    await settle(mon)  # the session ended: the idle gap
+    assert mon.live.reloads == 1 and mon.live.witnesses == 0
+    assert mgr.status()["unit_state"]["asr"]["loads"] == 2 and mgr.is_resident("asr")
+    await mon.close()
+    await mgr.close()
+
+
+async def test_live_rot_request_is_satisfied_by_an_eviction(make_settings: Any, make_engine: Any) -> None:
+    settings = make_settings(POLYASR_PARTIALS_ENABLED="1", POLYASR_LIVE_RELOAD_WITNESSES="1")
+    mgr, mon, _ = await stack(settings, make_engine(settings))
+    async with mgr.hold("asr"):
+        mon.record_session(3.0, "one", partials=0)
+        assert mon.live.reload_requested
+        await mgr.unload_all()
+    await settle(mon)
+    assert mon.live.reloads == 0 and not mgr.is_resident("asr")  # evicted meanwhile: nothing to reload
+    await mon.close()
+    await mgr.close()
+
+
+@pytest.mark.parametrize("env", [{"POLYASR_PARTIALS_ENABLED": "0"}, {"POLYASR_LIVE_ROT_DETECT": "0"}])
+async def test_live_rot_is_off_without_partials_or_when_disabled(
+    make_settings: Any, make_engine: Any, env: dict[str, str]
+) -> None:
+    settings = make_settings(**{"POLYASR_PARTIALS_ENABLED": "1", "POLYASR_LIVE_RELOAD_WITNESSES": "1", **env})
+    mgr, mon, _ = await stack(settings, make_engine(settings))
+    for _ in range(3):
+        mon.record_session(5.0, "a final", partials=0)
+    assert mon.probe_block([])["live"] == {
+        "enabled": False,
+        "witnesses": 0,
+        "reload_requested": False,
+        "reloads": 0,
+    }
+    assert mgr.status()["unit_state"]["asr"]["loads"] == 1
+    await mon.close()
+    await mgr.close()

@@ -12,7 +12,7 @@ import numpy as np
 from prometheus_client.parser import text_string_to_metric_families
 from websockets.sync.client import connect
 
-from polyasr_metrics import Metrics, engine_memory_bytes
+from polyasr_metrics import Metrics
 from polyasr_protocol import build_frame
 from tests.audio_util import speech, wav_bytes
 
@@ -119,8 +119,8 @@ def test_metrics_count_real_traffic(live_server: Any) -> None:
 
 def test_apps_in_one_process_have_their_own_registries() -> None:
     depth = {"asr": 3, "align": 0}
-    first = Metrics(queue_depth=depth.get, engine_info=lambda: {"memory_mb": {"active": 2.0, "peak": 3.0}})
-    second = Metrics(queue_depth=lambda _unit: None, engine_info=lambda: {"gpu": None})
+    first = Metrics(queue_depth=depth.get, engine_memory=lambda: {"active": 2.0, "peak": 3.0})
+    second = Metrics(queue_depth=lambda _unit: None, engine_memory=dict)
     first.request("/health", "GET", 200)
     one = parse(first.exposition()[0].decode())
     two = parse(second.exposition()[0].decode())
@@ -131,9 +131,25 @@ def test_apps_in_one_process_have_their_own_registries() -> None:
     assert not any(name == "polyasr_queue_depth" for name, _ in two)  # no manager yet: no queue series
 
 
-def test_engine_memory_blocks_of_both_backends() -> None:
-    mlx = {"memory_mb": {"active": 1.5, "peak": 2.0, "cache": 0.0}}
-    cuda = {"gpu": {"device": "NVIDIA H100", "mem_allocated_mb": 10.0, "mem_reserved_mb": 12.5}}
-    assert engine_memory_bytes(mlx) == {"active": 1.5 * 2**20, "peak": 2.0 * 2**20, "cache": 0.0}
-    assert engine_memory_bytes(cuda) == {"allocated": 10.0 * 2**20, "reserved": 12.5 * 2**20}
-    assert engine_memory_bytes({"gpu": None}) == {}
+def test_engine_memory_is_the_health_block_and_the_metric(
+    make_settings: Any, make_engine: Any, backend: str
+) -> None:
+    """The engine names its figures once: /health's memory block and the
+    metric's ``kind`` labels are the same numbers (CUDA on the CPU has none)."""
+    engine = make_engine(make_settings())
+    memory = engine.memory_mib()
+    info = engine.info()
+    if backend == "mlx":
+        assert set(memory) == {"active", "peak", "cache"}
+        assert set(info["memory_mb"]) == set(memory)
+    else:
+        assert memory == {} and info["gpu"] is None
+    samples = parse(
+        Metrics(queue_depth=lambda _unit: 0, engine_memory=lambda: memory).exposition()[0].decode()
+    )
+    exported = {
+        dict(labels)["kind"]: v
+        for (name, labels), v in samples.items()
+        if name == "polyasr_engine_memory_bytes"
+    }
+    assert exported == {kind: mib * 2**20 for kind, mib in memory.items()}

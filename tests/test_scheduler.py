@@ -112,3 +112,50 @@ async def test_an_engine_raising_stop_iteration_does_not_hang_its_waiter() -> No
         await asyncio.wait_for(sched.submit(exhausted, Priority.BATCH), 5)
     assert await sched.submit(lambda: "alive", Priority.BATCH) == "alive"
     sched.close()
+
+
+@pytest.mark.parametrize("fault", [KeyboardInterrupt, SystemExit, GeneratorExit])
+async def test_a_base_exception_from_the_engine_never_kills_the_thread(fault: type[BaseException]) -> None:
+    sched = UnitScheduler("t")
+
+    def crash(payloads: list[int]) -> list[int]:
+        raise fault("from a library")
+
+    waiters = [sched.submit_batched("x", crash, i, Priority.BATCH) for i in range(2)]
+    for waiter in waiters:
+        with pytest.raises(RuntimeError, match=f"engine raised {fault.__name__}"):
+            await asyncio.wait_for(waiter, 5)
+    assert await asyncio.wait_for(sched.submit(lambda: "alive", Priority.BATCH), 5) == "alive"
+    sched.close()
+
+
+async def test_a_run_past_its_deadline_fails_alone_and_a_fresh_thread_takes_the_queue() -> None:
+    from polyasr_scheduler import DecodeTimeout
+
+    runs: list[Priority] = []
+    sched = UnitScheduler("t", run_timeout=0.3, on_run=lambda priority, _sec: runs.append(priority))
+    release = threading.Event()
+    wedged_thread: list[threading.Thread] = []
+
+    def wedged() -> str:
+        wedged_thread.append(threading.current_thread())
+        release.wait(10)
+        return "late"
+
+    stuck = sched.submit(wedged, Priority.BATCH)
+    await asyncio.sleep(0.05)
+    behind = sched.submit(lambda: threading.get_ident(), Priority.FINAL)
+    with pytest.raises(DecodeTimeout, match=r"within 0\.3 s"):
+        await asyncio.wait_for(stuck, 5)
+    assert isinstance(await asyncio.wait_for(behind, 5), int)  # served while the wedged call hangs
+    # a control run (a load) has no deadline of its own: the manager times loads
+    assert (
+        await asyncio.wait_for(sched.submit(lambda: time.sleep(0.5) or "loaded", Priority.CONTROL), 5)
+        == "loaded"
+    )
+    release.set()
+    await asyncio.sleep(0.2)  # the late result is dropped; nothing is reported for it
+    assert runs == [Priority.FINAL, Priority.CONTROL]
+    assert await asyncio.wait_for(sched.submit(lambda: "still", Priority.BATCH), 5) == "still"
+    assert not wedged_thread[0].is_alive()  # the abandoned thread exited after its late return
+    sched.close()
