@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from polyasr_engine import UNITS, Engine
-from polyasr_scheduler import BatchFn, Priority, UnitScheduler
+from polyasr_scheduler import DEFAULT_MAX_BATCH, BatchFn, Priority, UnitScheduler
 
 log = logging.getLogger("polyasr.manager")
 
@@ -117,7 +117,12 @@ class AsrModelManager:
         self._sweeper: asyncio.Task[None] | None = None
 
     def _scheduler(self, name: str) -> UnitScheduler:
-        return UnitScheduler(name, on_run=lambda priority, sec: self.observer.ran(name, priority, sec))
+        # The engine says how many clips one decode call takes well (the CUDA
+        # engine's largest captured bucket); engines that do not say get the default.
+        max_batch = getattr(self.engine, "max_batch", DEFAULT_MAX_BATCH)
+        return UnitScheduler(
+            name, max_batch=max_batch, on_run=lambda priority, sec: self.observer.ran(name, priority, sec)
+        )
 
     # -- lifecycle -------------------------------------------------------
 

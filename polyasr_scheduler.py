@@ -33,6 +33,8 @@ class Priority(IntEnum):
 
 
 BatchFn = Callable[[list[Any]], list[Any]]
+# Clips per engine call unless the engine says otherwise (``Engine.max_batch``).
+DEFAULT_MAX_BATCH = 8
 # Told how long each run on the worker thread took (a batch is one run): metrics.
 OnRun = Callable[[Priority, float], None]
 
@@ -53,7 +55,7 @@ class UnitScheduler:
 
     # A batch runs to completion before anything else on the unit: a cap keeps
     # a queue of long uploads from holding a final for more than one short call.
-    def __init__(self, name: str, max_batch: int = 8, on_run: OnRun | None = None) -> None:
+    def __init__(self, name: str, max_batch: int = DEFAULT_MAX_BATCH, on_run: OnRun | None = None) -> None:
         self.name = name
         self.max_batch = max_batch
         self.on_run = on_run

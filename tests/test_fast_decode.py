@@ -10,6 +10,8 @@ Also the settings around it: ``POLYASR_DECODE`` / ``POLYASR_COMPILE`` and what
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -21,6 +23,8 @@ import torch
 
 from polyasr_config import ConfigError, load_settings
 from polyasr_engine import ROLLBACK_TOKENS, Clip, Preempted
+from polyasr_manager import AsrModelManager
+from polyasr_scheduler import Priority
 from tests.audio_util import speech
 from tests.conftest import engine_class, tiny_env
 from tests.fixtures.tiny_models import IM_END_ID, TinyModels
@@ -203,3 +207,28 @@ def test_health_reports_the_decode_path(make_client: Any) -> None:
     assert (body["decode"], body["graphs"], body["compile"]) == ("fast", False, False)
     http, _engine = make_client()
     assert http.get("/health").json()["decode"] == "generate"
+
+
+async def test_scheduler_batches_up_to_the_engines_largest_bucket(pair: dict[str, Loaded]) -> None:
+    sizes: dict[str, list[int]] = {}
+    for decode, (engine, _model) in pair.items():
+        mgr = AsrModelManager(engine, coload=True, idle_seconds=0, load_timeout=60)
+        gate = threading.Event()
+        seen = sizes.setdefault(decode, [])
+
+        def batch(_model: Any, payloads: list[int], _stop: Any, seen: list[int] = seen) -> list[int]:
+            seen.append(len(payloads))
+            return payloads
+
+        blocker = asyncio.ensure_future(mgr.run("asr", lambda _m, gate=gate: gate.wait(), Priority.FINAL))
+        while not mgr.is_resident("asr"):
+            await asyncio.sleep(0.01)
+        queued = [
+            asyncio.ensure_future(mgr.run_batched("asr", "k", batch, i, Priority.BATCH)) for i in range(40)
+        ]
+        await asyncio.sleep(0.1)
+        gate.set()
+        assert await asyncio.gather(*queued) == list(range(40))
+        await blocker
+        await mgr.close()
+    assert sizes == {"fast": [32, 8], "generate": [8, 8, 8, 8, 8]}
