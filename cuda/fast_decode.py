@@ -5,7 +5,8 @@ model size: each step is hundreds of small kernel launches plus Python around
 them. This loop keeps everything a step touches in preallocated buffers (the
 KV cache, the token, the positions, the attention mask, the per-clip budgets
 and the done flags), so on a CUDA device the whole step is captured once per
-batch bucket at load time and replayed with a single launch.
+batch bucket (and attention span) at load time and replayed with a single
+launch.
 
 The model's own modules do the work: the prompt (audio encoder, placeholder
 merge, multimodal rotary positions) is prefilled by the thinker's ``forward``
@@ -33,6 +34,10 @@ BUCKETS: tuple[int, ...] = (1, 2, 4, 8, 16, 32)
 #: Cache positions for the prompt: a 30 s piece is ~390 audio tokens, plus the
 #: chat template, the context and a rolled-back previous answer.
 PROMPT_TOKENS = 1024
+#: Attention spans a graph is captured for, as fractions of the cache: a step
+#: reads the whole span of the KV cache, so short prompts (dictation) use a
+#: short span.
+SPAN_FRACTIONS: tuple[int, ...] = (4, 2, 1)
 #: Steps between checks whether every clip has finished: each check waits for
 #: the device, so checking every step would stall the launch queue.
 DONE_CHECK_EVERY = 8
@@ -75,7 +80,7 @@ class _StaticCache:
 class FastDecoder:
     """A greedy decode loop bound to one loaded transformers ``Qwen3ASRModel``.
 
-    ``graphs`` captures one CUDA graph per bucket (CUDA only); ``compile``
+    ``graphs`` captures one CUDA graph per bucket and span (CUDA only); ``compile``
     runs the step through ``torch.compile`` first. Buffers are sized for the
     largest bucket and ``prompt_tokens + max_new_tokens`` positions; a batch
     that does not fit raises :class:`DoesNotFit` (the engine then falls back
@@ -107,6 +112,7 @@ class FastDecoder:
         self.max_batch = buckets[-1]
         self.max_new_tokens = max_new_tokens
         self.capacity = prompt_tokens + max_new_tokens
+        self.spans = tuple(sorted({self.capacity // f for f in SPAN_FRACTIONS}))
         self.graphs = graphs
         self.compiled = compile
         self._warn_unless_greedy(asr_model.model.generation_config)
@@ -138,7 +144,7 @@ class FastDecoder:
         if compile:
             os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(COMPILE_CACHE))
             self._step_fn = torch.compile(self._step)
-        self._graphs: dict[int, torch.cuda.CUDAGraph] = {}
+        self._graphs: dict[tuple[int, int], torch.cuda.CUDAGraph] = {}
         if graphs:
             self._capture()
 
@@ -186,28 +192,30 @@ class FastDecoder:
         self.out[:batch].index_copy_(1, self.step_idx, token[:, None])
         count = self.count[:batch]
         count += (~done).long()
-        done |= torch.isin(token, self.eos) | (count >= self.budget[:batch])
+        done |= (token[:, None] == self.eos).any(-1) | (count >= self.budget[:batch])
         self.tokens[:batch].copy_(token)
         self.positions[:batch] += 1
         self.slot += 1
         self.step_idx += 1
 
+    @torch.inference_mode()
     def _capture(self) -> None:
-        """One graph per bucket, largest first, all in one memory pool."""
+        """One graph per bucket and span, largest first, all in one memory pool."""
         pool = torch.cuda.graph_pool_handle()
         stream = torch.cuda.Stream()
         for batch in sorted(self.buckets, reverse=True):
-            self._reset_idle()
-            stream.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(stream):
-                for _ in range(3):  # warm-up: kernels chosen, compile done, before capture
-                    self._step_fn(batch, self.capacity)
-            torch.cuda.current_stream().wait_stream(stream)
-            self._reset_idle()
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=pool):
-                self._step_fn(batch, self.capacity)
-            self._graphs[batch] = graph
+            for span in sorted(self.spans, reverse=True):
+                stream.wait_stream(torch.cuda.current_stream())
+                with torch.cuda.stream(stream):
+                    for _ in range(3):  # warm-up: kernels chosen, compile done, before capture
+                        self._reset_idle()
+                        self._step_fn(batch, span)
+                torch.cuda.current_stream().wait_stream(stream)
+                self._reset_idle()
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph, pool=pool):
+                    self._step_fn(batch, span)
+                self._graphs[(batch, span)] = graph
         self._reset_idle()
         torch.cuda.synchronize()
 
@@ -245,12 +253,13 @@ class FastDecoder:
         if not self.fits(n, prompt_len, longest):
             raise DoesNotFit(f"batch {n} x {prompt_len}+{longest} tokens")
         rows = self.bucket(n)
+        span = next(s for s in self.spans if s >= prompt_len + longest)
         first = self._prefill(inputs, rows)
         self.tokens[:n] = first
         self.out[:n, 0] = first
         self.budget[:n] = torch.tensor(budgets, device=ids.device)
         self.count[:n] = 1
-        self.done[:n] = torch.isin(first, self.eos) | (self.count[:n] >= self.budget[:n])
+        self.done[:n] = (first[:, None] == self.eos).any(-1) | (self.count[:n] >= self.budget[:n])
         self.positions[:n] = mask.sum(-1)  # left padding: row i continues at its own length
         self.slot.fill_(prompt_len)
         self.step_idx.fill_(1)
@@ -258,9 +267,9 @@ class FastDecoder:
             if should_stop is not None and should_stop():
                 return None
             if self.graphs:
-                self._graphs[rows].replay()
-            else:
-                self._step_fn(rows, self.capacity if self.compiled else prompt_len + t + 1)
+                self._graphs[(rows, span)].replay()
+            else:  # eager: attend over exactly the filled positions, as generate does
+                self._step_fn(rows, span if self.compiled else prompt_len + t + 1)
             if (t + 1) % DONE_CHECK_EVERY == 0 and bool(self.done[:rows].all()):
                 break
         counts = self.count[:n].tolist()
