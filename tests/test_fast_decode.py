@@ -11,7 +11,9 @@ Also the settings around it: ``POLYASR_DECODE`` / ``POLYASR_COMPILE`` and what
 from __future__ import annotations
 
 import asyncio
+import gc
 import threading
+import weakref
 from collections.abc import Iterator
 from typing import Any
 
@@ -244,3 +246,13 @@ async def test_scheduler_batches_up_to_the_engines_largest_bucket(pair: dict[str
         await blocker
         await mgr.close()
     assert sizes == {"fast": [32, 8], "generate": [8, 8, 8, 8, 8]}
+
+
+def test_dropping_the_model_frees_its_decoder(tiny: TinyModels) -> None:
+    """An eviction drops the model; the static cache (and on a GPU the graphs'
+    memory pool) must go with it, or an unload would not give memory back."""
+    engine, model = _load(tiny, "fast")
+    decoder = weakref.ref(engine._fast[model])
+    del model
+    gc.collect()
+    assert decoder() is None
