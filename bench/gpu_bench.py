@@ -362,7 +362,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--token-budgets", default="16,144", help="two budgets for ms/token")
     parser.add_argument("--server-decode", default="fast", help="POLYASR_DECODE of the server")
     parser.add_argument("--no-compile", dest="compile", action="store_false")
-    parser.add_argument("--compile-timeout", type=float, default=180.0)
+    parser.add_argument("--compile-timeout", type=float, default=150.0)
     parser.add_argument("--out", type=Path, default=Path("gpu_bench.json"))
     parser.add_argument("--load-probe", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
