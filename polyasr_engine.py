@@ -87,6 +87,8 @@ class Engine(Protocol):
     # Replace a chunk's segments by one whole-chunk segment when grouping
     # covers too little of its text (contract §6.4; the MLX safety net).
     align_coverage_fallback: bool
+    # Most clips one ``transcribe`` call should get: the scheduler batches up to this.
+    max_batch: int
 
     def load(self, unit: str) -> Any:
         """Load ``unit`` ("asr" or "align") and return the live model object."""

@@ -41,6 +41,8 @@ class Priority(IntEnum):
 
 
 BatchFn = Callable[[list[Any]], list[Any]]
+# Clips per engine call unless the engine says otherwise (``Engine.max_batch``).
+DEFAULT_MAX_BATCH = 8
 # Told how long each run on the worker thread took (a batch is one run): metrics.
 OnRun = Callable[[Priority, float], None]
 
@@ -87,7 +89,7 @@ class UnitScheduler:
     def __init__(
         self,
         name: str,
-        max_batch: int = 8,
+        max_batch: int = DEFAULT_MAX_BATCH,
         on_run: OnRun | None = None,
         run_timeout: float | None = None,
     ) -> None:

@@ -21,7 +21,7 @@ from contextlib import asynccontextmanager
 from typing import Any, Protocol
 
 from polyasr_engine import Engine, Preempted
-from polyasr_scheduler import BatchFn, Priority, UnitScheduler
+from polyasr_scheduler import DEFAULT_MAX_BATCH, BatchFn, Priority, UnitScheduler
 
 log = logging.getLogger("polyasr.manager")
 
@@ -143,8 +143,13 @@ class ModelUnit:
         self.preflight = preflight  # why a load is bound to fail (weights unreachable), if it is
         self.before_load = before_load  # residency policy: make room for this unit
         self.on_load_failure = on_load_failure
+        # The engine says how many clips one decode call takes well (the CUDA
+        # engine's largest captured bucket); engines that do not say get the default.
         self.worker = UnitScheduler(
-            name, on_run=lambda priority, sec: observer.ran(name, priority, sec), run_timeout=decode_timeout
+            name,
+            max_batch=getattr(engine, "max_batch", DEFAULT_MAX_BATCH),
+            on_run=lambda priority, sec: observer.ran(name, priority, sec),
+            run_timeout=decode_timeout,
         )
         self.model: Any = None
         self.usage = UnitUsage(clock)

@@ -30,6 +30,7 @@ class MlxEngine:
 
     backend = "mlx"
     align_coverage_fallback = True  # contract §6.4: MLX keeps the safety net
+    max_batch = 8  # clips per transcribe call (the scheduler's batch cap)
 
     def __init__(self, settings: Settings) -> None:
         import mlx.core as mx

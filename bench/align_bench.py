@@ -20,6 +20,7 @@ architectures for the real Qwen3-ASR-1.7B + Qwen3-ForcedAligner-0.6B in bf16.
 
     .venv-cuda/bin/python bench/align_bench.py            # CUDA engine (on CPU here)
     .venv-mlx/bin/python bench/align_bench.py --backend mlx --minutes 3
+    .venv-cuda/bin/python bench/align_bench.py --model ASR_DIR --aligner ALIGNER_DIR   # on POLYASR_DEVICE
 
 Random weights make the text gibberish and generation always runs to its
 token budget, so the ASR share of the time is an upper bound.
@@ -30,6 +31,7 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import os
 import resource
 import sys
 import tempfile
@@ -43,10 +45,11 @@ from fastapi.testclient import TestClient
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench.bench_env import add_model_flags, bench_env  # noqa: E402
 from polyasr_app import create_app  # noqa: E402
 from polyasr_config import load_settings  # noqa: E402
 from tests.audio_util import speech, wav_bytes  # noqa: E402
-from tests.conftest import BACKEND, engine_class, tiny_env  # noqa: E402
+from tests.conftest import BACKEND, engine_class  # noqa: E402
 from tests.fixtures.tiny_models import (  # noqa: E402
     FULL_0_6B,
     FULL_1_7B,
@@ -136,13 +139,16 @@ def main() -> None:
     parser.add_argument("--backend", choices=["mlx", "cuda"], default=BACKEND)
     parser.add_argument("--minutes", type=float, default=10.0)
     parser.add_argument("--max-chunk-seconds", type=int, default=270)
+    add_model_flags(parser)
     args = parser.parse_args()
     logging.getLogger("httpx").setLevel(logging.WARNING)
 
     work = Path(tempfile.mkdtemp(prefix="polyasr-align-bench-"))
     tiny = build_tiny_models(work / "tiny")
-    env = tiny_env(tiny, POLYASR_LOG_DIR="", POLYASR_STREAMING_PROBE="0", POLYASR_IDLE_EVICT_SECONDS="0")
-    settings = load_settings(args.backend, env)
+    env = bench_env(
+        tiny, args, POLYASR_LOG_DIR="", POLYASR_STREAMING_PROBE="0", POLYASR_IDLE_EVICT_SECONDS="0"
+    )
+    settings = load_settings(args.backend, {**os.environ, **env})
     engine = engine_class(args.backend)(settings)
 
     audio = synthetic_input(args.minutes)

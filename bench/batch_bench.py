@@ -11,7 +11,8 @@ scheduling, JSON. Prints audio-seconds per second for both and their ratio
     .venv-mlx/bin/python bench/batch_bench.py --backend mlx
 
 With no ``--model`` it builds the tiny random-weight checkpoints of the test
-suite; pass ``--model DIR`` to measure a real checkpoint.
+suite (on the CPU, float32); pass ``--model DIR`` to measure a real checkpoint
+on ``POLYASR_DEVICE`` / ``POLYASR_DTYPE`` (or ``--device`` / ``--dtype``).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from __future__ import annotations
 import argparse
 import io
 import logging
+import os
 import statistics
 import sys
 import tempfile
@@ -31,12 +33,13 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench.bench_env import add_model_flags, bench_env  # noqa: E402
 from polyasr_audio import decode_audio  # noqa: E402
 from polyasr_config import load_settings  # noqa: E402
 from polyasr_engine import Clip  # noqa: E402
 from tests.audio_util import speech, wav_bytes  # noqa: E402
-from tests.conftest import BACKEND, LiveServer, engine_class, tiny_env  # noqa: E402
-from tests.fixtures.tiny_models import TinyModels, build_tiny_models  # noqa: E402
+from tests.conftest import BACKEND, LiveServer, engine_class  # noqa: E402
+from tests.fixtures.tiny_models import build_tiny_models  # noqa: E402
 
 
 def main() -> None:
@@ -46,16 +49,13 @@ def main() -> None:
     parser.add_argument("--backend", choices=["mlx", "cuda"], default=BACKEND)
     parser.add_argument("--clip-sec", type=float, default=30.0)
     parser.add_argument("--clips", type=int, default=8)
-    parser.add_argument("--model", help="ASR checkpoint dir (default: tiny random weights)")
+    add_model_flags(parser)
     args = parser.parse_args()
     logging.getLogger("httpx").setLevel(logging.WARNING)
 
     work = Path(tempfile.mkdtemp(prefix="polyasr-bench-"))
-    tiny = build_tiny_models(work / "tiny")
-    if args.model:
-        tiny = TinyModels(asr=Path(args.model), aligner=tiny.aligner)
-    env = tiny_env(tiny, POLYASR_LOG_DIR="", POLYASR_STREAMING_PROBE="0")
-    settings = load_settings(args.backend, env)
+    env = bench_env(build_tiny_models(work / "tiny"), args, POLYASR_LOG_DIR="", POLYASR_STREAMING_PROBE="0")
+    settings = load_settings(args.backend, {**os.environ, **env})
 
     base = speech()
     clips = []
@@ -96,7 +96,8 @@ def main() -> None:
     direct_rate = args.clip_sec / statistics.median(direct_times)
     http_rate = args.clip_sec / statistics.median(http_times)
     print(
-        f"backend={args.backend} model={tiny.asr} clips={args.clips} x {args.clip_sec:g} s, "
+        f"backend={args.backend} model={settings.model} device={settings.device} "
+        f"decode={engine.info().get('decode', '-')} clips={args.clips} x {args.clip_sec:g} s, "
         f"budget={budget} tokens, alternating direct/HTTP"
     )
     print(

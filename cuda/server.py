@@ -11,13 +11,21 @@ from __future__ import annotations
 
 import importlib.util
 import sys
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
+if str(HERE) not in sys.path:  # fast_decode beside this file; last, so it shadows nothing
+    sys.path.append(str(HERE))
+
+from fast_decode import BUCKETS, EOS_IDS, FastDecoder  # noqa: E402
 
 from polyasr_config import ConfigError, Settings  # noqa: E402
 from polyasr_constants import SAMPLE_RATE  # noqa: E402
@@ -43,6 +51,16 @@ class CudaEngine:
         self.dtype = getattr(torch, settings.dtype)
         self.engine_backend = settings.engine_backend
         self.max_new_tokens = settings.max_new_tokens
+        on_gpu = self.device.startswith("cuda")
+        transformers = self.engine_backend == "transformers"
+        # POLYASR_DECODE: our static-cache loop, or transformers' generate
+        # (vLLM decodes in its own engine, which is neither).
+        self.decode = (settings.decode or ("fast" if on_gpu else "generate")) if transformers else "generate"
+        self.graphs = self.decode == "fast" and on_gpu
+        self.compile = self.decode == "fast" and settings.compile
+        # The scheduler batches up to the largest captured bucket.
+        self.max_batch = BUCKETS[-1] if self.decode == "fast" else 8
+        self._fast: weakref.WeakKeyDictionary[Any, FastDecoder] = weakref.WeakKeyDictionary()
         if self.device.startswith("cuda") and not torch.cuda.is_available():
             raise ConfigError(
                 f"POLYASR_DEVICE={self.device} but no CUDA device is available "
@@ -69,12 +87,20 @@ class CudaEngine:
             return Qwen3ASRModel.LLM(
                 model=self.model_id, max_new_tokens=self.max_new_tokens, dtype=self.dtype_name
             )
-        return Qwen3ASRModel.from_pretrained(
+        model = Qwen3ASRModel.from_pretrained(
             self.model_id,
             dtype=self.dtype,
             device_map=self.device,
             max_new_tokens=self.max_new_tokens,
         )
+        if self.decode == "fast":
+            # Capture (and compile) now: the first decode after a load must not pay for it.
+            self._fast[model] = FastDecoder(
+                model, max_new_tokens=self.max_new_tokens, graphs=self.graphs, compile=self.compile
+            )
+        warm = Clip(np.zeros(SAMPLE_RATE, np.float32), language="English", max_new_tokens=4)
+        self.transcribe(model, [warm])  # first-call kernels and allocations, here rather than in a request
+        return model
 
     @property
     def supports_native_streaming(self) -> bool:
@@ -99,29 +125,29 @@ class CudaEngine:
     def transcribe(
         self, model: Any, clips: list[Clip], should_stop: Callable[[], bool] | None = None
     ) -> list[Transcript]:
-        """One generate call for the whole batch, each clip with its own prompt.
+        """One decode for the whole batch, each clip with its own prompt and budget.
 
-        This is qwen-asr's own recipe (chat-template prompt, processor,
-        ``generate``, ``parse_asr_output``) with one addition its high-level
+        This is qwen-asr's own recipe (chat-template prompt, processor, greedy
+        decode, ``parse_asr_output``) with one addition its high-level
         ``transcribe`` cannot express: a clip's prompt may end with the start
         of the answer (a previous hypothesis minus its last tokens), so a
-        streaming partial generates only the new words. qwen-asr takes one
-        token cap per call, so the batch gets the largest budget among its
-        clips; each budget is proportional to its clip, so silence cannot run away.
+        streaming partial generates only the new words. Each clip stops at its
+        own token budget (proportional to its audio, so silence cannot run
+        away) or at its end-of-answer token.
         """
         from qwen_asr import parse_asr_output
 
-        budget = max(clip.max_new_tokens for clip in clips)
         prefixes = [self._rolled_back(model, clip.prefix) for clip in clips]
         prompts = [
             model._build_text_prompt(context=clip.context, force_language=clip.language) + prefix
             for clip, prefix in zip(clips, prefixes, strict=True)
         ]
         wavs = [clip.samples for clip in clips]
+        budgets = [clip.max_new_tokens for clip in clips]
         generated = (
-            self._generate_vllm(model, prompts, wavs, budget)
+            self._generate_vllm(model, prompts, wavs, max(budgets))
             if model.backend == "vllm"
-            else self._generate_transformers(model, prompts, wavs, budget, should_stop)
+            else self._decode_transformers(model, prompts, wavs, budgets, should_stop)
         )
         results = []
         for clip, prefix, new in zip(clips, prefixes, generated, strict=True):
@@ -145,17 +171,47 @@ class CudaEngine:
         ids = tokenizer.encode(prefix, add_special_tokens=False)
         return decode(rolled_back_ids(ids, decode, prefix))
 
-    def _generate_transformers(
+    def _decode_transformers(
         self,
         model: Any,
         prompts: list[str],
         wavs: list[Any],
-        budget: int,
+        budgets: list[int],
         should_stop: Callable[[], bool] | None,
     ) -> list[str]:
-        torch = self._torch
         inputs = model.processor(text=prompts, audio=wavs, return_tensors="pt", padding=True)
         inputs = inputs.to(model.model.device).to(model.model.dtype)
+        ids = self.generated_ids(model, inputs, budgets, should_stop)
+        return model.processor.batch_decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+
+    def generated_ids(
+        self,
+        model: Any,
+        inputs: Any,
+        budgets: list[int],
+        should_stop: Callable[[], bool] | None = None,
+    ) -> list[list[int]]:
+        """The new token ids per clip, by the decode path in effect (the fast
+        loop, or ``generate`` when it is off or the batch does not fit it)."""
+        fast = self._fast.get(model)
+        if fast is not None and fast.fits(len(budgets), inputs["input_ids"].shape[1], max(budgets)):
+            ids = fast.decode(inputs, budgets, should_stop)
+        else:
+            ids = self._generate_ids(model, inputs, budgets, should_stop)
+        if ids is None:
+            raise Preempted("a more urgent decode is waiting")
+        return ids
+
+    def _generate_ids(
+        self,
+        model: Any,
+        inputs: Any,
+        budgets: list[int],
+        should_stop: Callable[[], bool] | None,
+    ) -> list[list[int]] | None:
+        """transformers' ``generate`` with the largest budget, each row cut at its
+        own budget and after its first stop token (the rest is padding)."""
+        torch = self._torch
         stopped = False
 
         def stop_now(input_ids: Any, _scores: Any, **_kw: Any) -> Any:
@@ -165,14 +221,11 @@ class CudaEngine:
             return torch.full((input_ids.shape[0],), stopped, dtype=torch.bool, device=input_ids.device)
 
         with torch.inference_mode():
-            out = model.model.generate(**inputs, max_new_tokens=budget, stopping_criteria=[stop_now])
+            out = model.model.generate(**inputs, max_new_tokens=max(budgets), stopping_criteria=[stop_now])
         if stopped:
-            raise Preempted("a more urgent decode is waiting")
-        return model.processor.batch_decode(
-            out.sequences[:, inputs["input_ids"].shape[1] :],
-            skip_special_tokens=True,
-            clean_up_tokenization_spaces=False,
-        )
+            return None
+        rows = out.sequences[:, inputs["input_ids"].shape[1] :].tolist()
+        return [_through_stop(row[:budget]) for row, budget in zip(rows, budgets, strict=True)]
 
     @staticmethod
     def _generate_vllm(model: Any, prompts: list[str], wavs: list[Any], budget: int) -> list[str]:
@@ -208,7 +261,20 @@ class CudaEngine:
         if self._torch.cuda.is_available():
             gpu = {"device": self._torch.cuda.get_device_name(self._cuda_index())}
             gpu.update({f"mem_{kind}_mb": mib for kind, mib in self.memory_mib().items()})
-        return {"device": self.device, "dtype": self.dtype_name, "gpu": gpu}
+        return {
+            "device": self.device,
+            "dtype": self.dtype_name,
+            "gpu": gpu,
+            "decode": self.decode,
+            "graphs": self.graphs,
+            "compile": self.compile,
+        }
+
+
+def _through_stop(ids: list[int]) -> list[int]:
+    """``ids`` up to and including the first stop token."""
+    ends = [i for i, token in enumerate(ids) if token in EOS_IDS]
+    return ids[: ends[0] + 1] if ends else ids
 
 
 def main() -> None:
