@@ -257,7 +257,9 @@ class UnitScheduler:
 
         The stuck call cannot be interrupted; its thread exits when (if ever)
         the call returns. The next runs go to a fresh thread, so one wedged
-        decode costs its own request and never the queue behind it.
+        decode costs its own request and never the queue behind it. Until it
+        returns, the stuck call and the fresh thread share the model: a call
+        this far past its deadline is taken to be wedged, not computing.
         """
         with self._cv:
             if self._current is not live:

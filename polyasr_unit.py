@@ -307,8 +307,11 @@ class ModelUnit:
             self.loading = None
 
     def _failed(self, reason: str) -> None:
+        """Record and raise a failed load; the log gets each new reason once
+        (every request retries the load, and an offline server sees many)."""
+        if reason != self.last_error:
+            log.error("loading %s failed: %s", self.name, reason)
         self.last_error = reason
-        log.error("loading %s failed: %s", self.name, reason)
         if self.on_load_failure is not None:
             self.on_load_failure(self.name, reason)
         raise ModelUnavailable(f"{self.name} model unavailable: {reason}")
