@@ -89,10 +89,11 @@ async def test_resume_keeps_context_language_and_audio() -> None:
     start = {"type": "start", "protocol": 1, "sessionId": "j", "context": "Zhang Wei", "language": "zh-CN"}
     await connect(svc, [start, *silence_frames(3), None])  # then the network drops
     held = registry.held("j")
-    assert held is not None and held.ack_seq == 2 and manager.touches == 3 and manager.held == 0
+    assert held is not None and held.journal.ack_seq == 2 and manager.touches == 3 and manager.held == 0
     resumed = await connect(svc, [{"type": "resume", "protocol": 1, "sessionId": "j"}, None])
     assert resumed.sent[0] == {"type": "resumed", "protocol": 1, "sessionId": "j", "ackSeq": 2}
-    assert held.context == "Zhang Wei" and held.language == "Chinese"  # ▲ kept across the resume
+    hints = held.session.hints
+    assert hints.context == "Zhang Wei" and hints.language == "Chinese"  # ▲ kept across the resume
 
 
 async def test_journal_is_pruned_on_a_timer_and_stops_stay_recognized() -> None:
@@ -106,7 +107,7 @@ async def test_journal_is_pruned_on_a_timer_and_stops_stay_recognized() -> None:
     assert [m["type"] for m in done.sent[-2:]] == ["final", "done"] and done.closed == 1000
     clock.now += 301
     registry.prune()  # no new start needed for the journal to go
-    assert "p" not in registry.sessions
+    assert registry.held("p") is None
     # The session is gone, but the stop is still known: expired, not "not held".
     late = await connect(
         svc,
