@@ -114,7 +114,72 @@ class StreamServices:
     on_session_end: Callable[[float, str, int], None] = _no_session_end
 
 
-_TIMEOUT = object()
+TIMEOUT = object()
+
+
+class Inbox:
+    """The client's messages, read ahead by one task into a bounded queue.
+
+    A full queue stops the reading, so a fast sender is slowed by TCP
+    back-pressure instead of buffered without end. A wait for the next message
+    also ends when the connection is superseded or the reader died (a dead
+    reader must end its connection, or the connection would hold its model
+    lease forever).
+    """
+
+    def __init__(self, transport: Transport) -> None:
+        self.queue: asyncio.Queue[bytes | str | None] = asyncio.Queue(RECEIVE_QUEUE)
+        self.superseded = asyncio.Event()
+        self._transport = transport
+        self._reader: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._reader = asyncio.get_running_loop().create_task(self._read())
+
+    def stop(self) -> None:
+        if self._reader is not None:
+            self._reader.cancel()
+
+    async def _read(self) -> None:
+        while True:
+            message = await self._transport.receive()
+            await self.queue.put(message)  # waits while the queue is full: back-pressure
+            if message is None:
+                return
+
+    async def next(self, timeout: float | None) -> Any:
+        """The next client message, or ``TIMEOUT``; raises once superseded or the reader died."""
+        assert self._reader is not None
+        if not self.queue.empty():
+            return self.queue.get_nowait()
+        get = asyncio.ensure_future(self.queue.get())
+        aside = asyncio.ensure_future(self.superseded.wait())
+        try:
+            await asyncio.wait({get, aside, self._reader}, timeout=timeout, return_when="FIRST_COMPLETED")
+        finally:
+            aside.cancel()
+            if not get.done():
+                get.cancel()
+        if get.done() and not get.cancelled():
+            return get.result()
+        if self.superseded.is_set():
+            raise Superseded
+        if self._reader.done():
+            failure = None if self._reader.cancelled() else self._reader.exception()
+            raise ReaderFailed(f"reading from the socket failed: {failure!r}")
+        return TIMEOUT
+
+    async def until(self, future: asyncio.Future[Any]) -> Any:
+        """``await future``, unless the connection is superseded first."""
+        aside = asyncio.ensure_future(self.superseded.wait())
+        try:
+            await asyncio.wait({future, aside}, return_when="FIRST_COMPLETED")
+        finally:
+            aside.cancel()
+        if self.superseded.is_set():
+            future.cancel()  # a shield: the session's own work goes on
+            raise Superseded
+        return future.result()
 
 
 class Connection:
@@ -125,23 +190,21 @@ class Connection:
         self.limits = services.limits
         self.transport = transport
         self.log = services.new_log()
-        self.queue: asyncio.Queue[bytes | str | None] = asyncio.Queue(RECEIVE_QUEUE)
+        self.inbox = Inbox(transport)
         self.control = 1
         self.record: SessionRecord | None = None
         self.fatal: ModelUnavailable | None = None
         self._send_lock = asyncio.Lock()
-        self._superseded = asyncio.Event()
-        self._reader: asyncio.Task[None] | None = None
 
     def supersede(self) -> None:
-        self._superseded.set()
+        self.inbox.superseded.set()
 
     async def run(self) -> None:
-        self._reader = asyncio.get_running_loop().create_task(self._read())
+        self.inbox.start()
         try:
             await self._run()
         finally:
-            self._reader.cancel()
+            self.inbox.stop()
             if self.record is not None:
                 self.services.registry.release(self.record, self)
             await asyncio.to_thread(self.log.close)  # FLAC encoding is blocking work
@@ -186,56 +249,13 @@ class Connection:
 
     # -- messages ------------------------------------------------------------
 
-    async def _read(self) -> None:
-        while True:
-            message = await self.transport.receive()
-            await self.queue.put(message)  # waits while the queue is full: back-pressure
-            if message is None:
-                return
-
-    async def _next(self, timeout: float | None) -> Any:
-        """The next client message, or ``_TIMEOUT``; raises once superseded or the reader died."""
-        assert self._reader is not None
-        if self.queue.empty():
-            get = asyncio.ensure_future(self.queue.get())
-            aside = asyncio.ensure_future(self._superseded.wait())
-            try:
-                await asyncio.wait({get, aside, self._reader}, timeout=timeout, return_when="FIRST_COMPLETED")
-            finally:
-                aside.cancel()
-                if not get.done():
-                    get.cancel()
-            if get.done() and not get.cancelled():
-                return get.result()
-        else:
-            return self.queue.get_nowait()
-        if self._superseded.is_set():
-            raise Superseded
-        if self._reader.done():
-            failure = None if self._reader.cancelled() else self._reader.exception()
-            self.log.event("reader_failed", message=repr(failure))
-            raise ReaderFailed(repr(failure))
-        return _TIMEOUT
-
-    async def _until(self, future: asyncio.Future[Any]) -> Any:
-        """``await future``, unless this connection is superseded first."""
-        aside = asyncio.ensure_future(self._superseded.wait())
-        try:
-            await asyncio.wait({future, aside}, return_when="FIRST_COMPLETED")
-        finally:
-            aside.cancel()
-        if self._superseded.is_set():
-            future.cancel()  # a shield: the session's own work goes on
-            raise Superseded
-        return future.result()
-
     async def send(self, message: dict[str, Any]) -> None:
         async with self._send_lock:
             await self.transport.send(message)
 
     async def _opening(self) -> Opening:
-        message = await self._next(self.limits.start_timeout_sec)
-        if message is _TIMEOUT:
+        message = await self.inbox.next(self.limits.start_timeout_sec)
+        if message is TIMEOUT:
             raise protocol_error(START_TIMEOUT, timeout_sec=self.limits.start_timeout_sec)
         if message is None:
             raise Disconnected
@@ -294,14 +314,14 @@ class Connection:
     async def _serve(self, record: SessionRecord) -> None:
         last_frame = time.monotonic()
         while True:
-            message = await self._next(RECEIVE_POLL_SEC)
+            message = await self.inbox.next(RECEIVE_POLL_SEC)
             self._check(record)
             if isinstance(message, bytes):
                 await self._frame(record, message)
                 last_frame = time.monotonic()
             elif message is None:
                 raise Disconnected
-            elif message is not _TIMEOUT:
+            elif message is not TIMEOUT:
                 data = parse_json(message, self.limits.max_text_bytes)
                 kind = data.get("type")
                 if kind == "stop":
@@ -366,7 +386,7 @@ class Connection:
                 have_through_seq=record.journal.ack_seq + 1,
                 want_through_seq=stop.captured,
             )
-        result = await self._until(session.finalize(self.services.decoder))
+        result = await self.inbox.until(session.finalize(self.services.decoder))
         self._check(record)
         record.journal.forget_ahead()
         recognized = record.journal.ack_seq + 1 if result.decoded and not incomplete else None
@@ -392,7 +412,7 @@ class Connection:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return False
-            message = await self._next(remaining)
+            message = await self.inbox.next(remaining)
             if message is None:
                 raise Disconnected
             if isinstance(message, bytes):
