@@ -304,5 +304,5 @@ async def test_one_finalize_per_session_and_no_audio_kept_after_it() -> None:
     assert a == b and len(decoder.by(Priority.FINAL)) == 1  # asked twice, decoded once
     assert sess.finished and sess.recognizer.uncommitted == [] and sess.recognizer.raw.held == 0
     assert sess.gate.pending == [] and len(sess.gate.staged) == 0
-    await feed(sess, VOICE_A[: SR])  # audio after the final is not taken
+    await feed(sess, VOICE_A[:SR])  # audio after the final is not taken
     assert sess.recognizer.raw.held == 0
