@@ -20,6 +20,9 @@ import numpy as np
 from polyasr_constants import COMMIT_SILENCE_WINDOWS, SAMPLE_RATE, VAD_THRESHOLD, WINDOW_SAMPLES
 
 MIN_SPEAKER_CHECK_SEC = 0.3
+# Speech without a pause this long is cut anyway: the open chunk is audio the
+# session holds, and a decode of one piece is bounded too.
+MAX_CHUNK_WINDOWS = round(30.0 * SAMPLE_RATE / WINDOW_SAMPLES)
 
 
 class VadStream(Protocol):
@@ -104,7 +107,11 @@ class SpeechGate:
                     self.pending_start = start
             self.pending.append(window)
             self.silence_run = 0
-            return False
+            if len(self.pending) < MAX_CHUNK_WINDOWS:
+                return False
+            self.log("boundary_forced", chunk_sec=round(len(self.pending) * WINDOW_SAMPLES / SAMPLE_RATE, 3))
+            self.last_quiet = None  # the next chunk starts right here: no pre-roll
+            return True
         self.last_quiet = window
         if not self.pending:
             return False

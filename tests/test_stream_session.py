@@ -16,6 +16,7 @@ import pytest
 
 from polyasr_decode import DecodeRequest
 from polyasr_engine import Transcript
+from polyasr_gate import SpeechGate
 from polyasr_journal import FrameJournal
 from polyasr_protocol import ProtocolError, partial
 from polyasr_scheduler import Priority
@@ -306,3 +307,29 @@ async def test_one_finalize_per_session_and_no_audio_kept_after_it() -> None:
     assert sess.gate.pending == [] and len(sess.gate.staged) == 0
     await feed(sess, VOICE_A[:SR])  # audio after the final is not taken
     assert sess.recognizer.raw.held == 0
+
+
+class AlwaysSpeech:
+    def window_probs(self, samples: np.ndarray) -> list[float]:
+        return [1.0] * (len(samples) // 2560)
+
+
+@dataclass
+class AcceptAll:
+    accepted: bool = True
+    similarity: float | None = None
+    enrolled: bool = False
+    embedded: bool = False
+
+    def check(self, samples: np.ndarray) -> AcceptAll:
+        return self
+
+
+async def test_speech_without_a_pause_is_cut_so_the_open_chunk_stays_bounded() -> None:
+    gate = SpeechGate(AlwaysSpeech(), AcceptAll())
+    chunks = []
+    for _ in range(65):  # 65 s of speech, no pause
+        chunks += await gate.push(np.full(SR, 0.1, np.float32))
+    assert [round(c.seconds) for c in chunks] == [30, 30]
+    assert chunks[1].start == chunks[0].end  # contiguous, nothing lost or doubled
+    assert len(gate.pending) * 2560 < 6 * SR
