@@ -54,7 +54,7 @@ from polyasr_protocol import (
 )
 from polyasr_sessions import SessionRecord, SessionRegistry
 from polyasr_speech import passes_energy_gate
-from polyasr_stream import DictationSession, SessionDecoder, StreamSettings
+from polyasr_stream import DictationSession, FinalResult, SessionDecoder, StreamSettings
 from polyasr_wslog import WsSessionLog
 
 __all__ = ["Connection", "SessionRegistry", "StreamServices", "Transport"]
@@ -391,8 +391,18 @@ class Connection:
         record.journal.forget_ahead()
         recognized = record.journal.ack_seq + 1 if result.decoded and not incomplete else None
         registry.record_stop(record, stop.stop_id, result.text, recognized)
-        stats = session.stats()
-        self.services.on_session_end(stats["signal_sec"], result.text, stats["partials"])
+        self._finalized(session, stop, result, recognized, incomplete)
+        await self._answer(record, stop.stop_id, result.text, recognized)
+
+    def _finalized(
+        self,
+        session: DictationSession,
+        stop: Stop,
+        result: FinalResult,
+        recognized: int | None,
+        incomplete: bool,
+    ) -> None:
+        """Log a decoded final and tell the rot detector (whose failure must not cost the final)."""
         native = {"native_stream": True} if result.source == "native_stream" else {}
         self.log.event("final", text=result.text, **native)
         self.log.event(
@@ -403,7 +413,11 @@ class Connection:
             recognized_through_seq=recognized,
             control_protocol=self.control,
         )
-        await self._answer(record, stop.stop_id, result.text, recognized)
+        stats = session.stats()
+        try:
+            self.services.on_session_end(stats["signal_sec"], result.text, stats["partials"])
+        except Exception:  # a broken detector must not fail the dictation
+            log.exception("on_session_end hook failed")
 
     async def _await_coverage(self, record: SessionRecord, captured: int) -> bool:
         """Wait up to 2 s for frames ``0..captured-1``, still acking (and keeping) audio."""

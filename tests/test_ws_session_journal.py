@@ -228,3 +228,15 @@ async def test_a_new_start_is_a_new_utterance_even_with_a_reused_stop_id() -> No
 def speech_pcm(seconds: float) -> list[bytes]:
     audio = (np.clip(VOICE_A[: int(seconds * 16000)], -1, 1) * 32767).astype("<i2").tobytes()
     return [audio[i : i + 3200] for i in range(0, len(audio), 3200)]
+
+
+async def test_a_failing_session_end_hook_does_not_cost_the_final() -> None:
+    svc = services(SessionRegistry(resume_ttl=300, stop_ttl=300))
+
+    def broken(signal: float, text: str, partials: int) -> None:
+        raise RuntimeError("detector bug")
+
+    svc.on_session_end = broken
+    stop = {"type": "stop", "stopId": "b", "finalCapturedSeq": 2}
+    done = await connect(svc, [{"type": "start", "protocol": 1, "sessionId": "b"}, *silence_frames(2), stop])
+    assert [m["type"] for m in done.sent[-2:]] == ["final", "done"] and done.closed == 1000
