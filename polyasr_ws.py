@@ -117,6 +117,27 @@ class StreamServices:
 TIMEOUT = object()
 
 
+def _log_final(
+    event: Callable[..., None],
+    stop: Stop,
+    result: FinalResult,
+    recognized: int | None,
+    incomplete: bool,
+    control: int,
+) -> None:
+    """The archive's record of a decoded final."""
+    native = {"native_stream": True} if result.source == "native_stream" else {}
+    event("final", text=result.text, **native)
+    event(
+        "final_sent",
+        stop_id=stop.stop_id,
+        source=result.source + ("_incomplete_audio" if incomplete else ""),
+        chars=len(result.text),
+        recognized_through_seq=recognized,
+        control_protocol=control,
+    )
+
+
 class Inbox:
     """The client's messages, read ahead by one task into a bounded queue.
 
@@ -391,31 +412,15 @@ class Connection:
         record.journal.forget_ahead()
         recognized = record.journal.ack_seq + 1 if result.decoded and not incomplete else None
         registry.record_stop(record, stop.stop_id, result.text, recognized)
-        self._finalized(session, stop, result, recognized, incomplete)
+        _log_final(self.log.event, stop, result, recognized, incomplete, self.control)
+        self._session_ended(session, result.text)
         await self._answer(record, stop.stop_id, result.text, recognized)
 
-    def _finalized(
-        self,
-        session: DictationSession,
-        stop: Stop,
-        result: FinalResult,
-        recognized: int | None,
-        incomplete: bool,
-    ) -> None:
-        """Log a decoded final and tell the rot detector (whose failure must not cost the final)."""
-        native = {"native_stream": True} if result.source == "native_stream" else {}
-        self.log.event("final", text=result.text, **native)
-        self.log.event(
-            "final_sent",
-            stop_id=stop.stop_id,
-            source=result.source + ("_incomplete_audio" if incomplete else ""),
-            chars=len(result.text),
-            recognized_through_seq=recognized,
-            control_protocol=self.control,
-        )
+    def _session_ended(self, session: DictationSession, text: str) -> None:
+        """Tell the rot detector; its failure must not cost the user the final."""
         stats = session.stats()
         try:
-            self.services.on_session_end(stats["signal_sec"], result.text, stats["partials"])
+            self.services.on_session_end(stats["signal_sec"], text, stats["partials"])
         except Exception:  # a broken detector must not fail the dictation
             log.exception("on_session_end hook failed")
 
@@ -439,10 +444,12 @@ class Connection:
         await self.send(final(record.session_id, stop_id, text, through))
         await self.send(done(record.session_id, stop_id))
         self.log.event("done", stop_id=stop_id)
-        await asyncio.sleep(POST_DONE_PAUSE_SEC)
-        await self.transport.close(CLOSE_NORMAL)
+        await self._end()
 
     async def _expired(self, record: SessionRecord, stop_id: str, reason: str) -> None:
         await self.send(stop_expired(record.session_id, stop_id, reason))
+        await self._end()
+
+    async def _end(self) -> None:
         await asyncio.sleep(POST_DONE_PAUSE_SEC)
         await self.transport.close(CLOSE_NORMAL)
