@@ -70,10 +70,12 @@ from polyasr_openai import (
     verbose_json,
     vtt,
 )
+from polyasr_protocol import WsLimits
+from polyasr_sessions import SessionRegistry
 from polyasr_speech import SpeakerGate, shared_speaker_filter, shared_vad
 from polyasr_stream import StreamSettings
 from polyasr_text import TimedText, join_text
-from polyasr_ws import Connection, SessionRegistry, StreamServices
+from polyasr_ws import Connection, StreamServices
 
 log = logging.getLogger("polyasr")
 
@@ -314,7 +316,7 @@ def create_app(engine: Engine, settings: Settings, base_dir: Path) -> FastAPI:
             # The first embedding pays one-off costs (JIT-compiled resampling in
             # Resemblyzer's preprocessing): pay them now, not in a user's first stop.
             await asyncio.to_thread(speaker.embed, probe_clip)
-        registry = SessionRegistry(settings.resume_ttl_sec, settings.stop_result_ttl_sec)
+        registry = SessionRegistry.from_settings(settings, log_root)
         holder.update(
             manager=mgr,
             health=mon,
@@ -328,6 +330,7 @@ def create_app(engine: Engine, settings: Settings, base_dir: Path) -> FastAPI:
                 new_vad=vad.new_stream,
                 new_speaker=lambda: SpeakerGate(speaker),
                 new_log=archives.new_connection,
+                limits=WsLimits.from_settings(settings),
             ),
         )
         app.state.manager = mgr  # for in-process tests and tools

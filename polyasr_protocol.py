@@ -6,10 +6,12 @@ names, the upstream error strings and the ▲ machine codes live in one place.
 
 from __future__ import annotations
 
+import json
 import struct
 from dataclasses import dataclass
 from typing import Any
 
+from polyasr_config import Settings
 from polyasr_constants import SAMPLE_RATE
 
 MAGIC = b"BASR"
@@ -19,14 +21,23 @@ HEADER = struct.Struct(">4sBBHQ")  # magic, version, type, reserved, seq (big-en
 PROTOCOL = 1
 
 
+CLOSE_NORMAL = 1000
+CLOSE_TOO_BIG = 1009
+CLOSE_PROTOCOL = 1008
+CLOSE_INTERNAL = 1011
+CLOSE_TRY_AGAIN = 1013
+
+
 class ProtocolError(Exception):
-    """A client message the protocol does not allow; ends the connection (1008)."""
+    """A client message the protocol does not allow (or cannot serve now);
+    ends the connection with ``close_code`` (1008 unless the code says otherwise)."""
 
     def __init__(self, code: str, message: str, **log_fields: Any) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
         self.log_fields = log_fields
+        self.close_code = CLOSE_CODES.get(code, CLOSE_PROTOCOL)
 
 
 # ▲ machine codes next to the upstream human strings (contract §2.11)
@@ -42,24 +53,86 @@ UNSUPPORTED_AUDIO = (
     "unsupported_audio_format",
     "only 16000 Hz, 1 channel, pcm16le audio is accepted",
 )
+# ▲ limits (issue 8 §2): every one a refusal with its own code
+TEXT_TOO_LARGE = ("text_too_large", "ASR protocol message exceeds the size limit")
+FRAME_TOO_LARGE = ("frame_too_large", "ASR audio frame exceeds the size limit")
+ID_TOO_LONG = ("id_too_long", "sessionId or stopId exceeds the length limit")
+CONTEXT_TOO_LONG = ("context_too_long", "context exceeds the length limit")
+SEQ_OUT_OF_WINDOW = ("seq_out_of_window", "ASR audio seq is too far ahead of ackSeq")
+INVALID_FRAME = ("invalid_frame", "ASR audio payload must be whole 16-bit samples")
+SESSION_TOO_LONG = ("session_too_long", "ASR session exceeds the maximum duration")
+SERVER_BUSY = ("server_busy", "too many live ASR sessions; retry later")
+START_TIMEOUT = ("start_timeout", "no ASR protocol start received in time")
+SESSION_IDLE = ("session_idle", "no ASR audio received in time")
 
-CLOSE_NORMAL = 1000
-CLOSE_PROTOCOL = 1008
-CLOSE_INTERNAL = 1011
+# Close codes other than 1008 (protocol error): oversize messages and a busy server.
+CLOSE_CODES = {
+    TEXT_TOO_LARGE[0]: CLOSE_TOO_BIG,
+    FRAME_TOO_LARGE[0]: CLOSE_TOO_BIG,
+    SERVER_BUSY[0]: CLOSE_TRY_AGAIN,
+}
+
+
+@dataclass(frozen=True)
+class WsLimits:
+    """What one dictation client may send (settings ``POLYASR_WS_*``, ``MAX_*``)."""
+
+    max_text_bytes: int = 65_536
+    max_frame_bytes: int = 262_144  # PCM payload, without the 16-byte header
+    max_id_chars: int = 128
+    max_context_chars: int = 4_096
+    max_session_sec: float = 7_200.0  # audio received, not wall time
+    session_idle_sec: float = 30.0
+    start_timeout_sec: float = 30.0
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> WsLimits:
+        return cls(
+            max_text_bytes=settings.ws_max_text_bytes,
+            max_frame_bytes=settings.ws_max_frame_bytes,
+            max_id_chars=settings.max_id_chars,
+            max_context_chars=settings.max_context_chars,
+            max_session_sec=settings.max_session_sec,
+            session_idle_sec=settings.session_idle_sec,
+            start_timeout_sec=settings.start_timeout_sec,
+        )
 
 
 def protocol_error(kind: tuple[str, str], **log_fields: Any) -> ProtocolError:
     return ProtocolError(kind[0], kind[1], **log_fields)
 
 
-def parse_frame(data: bytes) -> tuple[int, bytes]:
-    """``(seq, pcm payload)`` of one binary message, or a ``unframed_audio`` error."""
+def parse_frame(data: bytes, max_payload: int | None = None) -> tuple[int, bytes]:
+    """``(seq, pcm payload)`` of one binary message.
+
+    Refused: no BASR header (``unframed_audio``), a payload over ``max_payload``
+    bytes (``frame_too_large``), or an odd payload (``invalid_frame``: a half
+    sample would shift every later sample of the archive against recognition).
+    """
     if len(data) < HEADER.size:
         raise protocol_error(UNFRAMED_AUDIO)
     magic, version, frame_type, _reserved, seq = HEADER.unpack_from(data)
     if magic != MAGIC or version != FRAMING_VERSION or frame_type != FRAME_TYPE_AUDIO:
         raise protocol_error(UNFRAMED_AUDIO)
+    size = len(data) - HEADER.size
+    if max_payload is not None and size > max_payload:
+        raise protocol_error(FRAME_TOO_LARGE, bytes=size, limit=max_payload)
+    if size % 2:
+        raise protocol_error(INVALID_FRAME, seq=seq, bytes=size)
     return seq, data[HEADER.size :]
+
+
+def parse_json(text: str, max_bytes: int | None = None) -> dict[str, Any]:
+    """A control message: a JSON object within the size limit."""
+    if max_bytes is not None and len(text) > max_bytes // 4 and len(text.encode()) > max_bytes:
+        raise protocol_error(TEXT_TOO_LARGE, bytes=len(text.encode()), limit=max_bytes)
+    try:
+        data = json.loads(text)
+    except (ValueError, RecursionError):  # RecursionError: nesting deeper than the parser goes
+        raise protocol_error(INVALID_JSON) from None
+    if not isinstance(data, dict):
+        raise protocol_error(INVALID_JSON)
+    return data
 
 
 def build_frame(seq: int, pcm: bytes) -> bytes:
@@ -78,13 +151,15 @@ class Opening:
     language: str | None  # raw value; normalized by the caller
 
 
-def parse_opening(msg: dict[str, Any]) -> Opening:
+def parse_opening(msg: dict[str, Any], limits: WsLimits = WsLimits()) -> Opening:
     """Validate a ``start``/``resume`` message (contract §2.5, §2.2)."""
     if msg.get("protocol") != PROTOCOL or isinstance(msg.get("protocol"), bool):
         raise protocol_error(UNSUPPORTED_VERSION, protocol=msg.get("protocol"))
     raw_id = msg.get("sessionId")
     if not raw_id:
         raise protocol_error(MISSING_SESSION_ID)
+    if len(str(raw_id)) > limits.max_id_chars:
+        raise protocol_error(ID_TOO_LONG, field="sessionId", limit=limits.max_id_chars)
     expected = {"sampleRate": SAMPLE_RATE, "channels": 1, "encoding": "pcm16le"}
     for field, want in expected.items():
         if field in msg and msg[field] != want:
@@ -92,6 +167,8 @@ def parse_opening(msg: dict[str, Any]) -> Opening:
     control = msg.get("control", 1)
     control = min(max(control, 1), 2) if isinstance(control, int) and not isinstance(control, bool) else 1
     context = msg.get("context")
+    if isinstance(context, str) and len(context) > limits.max_context_chars:
+        raise protocol_error(CONTEXT_TOO_LONG, chars=len(context), limit=limits.max_context_chars)
     language = msg.get("language")
     return Opening(
         resume=msg.get("type") == "resume",
@@ -100,6 +177,24 @@ def parse_opening(msg: dict[str, Any]) -> Opening:
         context=context if isinstance(context, str) else "",
         language=language if isinstance(language, str) else None,
     )
+
+
+@dataclass(frozen=True)
+class Stop:
+    """A validated ``stop``."""
+
+    stop_id: str
+    captured: int | None  # finalCapturedSeq, when an integer
+
+
+def parse_stop(msg: dict[str, Any], limits: WsLimits = WsLimits()) -> Stop:
+    stop_id = str(msg.get("stopId") or "")
+    if len(stop_id) > limits.max_id_chars:
+        raise protocol_error(ID_TOO_LONG, field="stopId", limit=limits.max_id_chars)
+    captured = msg.get("finalCapturedSeq")
+    if not isinstance(captured, int) or isinstance(captured, bool):
+        captured = None
+    return Stop(stop_id, captured)
 
 
 def opened(opening: Opening, ack_seq: int) -> dict[str, Any]:

@@ -1,20 +1,19 @@
-"""The dictation protocol on one WebSocket connection (contract §2), and the
-journal of sessions that outlive connections. No FastAPI in here: the route
-hands over a transport with ``receive``/``send``/``close``.
+"""The dictation protocol on one WebSocket connection (contract §2). No
+FastAPI in here: the route hands over a transport with ``receive``/``send``/``close``.
 
-A connection opens with ``start`` or ``resume``, acknowledges every frame
-before reporting anything derived from it, and ends after exactly one answered
-``stop`` (``final`` + ``done``, or ``stopExpired``), a protocol error (1008) or
-a model failure (1011). Sessions stay resumable for ``RESUME_TTL_SEC`` after
-their last update; answered stops are replayed by ``stopId`` for
-``STOP_RESULT_TTL_SEC`` and remembered as expired long after that, so a late
-retry gets ``stop_result_expired``, never a second, different finalization.
+A connection opens with ``start`` or ``resume`` (within ``START_TIMEOUT_SEC``),
+acknowledges every frame after archiving it and before reporting anything
+derived from it, and ends after exactly one answered ``stop`` (``final`` +
+``done``, or ``stopExpired``), a refusal (its own code; 1008, 1009 for
+oversize, 1013 when busy), or a model failure (1011). The session it drives —
+journal, recognition state, stop results — belongs to the registry
+(:mod:`polyasr_sessions`); a newer connection for the same session supersedes
+this one, which then steps aside at once.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections.abc import Callable
@@ -23,6 +22,8 @@ from typing import Any, Protocol
 
 from polyasr_archive import ConnectionArchive
 from polyasr_audio import pcm16_to_float
+from polyasr_constants import BYTES_PER_SECOND
+from polyasr_gate import SpeakerGate, VadStream
 from polyasr_languages import UnsupportedLanguage, normalize_language
 from polyasr_manager import ModelBusy, ModelUnavailable
 from polyasr_protocol import (
@@ -30,33 +31,40 @@ from polyasr_protocol import (
     AUDIO_BEFORE_START,
     CLOSE_INTERNAL,
     CLOSE_NORMAL,
-    CLOSE_PROTOCOL,
-    INVALID_JSON,
+    SESSION_IDLE,
+    SESSION_TOO_LONG,
+    START_TIMEOUT,
     STOP_BEFORE_START,
     UNSUPPORTED_MESSAGE,
     Opening,
     ProtocolError,
+    Stop,
+    WsLimits,
     ack,
     done,
     error,
     final,
     opened,
     parse_frame,
+    parse_json,
     parse_opening,
+    parse_stop,
     partial,
     protocol_error,
     stop_expired,
 )
+from polyasr_sessions import SessionRecord, SessionRegistry
 from polyasr_speech import passes_energy_gate
-from polyasr_stream import DictationSession, SessionDecoder, SpeakerGate, StreamSettings, VadStream
+from polyasr_stream import DictationSession, FinalResult, SessionDecoder, StreamSettings
+
+__all__ = ["Connection", "SessionRegistry", "StreamServices", "Transport"]
 
 log = logging.getLogger("polyasr.ws")
 
 COVERAGE_WAIT_SEC = 2.0
 RECEIVE_POLL_SEC = 0.1
 POST_DONE_PAUSE_SEC = 0.05
-STOP_TOMBSTONE_SEC = 86_400.0  # how long an expired stopId is still recognized
-PRUNE_INTERVAL_SEC = 5.0
+RECEIVE_QUEUE = 16  # messages read ahead; beyond that TCP back-pressure slows the sender
 
 
 class Transport(Protocol):
@@ -73,78 +81,21 @@ class Disconnected(Exception):
 
 
 class Superseded(Exception):
-    """A newer connection resumed this session; this one steps aside."""
+    """A newer connection took this session over; this one steps aside."""
 
 
-@dataclass
-class StopRecord:
-    text: str | None  # None once expired (the text is not kept longer than the TTL)
-    recognized_through: int | None
-    at: float
-
-
-@dataclass
-class SessionRegistry:
-    """Session journals and answered stops, in process memory."""
-
-    resume_ttl: float
-    stop_ttl: float
-    clock: Callable[[], float] = time.monotonic
-    sessions: dict[str, DictationSession] = field(default_factory=dict)
-    stops: dict[tuple[str, str], StopRecord] = field(default_factory=dict)
-    owners: dict[str, object] = field(default_factory=dict)
-
-    def held(self, session_id: str) -> DictationSession | None:
-        session = self.sessions.get(session_id)
-        if session is not None and self.clock() - session.updated_at > self.resume_ttl:
-            self._drop(session_id)
-            return None
-        return session
-
-    def put(self, session: DictationSession) -> None:
-        old = self.sessions.get(session.session_id)
-        if old is not None and old is not session:
-            old.cancel_work()
-        self.sessions[session.session_id] = session
-
-    def _drop(self, session_id: str) -> None:
-        session = self.sessions.pop(session_id, None)
-        self.owners.pop(session_id, None)
-        if session is not None:
-            session.cancel_work()
-
-    def record_stop(self, session_id: str, stop_id: str, text: str, recognized: int | None) -> None:
-        self.stops[(session_id, stop_id)] = StopRecord(text, recognized, self.clock())
-
-    def find_stop(self, session_id: str, stop_id: str) -> StopRecord | None:
-        return self.stops.get((session_id, stop_id))
-
-    def is_fresh(self, record: StopRecord) -> bool:
-        return record.text is not None and self.clock() - record.at <= self.stop_ttl
-
-    def prune(self) -> None:
-        """Expire journals and cached stop texts on a timer, not only on the next start."""
-        now = self.clock()
-        for session_id, session in list(self.sessions.items()):
-            if now - session.updated_at > self.resume_ttl and self.owners.get(session_id) is None:
-                self._drop(session_id)
-        for key, record in list(self.stops.items()):
-            age = now - record.at
-            if age > STOP_TOMBSTONE_SEC:
-                del self.stops[key]
-            elif age > self.stop_ttl:
-                record.text = None
-
-    async def prune_forever(self) -> None:
-        while True:
-            await asyncio.sleep(PRUNE_INTERVAL_SEC)
-            self.prune()
+class ReaderFailed(Exception):
+    """Reading from the socket failed: the connection cannot go on."""
 
 
 class Manager(Protocol):
     def hold(self, name: str) -> Any: ...
 
     def touch(self, name: str) -> None: ...
+
+
+def _no_session_end(signal_sec: float, final_text: str, partials: int) -> None:
+    return None
 
 
 @dataclass
@@ -158,9 +109,98 @@ class StreamServices:
     new_vad: Callable[[], VadStream]
     new_speaker: Callable[[], SpeakerGate]
     new_log: Callable[[], ConnectionArchive]
+    limits: WsLimits = field(default_factory=WsLimits)
+    # Once per decoded stop (not replays): (signal seconds, final text, partials sent).
+    on_session_end: Callable[[float, str, int], None] = _no_session_end
 
 
-_TIMEOUT = object()
+TIMEOUT = object()
+
+
+def _log_final(
+    event: Callable[..., None],
+    stop: Stop,
+    result: FinalResult,
+    recognized: int | None,
+    incomplete: bool,
+    control: int,
+) -> None:
+    """The archive's record of a decoded final."""
+    native = {"native_stream": True} if result.source == "native_stream" else {}
+    event("final", text=result.text, **native)
+    event(
+        "final_sent",
+        stop_id=stop.stop_id,
+        source=result.source + ("_incomplete_audio" if incomplete else ""),
+        chars=len(result.text),
+        recognized_through_seq=recognized,
+        control_protocol=control,
+    )
+
+
+class Inbox:
+    """The client's messages, read ahead by one task into a bounded queue.
+
+    A full queue stops the reading, so a fast sender is slowed by TCP
+    back-pressure instead of buffered without end. A wait for the next message
+    also ends when the connection is superseded or the reader died (a dead
+    reader must end its connection, or the connection would hold its model
+    lease forever).
+    """
+
+    def __init__(self, transport: Transport) -> None:
+        self.queue: asyncio.Queue[bytes | str | None] = asyncio.Queue(RECEIVE_QUEUE)
+        self.superseded = asyncio.Event()
+        self._transport = transport
+        self._reader: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._reader = asyncio.get_running_loop().create_task(self._read())
+
+    def stop(self) -> None:
+        if self._reader is not None:
+            self._reader.cancel()
+
+    async def _read(self) -> None:
+        while True:
+            message = await self._transport.receive()
+            await self.queue.put(message)  # waits while the queue is full: back-pressure
+            if message is None:
+                return
+
+    async def next(self, timeout: float | None) -> Any:
+        """The next client message, or ``TIMEOUT``; raises once superseded or the reader died."""
+        assert self._reader is not None
+        if not self.queue.empty():
+            return self.queue.get_nowait()
+        get = asyncio.ensure_future(self.queue.get())
+        aside = asyncio.ensure_future(self.superseded.wait())
+        try:
+            await asyncio.wait({get, aside, self._reader}, timeout=timeout, return_when="FIRST_COMPLETED")
+        finally:
+            aside.cancel()
+            if not get.done():
+                get.cancel()
+        if get.done() and not get.cancelled():
+            return get.result()
+        if self.superseded.is_set():
+            raise Superseded
+        if self._reader.done():
+            failure = None if self._reader.cancelled() else self._reader.exception()
+            raise ReaderFailed(f"reading from the socket failed: {failure!r}")
+        return TIMEOUT
+
+    async def until(self, future: asyncio.Future[Any]) -> Any:
+        """``await future``, unless the connection is superseded first."""
+        aside = asyncio.ensure_future(self.superseded.wait())
+        try:
+            await asyncio.wait({future, aside}, return_when="FIRST_COMPLETED")
+        finally:
+            aside.cancel()
+        if self.superseded.is_set():
+            future.cancel()  # a shield: the session's own work goes on
+            raise Superseded
+        return future.result()
 
 
 class Connection:
@@ -168,58 +208,53 @@ class Connection:
 
     def __init__(self, services: StreamServices, transport: Transport) -> None:
         self.services = services
+        self.limits = services.limits
         self.transport = transport
         self.log = services.new_log()
-        self.queue: asyncio.Queue[bytes | str | None] = asyncio.Queue()
+        self.inbox = Inbox(transport)
         self.control = 1
-        self.session: DictationSession | None = None
+        self.record: SessionRecord | None = None
         self.fatal: ModelUnavailable | None = None
         self._send_lock = asyncio.Lock()
-        self._opened_at = time.monotonic()
+
+    def supersede(self) -> None:
+        self.inbox.superseded.set()
 
     async def run(self) -> None:
-        reader = asyncio.get_running_loop().create_task(self._read())
+        self.inbox.start()
         try:
             await self._run()
         finally:
-            reader.cancel()
-            if (
-                self.session is not None
-                and self.services.registry.owners.get(self.session.session_id) is self
-            ):
-                self.services.registry.owners.pop(self.session.session_id, None)
-                self.session.emit = None
-                self.session.log = lambda *_a, **_k: None
+            self.inbox.stop()
+            if self.record is not None:
+                self.services.registry.release(self.record, self)
             await asyncio.to_thread(self.log.close)  # FLAC encoding is blocking work
 
     async def _run(self) -> None:
         try:
             opening = await self._opening()
-            session = self._attach(opening)
-            await self.send(opened(opening, session.ack_seq))
+            record = self._attach(opening)
+            await self.send(opened(opening, record.journal.ack_seq))
             self.log.event(
                 "protocol_started",
-                session_id=session.session_id,
+                session_id=record.session_id,
                 resume=opening.resume,
-                ack_seq=session.ack_seq,
-                context_len=len(session.context),
+                ack_seq=record.journal.ack_seq,
+                context_len=len(record.session.hints.context),
             )
             async with self.services.manager.hold("asr"):
-                await self._serve(session)
+                await self._serve(record)
         except ProtocolError as exc:
             self.log.event("protocol_error", reason=exc.code, **exc.log_fields)
-            await self._fail(exc.code, exc.message, CLOSE_PROTOCOL)
+            await self._fail(exc.code, exc.message, exc.close_code)
         except (ModelUnavailable, ModelBusy) as exc:
             self.log.event("model_unavailable", message=str(exc))
             await self._fail("model_unavailable", str(exc), CLOSE_INTERNAL)
         except Disconnected:
-            session = self.session
-            self.log.event(
-                "disconnect",
-                session_id=session.session_id if session else None,
-                ack_seq=session.ack_seq if session else -1,
-            )
+            ack_seq = self.record.journal.ack_seq if self.record else -1
+            self.log.event("disconnect", session_id=self.record and self.record.session_id, ack_seq=ack_seq)
         except Superseded:
+            self.log.event("superseded")
             await self.transport.close(CLOSE_NORMAL)
         except Exception as exc:
             log.exception("dictation connection failed")
@@ -235,212 +270,186 @@ class Connection:
 
     # -- messages ------------------------------------------------------------
 
-    async def _read(self) -> None:
-        while True:
-            message = await self.transport.receive()
-            await self.queue.put(message)
-            if message is None:
-                return
-
-    async def _next(self, timeout: float | None) -> Any:
-        try:
-            return await asyncio.wait_for(self.queue.get(), timeout)
-        except TimeoutError:
-            return _TIMEOUT
-
     async def send(self, message: dict[str, Any]) -> None:
         async with self._send_lock:
             await self.transport.send(message)
 
-    @staticmethod
-    def _json(text: str) -> dict[str, Any]:
-        try:
-            data = json.loads(text)
-        except ValueError:
-            raise protocol_error(INVALID_JSON) from None
-        if not isinstance(data, dict):
-            raise protocol_error(INVALID_JSON)
-        return data
-
     async def _opening(self) -> Opening:
-        message = await self._next(None)
+        message = await self.inbox.next(self.limits.start_timeout_sec)
+        if message is TIMEOUT:
+            raise protocol_error(START_TIMEOUT, timeout_sec=self.limits.start_timeout_sec)
         if message is None:
             raise Disconnected
         if isinstance(message, bytes):
             raise protocol_error(AUDIO_BEFORE_START)
-        data = self._json(message)
+        data = parse_json(message, self.limits.max_text_bytes)
         kind = data.get("type")
         if kind in ("start", "resume"):
-            return parse_opening(data)
+            return parse_opening(data, self.limits)
         if kind == "stop":
             raise protocol_error(STOP_BEFORE_START)
         raise protocol_error(UNSUPPORTED_MESSAGE, message_type=kind)
 
-    def _attach(self, opening: Opening) -> DictationSession:
-        """Resume the held session, or begin a fresh one (a ``start`` replaces)."""
+    def _attach(self, opening: Opening) -> SessionRecord:
+        """Claim the session: resume the held one, or begin a new incarnation."""
         try:
             language = normalize_language(opening.language)
         except UnsupportedLanguage as exc:
             raise ProtocolError("unsupported_language", str(exc)) from None
-        registry = self.services.registry
+        svc = self.services
+
+        def new_session() -> DictationSession:
+            return DictationSession(svc.new_vad(), svc.new_speaker(), svc.settings, opening.context, language)
+
+        record = svc.registry.claim(opening, self, new_session)
         self.control = opening.control
-        session = registry.held(opening.session_id) if opening.resume else None
-        if session is None:
-            session = DictationSession(
-                opening.session_id,
-                vad=self.services.new_vad(),
-                speaker=self.services.new_speaker(),
-                settings=self.services.settings,
-                context=opening.context,
-                language=language,
-                clock=registry.clock,
-            )
-            registry.put(session)
-        else:
-            # ▲ the session keeps its context and language unless the resume restates them
-            session.context = opening.context or session.context
-            session.language = language or session.language
-            session.closing = False
-        registry.owners[session.session_id] = self
+        session = record.session
+        # ▲ a resume keeps the session's context and language unless it restates them
+        session.hints.context = opening.context or session.hints.context
+        session.hints.language = language or session.hints.language
+        session.reopen()
         session.log = self.log.event
         session.emit = self._emit
-        self.session = session
-        return session
+        self.record = record
+        return record
 
     async def _emit(self, kind: str, data: dict[str, Any]) -> None:
         """Events from the session's background decodes."""
-        session = self.session
-        if session is None:
+        record = self.record
+        if record is None or not self.services.registry.drives(record, self):
             return
         if kind == "partial":
-            await self.send(partial(session.session_id, data["text"], data["previous"]))
+            self.services.registry.touch(record)
+            await self.send(partial(record.session_id, data["text"], data["previous"]))
         elif kind == "model_unavailable":
             self.fatal = ModelUnavailable(data["message"])
 
     # -- the session ---------------------------------------------------------
 
-    def _check(self, session: DictationSession) -> None:
-        if self.services.registry.owners.get(session.session_id) is not self:
+    def _check(self, record: SessionRecord) -> None:
+        if not self.services.registry.drives(record, self):
             raise Superseded
         if self.fatal is not None:
             raise self.fatal
 
-    async def _serve(self, session: DictationSession) -> None:
-        decoder = self.services.decoder
+    async def _serve(self, record: SessionRecord) -> None:
+        last_frame = time.monotonic()
         while True:
-            message = await self._next(RECEIVE_POLL_SEC)
-            self._check(session)
-            if message is _TIMEOUT:
-                session.schedule(decoder)
-                continue
-            if message is None:
-                raise Disconnected
+            message = await self.inbox.next(RECEIVE_POLL_SEC)
+            self._check(record)
             if isinstance(message, bytes):
-                await self._frame(session, message)
-                session.schedule(decoder)
-                continue
-            data = self._json(message)
-            kind = data.get("type")
-            if kind == "stop":
-                await self._stop(session, data)
-                return
-            if kind in ("start", "resume"):
-                raise protocol_error(ALREADY_STARTED, message_type=kind)
-            raise protocol_error(UNSUPPORTED_MESSAGE, message_type=kind)
+                await self._frame(record, message)
+                last_frame = time.monotonic()
+            elif message is None:
+                raise Disconnected
+            elif message is not TIMEOUT:
+                data = parse_json(message, self.limits.max_text_bytes)
+                kind = data.get("type")
+                if kind == "stop":
+                    await self._stop(record, parse_stop(data, self.limits))
+                    return
+                raise protocol_error(
+                    ALREADY_STARTED if kind in ("start", "resume") else UNSUPPORTED_MESSAGE, message_type=kind
+                )
+            elif time.monotonic() - last_frame > self.limits.session_idle_sec:
+                raise protocol_error(SESSION_IDLE, idle_sec=self.limits.session_idle_sec)
+            record.session.schedule(self.services.decoder)
 
-    async def _frame(self, session: DictationSession, message: bytes) -> None:
-        seq, pcm = parse_frame(message)
-        if session.is_duplicate(seq):
-            self.log.event("duplicate_audio", session_id=session.session_id, seq=seq, ack_seq=session.ack_seq)
-            await self.send(ack(session.session_id, session.ack_seq))
+    async def _frame(self, record: SessionRecord, message: bytes) -> None:
+        seq, pcm = parse_frame(message, self.limits.max_frame_bytes)
+        journal, session = record.journal, record.session
+        if journal.is_duplicate(seq):
+            self.log.event("duplicate_audio", session_id=record.session_id, seq=seq, ack_seq=journal.ack_seq)
+            await self.send(ack(record.session_id, journal.ack_seq))
             return
-        ready = session.accept_frame(seq, pcm)
+        if session.heard_sec + len(pcm) / BYTES_PER_SECOND > self.limits.max_session_sec:
+            limit = self.limits.max_session_sec
+            raise protocol_error(SESSION_TOO_LONG, heard_sec=session.heard_sec, limit=limit)
+        ready = journal.accept(seq, pcm)
         self.services.manager.touch("asr")
         for payload in ready:
             await self.log.audio(payload)  # archived before it is acknowledged
-        await self.send(ack(session.session_id, session.ack_seq))
+        await self.send(ack(record.session_id, journal.ack_seq))
+        self.services.registry.touch(record)
         for payload in ready:
             samples = pcm16_to_float(payload)
             await session.feed(samples, passes_energy_gate(samples))
 
-    async def _stop(self, session: DictationSession, data: dict[str, Any]) -> None:
-        registry = self.services.registry
-        stop_id = str(data.get("stopId") or "")
-        captured = data.get("finalCapturedSeq")
-        if not isinstance(captured, int) or isinstance(captured, bool):
-            captured = None
-        session.closing = True
+    async def _stop(self, record: SessionRecord, stop: Stop) -> None:
+        registry, session = self.services.registry, record.session
+        session.begin_stop()
         self.log.event(
             "stop_requested",
-            session_id=session.session_id,
-            stop_id=stop_id,
-            ack_seq=session.ack_seq,
-            final_captured_seq=captured,
+            session_id=record.session_id,
+            stop_id=stop.stop_id,
+            ack_seq=record.journal.ack_seq,
+            final_captured_seq=stop.captured,
             control_protocol=self.control,
         )
-        record = registry.find_stop(session.session_id, stop_id)
-        if record is not None:
-            if registry.is_fresh(record):
-                self.log.event("stop_result_replayed", stop_id=stop_id)
-                await self._answer(session, stop_id, record.text or "", record.recognized_through)
+        answered = registry.replay_stop(record, stop.stop_id)
+        if answered is not None:
+            if registry.is_fresh(answered):
+                self.log.event("stop_result_replayed", stop_id=stop.stop_id)
+                await self._answer(record, stop.stop_id, answered.text or "", answered.recognized_through)
             else:
-                self.log.event("stop_result_expired", stop_id=stop_id, ttl_sec=registry.stop_ttl)
-                await self._expired(session, stop_id, "stop_result_expired")
+                self.log.event("stop_result_expired", stop_id=stop.stop_id, ttl_sec=registry.stop_ttl)
+                await self._expired(record, stop.stop_id, "stop_result_expired")
             return
-        if captured is not None and captured > 0 and not session.has_audio:
-            self.log.event("stop_session_lost", stop_id=stop_id, want_through_seq=captured)
-            await self._expired(session, stop_id, "session_not_held")
+        if stop.captured is not None and stop.captured > 0 and not record.journal.has_audio:
+            self.log.event("stop_session_lost", stop_id=stop.stop_id, want_through_seq=stop.captured)
+            await self._expired(record, stop.stop_id, "session_not_held")
             return
-        incomplete = captured is not None and not await self._await_coverage(session, captured)
+        incomplete = stop.captured is not None and not await self._await_coverage(record, stop.captured)
         if incomplete:
             self.log.event(
                 "stop_audio_incomplete",
-                stop_id=stop_id,
-                have_through_seq=session.ack_seq + 1,
-                want_through_seq=captured,
+                stop_id=stop.stop_id,
+                have_through_seq=record.journal.ack_seq + 1,
+                want_through_seq=stop.captured,
             )
-        result = await session.finalize(self.services.decoder)
-        recognized = session.ack_seq + 1 if result.decoded and not incomplete else None
-        registry.record_stop(session.session_id, stop_id, result.text, recognized)
-        native = {"native_stream": True} if result.source == "native_stream" else {}
-        self.log.event("final", text=result.text, **native)
-        source = result.source + ("_incomplete_audio" if incomplete else "")
-        self.log.event(
-            "final_sent",
-            stop_id=stop_id,
-            source=source,
-            chars=len(result.text),
-            recognized_through_seq=recognized,
-            control_protocol=self.control,
-        )
-        await self._answer(session, stop_id, result.text, recognized)
+        result = await self.inbox.until(session.finalize(self.services.decoder))
+        self._check(record)
+        record.journal.forget_ahead()
+        recognized = record.journal.ack_seq + 1 if result.decoded and not incomplete else None
+        registry.record_stop(record, stop.stop_id, result.text, recognized)
+        _log_final(self.log.event, stop, result, recognized, incomplete, self.control)
+        self._session_ended(session, result.text)
+        await self._answer(record, stop.stop_id, result.text, recognized)
 
-    async def _await_coverage(self, session: DictationSession, captured: int) -> bool:
+    def _session_ended(self, session: DictationSession, text: str) -> None:
+        """Tell the rot detector; its failure must not cost the user the final."""
+        stats = session.stats()
+        try:
+            self.services.on_session_end(stats["signal_sec"], text, stats["partials"])
+        except Exception:  # a broken detector must not fail the dictation
+            log.exception("on_session_end hook failed")
+
+    async def _await_coverage(self, record: SessionRecord, captured: int) -> bool:
         """Wait up to 2 s for frames ``0..captured-1``, still acking (and keeping) audio."""
         deadline = time.monotonic() + COVERAGE_WAIT_SEC
-        while session.ack_seq < captured - 1:
+        while record.journal.ack_seq < captured - 1:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return False
-            message = await self._next(remaining)
+            message = await self.inbox.next(remaining)
             if message is None:
                 raise Disconnected
             if isinstance(message, bytes):
-                await self._frame(session, message)
+                await self._frame(record, message)
             # text messages during the wait are dropped (contract §2.9 step 4)
         return True
 
-    async def _answer(
-        self, session: DictationSession, stop_id: str, text: str, recognized: int | None
-    ) -> None:
+    async def _answer(self, record: SessionRecord, stop_id: str, text: str, recognized: int | None) -> None:
         through = recognized if self.control >= 2 else None
-        await self.send(final(session.session_id, stop_id, text, through))
-        await self.send(done(session.session_id, stop_id))
+        await self.send(final(record.session_id, stop_id, text, through))
+        await self.send(done(record.session_id, stop_id))
         self.log.event("done", stop_id=stop_id)
-        await asyncio.sleep(POST_DONE_PAUSE_SEC)
-        await self.transport.close(CLOSE_NORMAL)
+        await self._end()
 
-    async def _expired(self, session: DictationSession, stop_id: str, reason: str) -> None:
-        await self.send(stop_expired(session.session_id, stop_id, reason))
+    async def _expired(self, record: SessionRecord, stop_id: str, reason: str) -> None:
+        await self.send(stop_expired(record.session_id, stop_id, reason))
+        await self._end()
+
+    async def _end(self) -> None:
         await asyncio.sleep(POST_DONE_PAUSE_SEC)
         await self.transport.close(CLOSE_NORMAL)

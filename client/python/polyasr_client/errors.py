@@ -89,6 +89,50 @@ class InternalError(PolyAsrError):
     code = "internal_error"
 
 
+class TextTooLarge(ProtocolError):
+    code = "text_too_large"
+
+
+class FrameTooLarge(ProtocolError):
+    code = "frame_too_large"
+
+
+class IdTooLong(ProtocolError):
+    code = "id_too_long"
+
+
+class ContextTooLong(ProtocolError):
+    code = "context_too_long"
+
+
+class SeqOutOfWindow(ProtocolError):
+    code = "seq_out_of_window"
+
+
+class InvalidFrame(ProtocolError):
+    code = "invalid_frame"
+
+
+class StartTimeout(ProtocolError):
+    code = "start_timeout"
+
+
+class SessionIdle(ProtocolError):
+    code = "session_idle"
+
+
+class SessionTooLong(PolyAsrError):
+    """Over the server's ``POLYASR_MAX_SESSION_SEC`` of audio: resume and stop to get the final."""
+
+    code = "session_too_long"
+
+
+class ServerBusy(PolyAsrError):
+    """Too many live dictations (close 1013): retry later."""
+
+    code = "server_busy"
+
+
 class BadRequest(PolyAsrError):
     """HTTP 400: the upload does not decode as audio or is empty, or a
     manifest entry is invalid (missing, relative or unknown path)."""
@@ -126,6 +170,16 @@ WS_ERRORS: dict[str, type[PolyAsrError]] = {
     "unsupported_language": UnsupportedLanguage,
     "model_unavailable": ModelUnavailable,
     "internal_error": InternalError,
+    "text_too_large": TextTooLarge,
+    "frame_too_large": FrameTooLarge,
+    "id_too_long": IdTooLong,
+    "context_too_long": ContextTooLong,
+    "seq_out_of_window": SeqOutOfWindow,
+    "invalid_frame": InvalidFrame,
+    "start_timeout": StartTimeout,
+    "session_idle": SessionIdle,
+    "session_too_long": SessionTooLong,
+    "server_busy": ServerBusy,
 }
 
 HTTP_ERRORS: dict[int, type[PolyAsrError]] = {

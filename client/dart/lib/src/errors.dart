@@ -97,6 +97,58 @@ class InternalError extends PolyAsrError {
       : super(code: 'internal_error');
 }
 
+class TextTooLarge extends ProtocolError {
+  TextTooLarge(super.message, {super.status, super.detail, super.retryAfter})
+      : super(code: 'text_too_large');
+}
+
+class FrameTooLarge extends ProtocolError {
+  FrameTooLarge(super.message, {super.status, super.detail, super.retryAfter})
+      : super(code: 'frame_too_large');
+}
+
+class IdTooLong extends ProtocolError {
+  IdTooLong(super.message, {super.status, super.detail, super.retryAfter})
+      : super(code: 'id_too_long');
+}
+
+class ContextTooLong extends ProtocolError {
+  ContextTooLong(super.message, {super.status, super.detail, super.retryAfter})
+      : super(code: 'context_too_long');
+}
+
+class SeqOutOfWindow extends ProtocolError {
+  SeqOutOfWindow(super.message, {super.status, super.detail, super.retryAfter})
+      : super(code: 'seq_out_of_window');
+}
+
+class InvalidFrame extends ProtocolError {
+  InvalidFrame(super.message, {super.status, super.detail, super.retryAfter})
+      : super(code: 'invalid_frame');
+}
+
+class StartTimeout extends ProtocolError {
+  StartTimeout(super.message, {super.status, super.detail, super.retryAfter})
+      : super(code: 'start_timeout');
+}
+
+class SessionIdle extends ProtocolError {
+  SessionIdle(super.message, {super.status, super.detail, super.retryAfter})
+      : super(code: 'session_idle');
+}
+
+/// Over the server's `POLYASR_MAX_SESSION_SEC` of audio: resume and stop to get the final.
+class SessionTooLong extends PolyAsrError {
+  SessionTooLong(super.message, {super.status, super.detail, super.retryAfter})
+      : super(code: 'session_too_long');
+}
+
+/// Too many live dictations (close 1013): retry later.
+class ServerBusy extends PolyAsrError {
+  ServerBusy(super.message, {super.status, super.detail, super.retryAfter})
+      : super(code: 'server_busy');
+}
+
 /// HTTP 400: the upload does not decode as audio or is empty, or a manifest
 /// entry is invalid (missing, relative or unknown path).
 class BadRequest extends PolyAsrError {
@@ -142,6 +194,16 @@ final Map<String, ErrorFactory> wsErrors = {
   'unsupported_language': UnsupportedLanguage.new,
   'model_unavailable': ModelUnavailable.new,
   'internal_error': InternalError.new,
+  'text_too_large': TextTooLarge.new,
+  'frame_too_large': FrameTooLarge.new,
+  'id_too_long': IdTooLong.new,
+  'context_too_long': ContextTooLong.new,
+  'seq_out_of_window': SeqOutOfWindow.new,
+  'invalid_frame': InvalidFrame.new,
+  'start_timeout': StartTimeout.new,
+  'session_idle': SessionIdle.new,
+  'session_too_long': SessionTooLong.new,
+  'server_busy': ServerBusy.new,
 };
 
 final Map<int, ErrorFactory> httpErrors = {
