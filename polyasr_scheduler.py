@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any
 
+from polyasr_engine import Preempted
+
 
 class Priority(IntEnum):
     """Lower runs first (contract: final > batch > commit > partial)."""
@@ -76,6 +78,9 @@ class _Job:
     run: Callable[..., Any] = field(compare=False)
     payload: Any = field(compare=False)
     future: concurrent.futures.Future[Any] = field(compare=False)
+    # Preempted by a final: goes back to the queue instead of failing (once).
+    requeue: bool = field(default=False, compare=False)
+    retried: bool = field(default=False, compare=False)
 
 
 _IDLE = int(Priority.PROBE) + 1  # "priority" of no run at all: anything is more urgent
@@ -104,6 +109,7 @@ class UnitScheduler:
         self._cv = threading.Condition()
         self._closed = False
         self._running = _IDLE  # priority of the job on the thread now
+        self._running_retried = False  # the running batch yielded to a final once already
         self._current: list[_Job] | None = None  # the run on the live thread
         # Bumped when a stuck run's thread is abandoned: an older thread exits
         # as soon as its run returns, and its results are discarded.
@@ -132,20 +138,36 @@ class UnitScheduler:
         payload: Any,
         priority: Priority,
         replace_key: str | None = None,
+        requeue: bool = False,
     ) -> asyncio.Future[Any]:
         """Queue ``payload``; queued payloads with the same key and priority go
         to one ``batch_fn(payloads)`` call, which returns one result each.
 
         A job with a ``replace_key`` cancels any still-queued job with the same
         key: a newer partial of a session makes its older, unstarted one stale.
+        With ``requeue``, a batch that raises :class:`Preempted` (it yielded to
+        a final, see :meth:`final_waiting`) is queued again in its old place
+        instead of failing; the second run is not preempted, so a stream of
+        finals cannot starve it.
         """
-        return self._push(priority, key, replace_key, batch_fn, payload)
+        return self._push(priority, key, replace_key, batch_fn, payload, requeue)
 
     def urgent_waiting(self) -> bool:
         """Whether more urgent work waits behind the running job (a final behind
         a partial): a preemptible decode checks this between tokens and yields."""
         with self._cv:
             return bool(self._heap) and self._heap[0].priority < self._running
+
+    def final_waiting(self) -> bool:
+        """Whether a final waits behind the running batch (and that batch has not
+        yielded before): a batch or commit decode checks this between tokens,
+        so a final never waits for a whole long batch."""
+        with self._cv:
+            return (
+                not self._running_retried
+                and bool(self._heap)
+                and self._heap[0].priority == Priority.FINAL < self._running
+            )
 
     def is_queued(self, replace_key: str) -> bool:
         """Whether a job with ``replace_key`` waits (submitted, not yet started)."""
@@ -164,9 +186,10 @@ class UnitScheduler:
         replace_key: str | None,
         run: Callable[..., Any],
         payload: Any,
+        requeue: bool = False,
     ) -> asyncio.Future[Any]:
         future: concurrent.futures.Future[Any] = concurrent.futures.Future()
-        job = _Job(int(priority), next(self._seq), key, replace_key, run, payload, future)
+        job = _Job(int(priority), next(self._seq), key, replace_key, run, payload, future, requeue)
         with self._cv:
             if self._closed:
                 raise RuntimeError(f"scheduler {self.name} is closed")
@@ -204,7 +227,8 @@ class UnitScheduler:
 
     def _loop(self, generation: int) -> None:
         while (jobs := self._take(generation)) is not None:
-            live = [j for j in jobs if j.future.set_running_or_notify_cancel()]
+            # A requeued job's future is running already (its waiter still waits).
+            live = [j for j in jobs if j.retried or j.future.set_running_or_notify_cancel()]
             if live:
                 self._run(live, generation)
 
@@ -212,6 +236,7 @@ class UnitScheduler:
         """One engine call for ``live``; every waiter gets a result or an error."""
         with self._cv:
             self._running, self._current = live[0].priority, live
+            self._running_retried = any(j.retried for j in live)
         watchdog = self._watch(live)
         began = time.perf_counter()
         outcome: list[Any] | Exception
@@ -228,12 +253,23 @@ class UnitScheduler:
                 return  # abandoned past its deadline: the waiters already have DecodeTimeout
             self._running, self._current = _IDLE, None
         self._report(Priority(live[0].priority), time.perf_counter() - began)
+        if isinstance(outcome, Preempted) and all(j.requeue and not j.retried for j in live):
+            self._requeue(live)
+            return
         for index, job in enumerate(live):
             with contextlib.suppress(concurrent.futures.InvalidStateError):
                 if isinstance(outcome, Exception):
                     job.future.set_exception(outcome)
                 else:
                     job.future.set_result(outcome[index])
+
+    def _requeue(self, jobs: list[_Job]) -> None:
+        """Put a batch that yielded to a final back in its old place (same sequence numbers)."""
+        with self._cv:
+            for job in jobs:
+                job.retried = True
+                heapq.heappush(self._heap, job)
+            self._cv.notify()
 
     def _report(self, priority: Priority, seconds: float) -> None:
         if self.on_run is None:

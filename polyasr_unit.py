@@ -214,12 +214,21 @@ class ModelUnit:
         batched with other queued payloads of the same key and priority (see
         :meth:`UnitScheduler.submit_batched` for ``replace_key``). Work below
         commit priority (partials, probes) is preemptible: ``should_stop``
-        tells the engine that something more urgent waits."""
-        stop = self.worker.urgent_waiting if priority >= Priority.PARTIAL else None
+        tells the engine that something more urgent waits. Batches and commits
+        yield to a waiting final and then run again from the queue."""
+        requeue = priority in (Priority.BATCH, Priority.COMMIT)
+        stop = (
+            self.worker.urgent_waiting
+            if priority >= Priority.PARTIAL
+            else self.worker.final_waiting
+            if requeue
+            else None
+        )
         async with self.lease(**lease):
             model = await self._model_for_work(priority, lease.get("resident_only", False), shed=True)
             run: BatchFn = lambda payloads: batch_fn(model, payloads, stop)  # noqa: E731
-            return await self._bind(self.worker.submit_batched(key, run, payload, priority, replace_key))
+            submitted = self.worker.submit_batched(key, run, payload, priority, replace_key, requeue)
+            return await self._bind(submitted)
 
     async def _model_for_work(self, priority: Priority, resident_only: bool, shed: bool) -> Any:
         """The model new work binds to, loading it if an eviction took it since

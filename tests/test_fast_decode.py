@@ -226,7 +226,7 @@ def test_health_reports_the_decode_path(make_client: Any) -> None:
 async def test_scheduler_batches_up_to_the_engines_largest_bucket(pair: dict[str, Loaded]) -> None:
     sizes: dict[str, list[int]] = {}
     for decode, (engine, _model) in pair.items():
-        mgr = AsrModelManager(engine, coload=True, idle_seconds=0, load_timeout=60)
+        mgr = AsrModelManager(engine, coload=True, idle_seconds=0, load_timeout=300)
         gate = threading.Event()
         seen = sizes.setdefault(decode, [])
 
