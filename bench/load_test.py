@@ -60,6 +60,7 @@ from tests.fixtures.tiny_models import TinyModels, build_tiny_models  # noqa: E4
 FRAME_BYTES = 3200  # 100 ms of PCM16 mono at 16 kHz
 STOP_TIMEOUT = 300.0  # a saturated 2-core machine answers slowly; later is a failure
 REFUSALS = {"server_busy", "server_shutting_down"}  # documented, counted apart
+REFUSAL_BACKOFF = 0.5  # seconds before a refused worker tries again
 
 
 def speech_loop() -> bytes:
@@ -198,6 +199,8 @@ async def dictation_loop(
         key = worker * 1000 + len(runs)
         run = Dictation(f"load-{worker}-{len(runs)}", frames, slice_for(loop, key, frames))
         runs.append(await dictate(url, run, pace))
+        if run.refusal:
+            await asyncio.sleep(REFUSAL_BACKOFF)  # as a client honouring server_busy would
     return runs
 
 
@@ -223,6 +226,8 @@ async def upload_loop(base: str, deadline: float, wav: bytes) -> list[Upload]:
                 if response.status_code >= 400:
                     code = (response.json().get("error") or {}).get("code")
                 results.append(Upload(response.status_code, time.perf_counter() - began, code))
+                if code in REFUSALS:
+                    await asyncio.sleep(REFUSAL_BACKOFF)
             except httpx.HTTPError as exc:
                 results.append(Upload(None, time.perf_counter() - began, type(exc).__name__))
     return results
