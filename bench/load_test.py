@@ -95,7 +95,8 @@ class Dictation:
 
     @property
     def answered(self) -> bool:
-        return self.final is not None and self.done
+        """``final`` (for this stop) then ``done``."""
+        return self.final is not None and self.final.get("stopId") == f"{self.sid}/stop" and self.done
 
 
 class Reader:
@@ -368,7 +369,9 @@ async def load_phase(server: LiveServer, args: argparse.Namespace) -> dict[str, 
     await sampling
     archives = archives_by_session(server.logs)
     verdicts = Counter(check_archive(r, archives.get(r.sid, [])) for r in runs)
-    return summarize_load(runs, posts, verdicts, sampler, rss_before, wall)
+    summary = summarize_load(runs, posts, verdicts, sampler, rss_before, wall)
+    summary["upload_sidecars"] = len(list(server.logs.glob("http/*/*.json")))  # one per 200 (contract §9)
+    return summary
 
 
 def summarize_load(
@@ -490,7 +493,8 @@ def print_table(load: dict[str, Any], crash: dict[str, Any], args: argparse.Name
         ("frame -> ack", "  ".join(f"{k} {fmt(v)}" for k, v in load["ack_rtt_sec"].items())),
         (
             "uploads",
-            f"{load['uploads']} (status {load['upload_status']}, refused {load['upload_refusals'] or 0})",
+            f"{load['uploads']} (status {load['upload_status']}, refused {load['upload_refusals'] or 0}, "
+            f"{load['upload_sidecars']} archived)",
         ),
         ("upload latency", "  ".join(f"{k} {fmt(v)}" for k, v in load["upload_latency_sec"].items())),
         ("server RSS", f"{load['rss_mb']['before']} MB before, {load['rss_mb']['peak']} MB peak"),
@@ -526,6 +530,10 @@ def failures(load: dict[str, Any], crash: dict[str, Any]) -> list[str]:
         found.append(f"archive: {load['archive']}")
     if any(u != "200" and u != "503" for u in load["upload_status"]):
         found.append(f"uploads: {load['upload_status']}")
+    if load["upload_sidecars"] != load["upload_status"].get("200", 0):
+        found.append(
+            f"{load['upload_sidecars']} upload archives for {load['upload_status'].get('200', 0)} uploads"
+        )
     if crash["recovery"] != "OK":
         found.append(f"recovery: {crash['recovery']}")
     return found
