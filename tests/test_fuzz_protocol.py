@@ -526,6 +526,53 @@ def _stop(wire: Wire, data: st.DataObject, sid: str, session: Session) -> None:
     assert wire.close_code == CLOSE_NORMAL
 
 
+@fuzz(20)
+@given(
+    first=st.lists(st.integers(0, 15), max_size=12),
+    resend_all=st.booleans(),
+    control=st.sampled_from([1, 2]),
+)
+def test_a_resume_reports_the_held_frontier_and_the_stop_covers_every_frame(
+    server: LiveServer, first: list[int], resend_all: bool, control: int
+) -> None:
+    # Contract §2.8: a dropped connection's frames are kept; ``resumed`` says how
+    # far, the client resends what follows (or everything: duplicates are harmless).
+    sid = unique("resume")
+    held = Session()
+    dropped = Wire(server)
+    try:
+        dropped.send({"type": "start", "protocol": 1, "control": control, "sessionId": sid})
+        assert dropped.recv() is not None
+        for seq in first:
+            held.seen.add(seq)
+            dropped.send(build_frame(seq, SPEECH_PCM[seq * FRAME_BYTES : (seq + 1) * FRAME_BYTES]))
+            assert dropped.recv() == {"type": "ack", "protocol": 1, "sessionId": sid, "ackSeq": held.ack_seq}
+    finally:
+        dropped.close()
+    opened = {"type": "resumed", "protocol": 1, "sessionId": sid, "ackSeq": held.ack_seq}
+    if control == 2:
+        opened["control"] = 2
+    total = max(first, default=-1) + 2
+    with one_case(server) as wire:
+        wire.send({"type": "resume", "protocol": 1, "control": control, "sessionId": sid})
+        assert wire.recv() == opened
+        for seq in range(0 if resend_all else held.ack_seq + 1, total):
+            held.seen.add(seq)
+            wire.send(build_frame(seq, SPEECH_PCM[seq * FRAME_BYTES : (seq + 1) * FRAME_BYTES]))
+            assert wire.recv() == {"type": "ack", "protocol": 1, "sessionId": sid, "ackSeq": held.ack_seq}
+        assert held.ack_seq == total - 1
+        wire.send({"type": "stop", "stopId": "r", "finalCapturedSeq": total})
+        final = wire.recv()
+        assert final is not None and final["type"] == "final" and final["stopId"] == "r", final
+        if control == 1:
+            assert "recognizedThroughSeq" not in final, final  # a v1 client sees the v1 wire
+        elif "recognizedThroughSeq" in final:
+            assert final["recognizedThroughSeq"] == total, final
+        assert wire.recv() == {"type": "done", "sessionId": sid, "stopId": "r"}
+        wire.drain()
+        assert wire.close_code == CLOSE_NORMAL
+
+
 # -- anything at all -------------------------------------------------------
 
 any_message = (
