@@ -16,19 +16,22 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 import schemathesis
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
 from schemathesis import GenerationMode
 
 from tests.audio_util import speech, wav_bytes
-from tests.conftest import LiveServer, serving
+from tests.conftest import REPO, LiveServer, serving
 
 CASES = 300  # per generation mode, spread over every operation
 AUDIO_CASES = 30  # per upload route, each a real decode
+MANIFEST_CASES = 60
 REQUEST_TIMEOUT = 120.0  # a real (tiny) model decodes on a loaded 2-core machine
 
 
@@ -36,12 +39,25 @@ UPLOADS = ("/v1/audio/transcriptions", "/v1/align")
 
 
 @pytest.fixture(scope="module")
-def server(tiny: Any, backend: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
-    # The manifest endpoint reads files on the server: confine it to an empty
-    # folder so generated paths reach the real checks and never real audio.
-    roots = tmp_path_factory.mktemp("manifest-root")
+def manifest_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The one folder the manifest endpoint may read: real speech, files that
+    are not audio, and a symlink out of the folder."""
+    root = tmp_path_factory.mktemp("manifest-root")
+    (root / "speech.wav").write_bytes(wav_bytes(speech("voice_a")[:16000]))
+    (root / "notes.txt").write_text("not audio\n")
+    (root / "noise.wav").write_bytes(bytes(range(256)) * 20)  # a .wav name, no WAV inside
+    (root / "empty.wav").write_bytes(b"")
+    (root / "folder.wav").mkdir()
+    (root / "outside.wav").symlink_to(REPO / "README.md")  # resolves out of the root
+    return root
+
+
+@pytest.fixture(scope="module")
+def server(
+    tiny: Any, backend: str, manifest_root: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[LiveServer]:
     with serving(
-        backend, tiny, tmp_path_factory.mktemp("fuzz-http-logs"), POLYASR_MANIFEST_ROOTS=str(roots)
+        backend, tiny, tmp_path_factory.mktemp("fuzz-http-logs"), POLYASR_MANIFEST_ROOTS=str(manifest_root)
     ) as live:
         yield live
 
@@ -137,4 +153,73 @@ def test_real_audio_with_generated_form_fields_gets_no_5xx(server: LiveServer, a
     ran = run_cases(server, cases, AUDIO_CASES, tally, f"schemathesis {path} with real audio")
     assert ran == AUDIO_CASES
     assert tally[("POST", path)][200] > 0, "some generated fields were accepted and decoded"
+    assert httpx.get(f"{server.url}/health", timeout=REQUEST_TIMEOUT).status_code == 200
+
+
+json_scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**40), 2**40)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=12)
+)
+json_values = st.recursive(
+    json_scalars,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
+    max_leaves=8,
+)
+ROOT_FILES = ["speech.wav", "notes.txt", "noise.wav", "empty.wav", "folder.wav", "outside.wav", "missing.wav"]
+
+
+@st.composite
+def manifests(draw: st.DrawFn, root: Path) -> dict[str, Any]:
+    """Manifest bodies: entries naming files in and out of the root, with odd
+    offsets and ids, next to odd top-level fields (contract §4.5)."""
+    in_root = st.sampled_from(ROOT_FILES).map(lambda name: str(root / name))
+    path = (
+        st.just(str(root / "speech.wav"))
+        | in_root
+        | st.sampled_from(
+            ["/etc/hostname", "/dev/zero", "/proc/self/status", f"{root}/../{root.name}/speech.wav"]
+        )
+        | st.sampled_from(["", "speech.wav", "."])
+        | json_scalars
+    )
+    offset = st.floats(0, 1e4) | st.floats(0, 1e4) | json_scalars
+    entry = st.fixed_dictionaries({"path": path}, optional={"offset": offset, "id": json_values})
+    entries = st.lists(entry, min_size=1, max_size=2)
+    body = {"manifest": draw(entries | entries | st.lists(entry | json_values, max_size=3) | json_values)}
+    if draw(st.booleans()):
+        languages = st.sampled_from(["en", "English", "de", None])
+        body["language"] = draw(languages | languages | st.just("klingon") | json_scalars)
+    if draw(st.booleans()):
+        chunks = st.sampled_from([1, 3, 270, 300])
+        body["max_chunk_seconds"] = draw(
+            chunks | chunks | st.sampled_from([0, 301, "30", 2.5]) | json_scalars
+        )
+    return body
+
+
+def test_manifests_naming_any_file_get_no_5xx(server: LiveServer, manifest_root: Path) -> None:
+    # The manifest field has no schema (any JSON), so schemathesis cannot aim
+    # at the files; this strategy does, inside and outside the allowed root.
+    statuses: Counter[int] = Counter()
+
+    speech_entry = {"path": str(manifest_root / "speech.wav"), "offset": 1.5, "id": "speech"}
+
+    @fuzz(MANIFEST_CASES)
+    @given(body=manifests(manifest_root))
+    @example(body={"manifest": [speech_entry, speech_entry], "language": "en"})
+    def one_manifest(body: dict[str, Any]) -> None:
+        response = httpx.post(f"{server.url}/v1/align/manifest", json=body, timeout=REQUEST_TIMEOUT)
+        statuses[response.status_code] += 1
+        assert response.status_code < 500, (body, response.status_code, response.text[:500])
+        if response.status_code >= 400:
+            _refusal_is_a_json_error(response)
+        else:
+            assert isinstance(response.json().get("segments"), list), response.text[:500]
+
+    one_manifest()
+    print(f"\nmanifest fuzz: {sum(statuses.values())} requests {dict(sorted(statuses.items()))}")
+    assert statuses[200] > 0, "a manifest naming real speech was aligned"
     assert httpx.get(f"{server.url}/health", timeout=REQUEST_TIMEOUT).status_code == 200
