@@ -371,7 +371,21 @@ async def load_phase(server: LiveServer, args: argparse.Namespace) -> dict[str, 
     verdicts = Counter(check_archive(r, archives.get(r.sid, [])) for r in runs)
     summary = summarize_load(runs, posts, verdicts, sampler, rss_before, wall)
     summary["upload_sidecars"] = len(list(server.logs.glob("http/*/*.json")))  # one per 200 (contract §9)
+    summary["server_events"] = event_counts(
+        server.logs, ("partial_begin", "partial_done", "stable_prefix_committed")
+    )
     return summary
+
+
+def event_counts(logs: Path, kinds: tuple[str, ...]) -> dict[str, int]:
+    """How often the server logged each of ``kinds`` (e.g. partial decodes begun vs finished)."""
+    counts: Counter[str] = Counter()
+    for events_path in logs.glob("sessions/*/*/events.jsonl"):
+        for line in events_path.read_text().splitlines():
+            kind = json.loads(line).get("type") if line.strip() else None
+            if kind in kinds:
+                counts[kind] += 1
+    return dict(counts)
 
 
 def summarize_load(
@@ -486,7 +500,8 @@ def print_table(load: dict[str, Any], crash: dict[str, Any], args: argparse.Name
         ),
         (
             "frames",
-            f"{load['frames_acked']} acked of {load['frames_sent']} sent; {load['partials']} partials",
+            f"{load['frames_acked']} acked of {load['frames_sent']} sent; "
+            f"{load['partials']} partials received; server events {load['server_events']}",
         ),
         ("archive", ", ".join(f"{n} {verdict}" for verdict, n in load["archive"].items())),
         ("stop -> final", "  ".join(f"{k} {fmt(v)}" for k, v in load["stop_latency_sec"].items())),
