@@ -15,12 +15,10 @@ import time
 import numpy as np
 import pytest
 
+from polyasr_constants import COMMIT_SILENCE_WINDOWS, VAD_THRESHOLD, WINDOW_SAMPLES
 from polyasr_speech import (
-    COMMIT_SILENCE_WINDOWS,
     MIN_EMBED_SEC,
     SPEAKER_SIM_THRESHOLD,
-    VAD_THRESHOLD,
-    WINDOW_SAMPLES,
     SpeakerGate,
     passes_energy_gate,
     shared_speaker_filter,
