@@ -628,6 +628,7 @@ def test_any_message_sequence_gets_well_formed_replies_and_a_documented_close(
 
 # -- what the hardening issue changes (issue 8 §2) -------------------------
 
+
 @fuzz(6, shrink=False)
 @given(depth=st.integers(2_000, 12_000), opener=st.sampled_from(["[", '{"a":']))  # under 64 KiB
 def test_deeply_nested_json_is_invalid_json_not_an_internal_error(
