@@ -36,7 +36,7 @@ from typing import Any, TypeVar
 import numpy as np
 from pydantic import BaseModel, Field
 
-from polyasr_audio import AudioDecodeError, decode_audio, quietest_point
+from polyasr_audio import AudioDecodeError, AudioTooLong, decode_audio, quietest_point
 from polyasr_constants import SAMPLE_RATE, VAD_THRESHOLD, WINDOW_SAMPLES
 from polyasr_decode import DecodeRequest, Transcriber
 from polyasr_engine import AlignedUnit, Clip, Engine
@@ -606,12 +606,15 @@ class AlignInput:
     label: str | None = None
 
 
-def load_manifest(entries: Sequence[ManifestEntry]) -> list[AlignInput]:
-    """Decode every entry (all of them, before any alignment starts)."""
+def load_manifest(entries: Sequence[ManifestEntry], max_sec: float | None = None) -> list[AlignInput]:
+    """Decode every entry (all of them, before any alignment starts), each
+    capped at ``max_sec`` seconds of audio."""
     inputs = []
     for entry in entries:
         try:
-            samples = decode_audio(str(entry.path))
+            samples = decode_audio(str(entry.path), max_sec)
+        except AudioTooLong as exc:
+            raise AudioTooLong(exc.max_sec, f"manifest entry {entry.name}") from None
         except AudioDecodeError as exc:
             raise AudioDecodeError(f"manifest entry {entry.name}: {exc}") from None
         inputs.append(AlignInput(samples, entry.text, entry.offset, entry.label))
@@ -670,7 +673,8 @@ async def _named(label: str | None, work: Awaitable[T]) -> T:
     except Exception as exc:
         if label is None:
             raise
-        raise AlignEntryFailed(f"align failed for {label}: {exc}") from exc
+        # The reason stays in the log (chained); a 500 body carries an error id instead.
+        raise AlignEntryFailed(f"align failed for {label}") from exc
 
 
 def _chunk_language(chunk: _Chunk, pinned: str | None) -> str:

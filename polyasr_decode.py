@@ -9,9 +9,9 @@ at quiet points into pieces the engine decodes as one batch.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -22,6 +22,8 @@ from polyasr_engine import Clip, Engine, Transcript
 from polyasr_manager import AsrModelManager
 from polyasr_scheduler import Priority
 from polyasr_text import TimedText, join_texts
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -83,7 +85,16 @@ class Transcriber:
         self, samples: np.ndarray, request: DecodeRequest = DecodeRequest()
     ) -> Transcription:
         """Decode ``samples`` (16 kHz mono float32) as one text."""
-        timed = [piece async for piece in self.pieces(samples, request)]
+        return await self._joined(self.pieces(samples, request), request)
+
+    async def transcribe_stream(
+        self, cuts: AsyncIterable[np.ndarray], request: DecodeRequest = DecodeRequest()
+    ) -> Transcription:
+        """Decode audio that arrives as pieces (an upload being decoded) as one text."""
+        return await self._joined(self.stream_pieces(cuts, request), request)
+
+    async def _joined(self, pieces: AsyncIterator[TimedPiece], request: DecodeRequest) -> Transcription:
+        timed = [piece async for piece in pieces]
         text = join_texts([t.text for t in timed])
         if not request.probe:
             self.on_text(text)
@@ -104,36 +115,82 @@ class Transcriber:
         what a streamed response needs. Leaving early cancels the rest.
         """
         cuts = split_at_quiet(samples, MAX_PIECE_SEC)
-        single = len(cuts) == 1
+
+        async def listed() -> AsyncIterator[np.ndarray]:
+            for cut in cuts:
+                yield cut
+
+        async for piece in self._in_order(listed(), request, single=len(cuts) == 1):
+            yield piece
+
+    async def stream_pieces(
+        self, cuts: AsyncIterable[np.ndarray], request: DecodeRequest
+    ) -> AsyncIterator[TimedPiece]:
+        """Like :meth:`pieces` for audio that arrives piece by piece: each
+        piece is queued as it arrives (queued pieces still batch), and a
+        failure of the source (audio over the duration cap) ends the decode at
+        once, cancelling what was queued."""
+        async for piece in self._in_order(cuts, request, single=False):
+            yield piece
+
+    def _queue(self, piece: np.ndarray, request: DecodeRequest, single: bool) -> asyncio.Future[Transcript]:
         priority = Priority.PROBE if request.probe else request.priority
         lease = {"use": False, "resident_only": True} if request.probe else {}
-        tasks = []
-        for piece in cuts:
-            budget_sec = request.budget_sec if single and request.budget_sec is not None else None
-            seconds = budget_sec if budget_sec is not None else len(piece) / SAMPLE_RATE
-            clip = Clip(
-                piece,
-                request.language,
-                request.context,
-                self.settings.token_budget(seconds),
-                prefix=request.prefix if single else "",
-            )
-            run = self.manager.run_batched(
-                "asr", "transcribe", self.engine.transcribe, clip, priority, request.replace_key, **lease
-            )
-            tasks.append(asyncio.ensure_future(run))
+        budget_sec = request.budget_sec if single and request.budget_sec is not None else None
+        seconds = budget_sec if budget_sec is not None else len(piece) / SAMPLE_RATE
+        clip = Clip(
+            piece,
+            request.language,
+            request.context,
+            self.settings.token_budget(seconds),
+            prefix=request.prefix if single else "",
+        )
+        run = self.manager.run_batched(
+            "asr", "transcribe", self.engine.transcribe, clip, priority, request.replace_key, **lease
+        )
+        return asyncio.ensure_future(run)
+
+    async def _in_order(
+        self, cuts: AsyncIterable[np.ndarray], request: DecodeRequest, single: bool
+    ) -> AsyncIterator[TimedPiece]:
+        """Queue each piece of ``cuts`` as it comes; yield results in order."""
+        queued: asyncio.Queue[tuple[int, asyncio.Future[Transcript]] | None] = asyncio.Queue()
+        tasks: list[asyncio.Future[Transcript]] = []
+
+        async def feed() -> None:
+            async for cut in cuts:
+                tasks.append(self._queue(cut, request, single))
+                queued.put_nowait((len(cut), tasks[-1]))
+            queued.put_nowait(None)
+
+        feeder = asyncio.ensure_future(feed())
         try:
             start = 0
-            for piece, task in zip(cuts, tasks, strict=True):
-                result: Transcript = await task
-                end = start + len(piece)
+            while (item := await _first(queued.get(), feeder)) is not None:
+                length, task = item
+                result = await _first(task, feeder)
+                end = start + length
                 yield TimedPiece(
                     result.text, result.language, result.raw, start / SAMPLE_RATE, end / SAMPLE_RATE
                 )
                 start = end
         finally:
+            feeder.cancel()
             for task in tasks:
                 task.cancel()
+
+
+async def _first(work: Awaitable[T], feeder: asyncio.Future[None]) -> T:
+    """Await ``work``, unless the feeder fails first: then raise its error."""
+    job = asyncio.ensure_future(work)
+    try:
+        await asyncio.wait({job, feeder}, return_when=asyncio.FIRST_COMPLETED)
+        if feeder.done() and not feeder.cancelled() and feeder.exception() is not None:
+            raise feeder.exception()  # type: ignore[misc]
+        return await job
+    finally:
+        if not job.done():
+            job.cancel()
 
 
 class StreamDecoder:

@@ -86,5 +86,16 @@ def error_body(status: int, detail: Any, code: str) -> dict[str, Any]:
         )
     else:
         message = str(detail)
+    return {"detail": detail, "error": _error_object(status, message, code)}
+
+
+def _error_object(status: int, message: str, code: str) -> dict[str, Any]:
     kind = "server_error" if status >= 500 else "invalid_request_error"
-    return {"detail": detail, "error": {"message": message, "type": kind, "code": code}}
+    return {"message": message, "type": kind, "code": code}
+
+
+def stream_error(message: str, code: str, status: int) -> dict[str, Any]:
+    """The event that ends a transcript stream which failed after its 200 went
+    out: ``{"type": "error", "error": {...}}`` (the OpenAI SDKs raise an
+    ``APIError`` for an event carrying ``error``), never a silent truncation."""
+    return {"type": "error", "error": _error_object(status, message, code)}

@@ -156,7 +156,9 @@ def main() -> None:
     upload = wav_bytes(audio)
     chunk = str(args.max_chunk_seconds)
     print(f"backend={args.backend} input={seconds:.0f} s ({seconds / 60:.1f} min) max_chunk_seconds={chunk}")
-    with TestClient(create_app(engine, settings, base_dir=work), client=("127.0.0.1", 50000)) as client:
+    with TestClient(
+        create_app(engine, settings, base_dir=work), base_url="http://127.0.0.1", client=("127.0.0.1", 50000)
+    ) as client:
         post_small = wav_bytes(audio[: 2 * SR])
         client.post("/v1/align", files={"file": ("w.wav", post_small)}, data={"language": "en"})  # warm-up
         elapsed, body = timed_align(client, upload, language="en", max_chunk_seconds=chunk)

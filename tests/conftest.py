@@ -127,6 +127,7 @@ class SpyEngine:
 
 LOOPBACK = ("127.0.0.1", 50000)
 TEST_CLIENT = ("testclient", 50000)  # Starlette's default: not a loopback address
+TEST_BASE_URL = "http://127.0.0.1"
 
 
 @pytest.fixture
@@ -139,7 +140,8 @@ def make_client(make_settings: Any, make_engine: Any, tmp_path: Path) -> Iterato
         settings = make_settings(**env)
         engine = SpyEngine(make_engine(settings))
         app = create_app(engine, settings, base_dir=tmp_path)
-        client = TestClient(app, raise_server_exceptions=False, client=peer)
+        # An IP base URL: the Host check (polyasr_access) refuses TestClient's "testserver".
+        client = TestClient(app, base_url=TEST_BASE_URL, raise_server_exceptions=False, client=peer)
         client.__enter__()
         clients.append(client)
         return client, engine

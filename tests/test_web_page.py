@@ -11,11 +11,14 @@ from typing import Any
 from fastapi.testclient import TestClient
 
 from polyasr_app import create_app
+from tests.conftest import TEST_BASE_URL
 
 
 def test_index_and_its_assets_are_served(make_settings: Any, make_engine: Any, tmp_path: Path) -> None:
     settings = make_settings()
-    client = TestClient(create_app(make_engine(settings), settings, base_dir=tmp_path))  # no lifespan needed
+    client = TestClient(
+        create_app(make_engine(settings), settings, base_dir=tmp_path), base_url=TEST_BASE_URL
+    )  # no lifespan needed
     index = client.get("/")
     assert index.status_code == 200 and index.headers["content-type"].startswith("text/html")
     assets = re.findall(r'(?:src|href)="(web/[^"]+)"', index.text)

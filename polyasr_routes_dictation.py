@@ -1,0 +1,46 @@
+"""Dictation sockets: ``/ws/transcribe`` (contract §2); the protocol lives in
+polyasr_ws. Access (key, Origin, Host) is checked before a socket gets here."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from typing import Any
+
+from fastapi import APIRouter, WebSocket, WebSocketDisconnect
+
+from polyasr_access import chosen_subprotocol
+from polyasr_services import ServicesDep
+from polyasr_ws import Connection
+
+router = APIRouter()
+
+
+class SocketTransport:
+    """Starlette's WebSocket as the dictation protocol's transport."""
+
+    def __init__(self, websocket: WebSocket) -> None:
+        self.websocket = websocket
+
+    async def receive(self) -> bytes | str | None:
+        message = await self.websocket.receive()
+        if message["type"] == "websocket.disconnect":
+            return None
+        if message.get("bytes") is not None:
+            return bytes(message["bytes"])
+        return message.get("text") or ""
+
+    async def send(self, message: dict[str, Any]) -> None:
+        await self.websocket.send_text(json.dumps(message, ensure_ascii=False))
+
+    async def close(self, code: int) -> None:
+        with contextlib.suppress(RuntimeError, WebSocketDisconnect):  # the client closed first
+            await self.websocket.close(code)
+
+
+@router.websocket("/ws/transcribe")
+async def dictation(websocket: WebSocket, services: ServicesDep) -> None:
+    """Streaming dictation, one connection at a time per socket."""
+    await websocket.accept(subprotocol=chosen_subprotocol(websocket.scope))
+    with services.metrics.ws_sessions.track_inprogress():
+        await Connection(services.stream, SocketTransport(websocket)).run()

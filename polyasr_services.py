@@ -1,0 +1,185 @@
+"""The service objects every route uses, built once per app in its lifespan.
+
+:class:`Services` holds them typed; routes reach it through the one
+dependency :data:`ServicesDep` (HTTP and WebSocket routes alike), so a route
+names what it uses and a test reaches the same objects through
+``app.state.services``. Building is split into small functions, one per
+family of objects, so that a change to one family (the archives, the
+dictation services) is a change to one function.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import Depends
+from starlette.requests import HTTPConnection
+
+from polyasr_align import Aligner
+from polyasr_audio import AudioDecodeError, decode_audio
+from polyasr_config import Settings
+from polyasr_decode import StreamDecoder, Transcriber
+from polyasr_engine import Engine
+from polyasr_health import HealthMonitor
+from polyasr_manager import AsrModelManager, ModelBusy, ModelUnavailable
+from polyasr_metrics import Metrics
+from polyasr_sessionlog import HttpArchive
+from polyasr_speech import SpeakerGate, shared_speaker_filter, shared_vad
+from polyasr_stream import StreamSettings
+from polyasr_ws import SessionRegistry, StreamServices
+from polyasr_wslog import WsSessionLog
+
+log = logging.getLogger("polyasr")
+
+PROBE_CLIP = Path(__file__).resolve().parent / "assets" / "probe_speech_16k.wav"
+
+
+@dataclass
+class Archives:
+    """Where what clients sent is kept (contract §9): uploads and dictation connections."""
+
+    http: HttpArchive
+    root: Path | None
+    backend: str
+    model: str
+
+    def new_connection_log(self) -> WsSessionLog:
+        return WsSessionLog(self.root, backend=self.backend, model=self.model)
+
+
+@dataclass
+class Services:
+    """Everything the routes call, for one app."""
+
+    settings: Settings
+    engine: Engine
+    metrics: Metrics
+    manager: AsrModelManager
+    health: HealthMonitor
+    transcriber: Transcriber
+    aligner: Aligner
+    archives: Archives
+    stream: StreamServices
+    _tasks: list[asyncio.Task[Any]] = field(default_factory=list)
+
+    async def start(self) -> None:
+        """Preload the asr unit (a failure only degrades), start the probe,
+        the idle sweep and the session pruner."""
+        try:
+            async with self.manager.lease("asr"):
+                pass
+        except (ModelUnavailable, ModelBusy) as exc:
+            log.error("preloading asr failed; serving degraded: %s", exc)
+        await self.health.start(self.transcriber.transcribe)
+        self.manager.start()
+        loop = asyncio.get_running_loop()
+        self._tasks.append(loop.create_task(self.stream.registry.prune_forever()))
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await self.health.close()
+        await self.manager.close()
+
+
+def get_services(connection: HTTPConnection) -> Services:
+    """The app's services (one dependency for HTTP and WebSocket routes)."""
+    services: Services = connection.app.state.services
+    return services
+
+
+ServicesDep = Annotated[Services, Depends(get_services)]
+
+
+def build_archives(settings: Settings, engine: Engine, base_dir: Path) -> Archives:
+    root = settings.log_root(base_dir)
+    return Archives(
+        http=HttpArchive(root, backend=engine.backend, model=engine.model_id),
+        root=root,
+        backend=engine.backend,
+        model=engine.model_id,
+    )
+
+
+def stream_settings(settings: Settings, engine: Engine) -> StreamSettings:
+    """Dictation knobs; native streaming only where the engine can do it."""
+    if settings.native_streaming and not engine.supports_native_streaming:
+        log.warning("POLYASR_NATIVE_STREAMING is set but this engine cannot stream natively; ignored")
+    return StreamSettings(
+        partials_enabled=settings.partials_enabled,
+        partial_interval_sec=settings.partial_interval_sec,
+        partial_min_delta_sec=settings.partial_min_delta_sec,
+        partial_window_sec=settings.partial_window_sec,
+        stable_commit_min_sec=settings.stable_commit_min_sec,
+        final_wait_partial=settings.final_wait_partial,
+        native=settings.native_streaming and engine.supports_native_streaming,
+        stream_chunk_sec=settings.stream_chunk_sec,
+    )
+
+
+async def build_stream_services(
+    settings: Settings,
+    engine: Engine,
+    manager: AsrModelManager,
+    transcriber: Transcriber,
+    archives: Archives,
+    probe_clip: Any,
+) -> StreamServices:
+    """What dictation connections need. VAD and speaker encoder load here,
+    before any model: they are cheap to fail on, unlike a model load."""
+    vad = await asyncio.to_thread(shared_vad)
+    speaker = await asyncio.to_thread(shared_speaker_filter)
+    if probe_clip is not None:
+        # The first embedding pays one-off costs (JIT-compiled resampling in
+        # Resemblyzer's preprocessing): pay them now, not in a user's first stop.
+        await asyncio.to_thread(speaker.embed, probe_clip)
+    return StreamServices(
+        registry=SessionRegistry(settings.resume_ttl_sec, settings.stop_result_ttl_sec),
+        decoder=StreamDecoder(transcriber),
+        manager=manager,
+        settings=stream_settings(settings, engine),
+        new_vad=vad.new_stream,
+        new_speaker=lambda: SpeakerGate(speaker),
+        new_log=archives.new_connection_log,
+    )
+
+
+def load_probe_clip() -> Any:
+    """The project's own speech clip for the streaming probe, if it is there."""
+    try:
+        return decode_audio(str(PROBE_CLIP))
+    except (AudioDecodeError, FileNotFoundError):
+        log.warning("probe clip %s unreadable; streaming probe disabled", PROBE_CLIP)
+        return None
+
+
+async def build_services(engine: Engine, settings: Settings, base_dir: Path, metrics: Metrics) -> Services:
+    """Every service object of one app, wired together (nothing started yet)."""
+    health: HealthMonitor
+    manager = AsrModelManager(
+        engine,
+        coload=settings.coload,
+        idle_seconds=settings.idle_evict_seconds,
+        load_timeout=settings.load_timeout_sec,
+        on_load_failure=lambda unit, reason: health.on_load_failure(unit, reason),
+        observer=metrics,
+    )
+    probe_clip = load_probe_clip()
+    health = HealthMonitor(settings, manager, engine.model_id, probe_clip)
+    transcriber = Transcriber(engine, manager, settings, on_text=health.record_text)
+    archives = build_archives(settings, engine, base_dir)
+    return Services(
+        settings=settings,
+        engine=engine,
+        metrics=metrics,
+        manager=manager,
+        health=health,
+        transcriber=transcriber,
+        aligner=Aligner(engine, manager, transcriber),
+        archives=archives,
+        stream=await build_stream_services(settings, engine, manager, transcriber, archives, probe_clip),
+    )
