@@ -7,6 +7,21 @@ const languageInput = $("language");
 languageInput.value = new URLSearchParams(location.search).get("language") ?? "";
 const language = () => languageInput.value.trim();
 
+// The server's POLYASR_API_KEY, if it has one: kept in this browser only.
+// HTTP sends it as a Bearer header; a WebSocket cannot carry headers, so it is
+// offered as the subprotocol "polyasr-key.<key>" beside "polyasr" (echoed).
+const KEY_STORAGE = "polyasr.apiKey";
+const keyInput = $("api-key");
+keyInput.value = localStorage.getItem(KEY_STORAGE) ?? "";
+keyInput.addEventListener("change", () => {
+  const key = keyInput.value.trim();
+  if (key) localStorage.setItem(KEY_STORAGE, key);
+  else localStorage.removeItem(KEY_STORAGE);
+});
+const apiKey = () => keyInput.value.trim();
+const authHeaders = () => (apiKey() ? { Authorization: `Bearer ${apiKey()}` } : {});
+const socketProtocols = () => (apiKey() ? ["polyasr", `polyasr-key.${apiKey()}`] : []);
+
 const SAMPLE_RATE = 16000;
 
 // ---- wire formats --------------------------------------------------------
@@ -54,7 +69,7 @@ function wavFile(chunks, name) {
 async function postForm(path, fields) {
   const body = new FormData();
   for (const [key, value] of Object.entries(fields)) if (value) body.append(key, value);
-  const response = await fetch(path, { method: "POST", body });
+  const response = await fetch(path, { method: "POST", body, headers: authHeaders() });
   const data = await response.json().catch(() => ({}));
   return { response, data };
 }
@@ -114,7 +129,7 @@ class Dictation {
     });
     this.audio.createMediaStreamSource(this.media).connect(this.worklet);
 
-    this.ws = new WebSocket(socketUrl());
+    this.ws = new WebSocket(socketUrl(), socketProtocols());
     this.ws.onopen = () => {
       const start = { type: "start", protocol: 1, control: 2, sessionId: this.sessionId };
       Object.assign(start, { sampleRate: SAMPLE_RATE, channels: 1, encoding: "pcm16le" });
@@ -366,7 +381,7 @@ $("upload-form").addEventListener("submit", async (event) => {
 
 // ---- server identity --------------------------------------------------------
 
-fetch("health")
+fetch("health", { headers: authHeaders() })
   .then((response) => response.json())
   .then((health) => {
     $("server").textContent = `${health.backend} · ${health.model} · ${health.status}`;

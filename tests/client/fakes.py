@@ -97,7 +97,7 @@ class ScriptedServer:
             seq += 1
         return seq
 
-    async def connect(self, _url: str) -> FakeLink:
+    async def connect(self, _url: str, _api_key: str | None = None) -> FakeLink:
         self.attempts += 1
         if self.refuse_after is not None and len(self.links) >= self.refuse_after:
             raise LinkClosed("connection refused")

@@ -147,8 +147,8 @@ async def test_a_dropped_connection_is_resumed_without_losing_audio(
 ) -> None:
     links: list[WebSocketLink] = []
 
-    async def connect(url: str) -> WebSocketLink:
-        link = await connect_websocket(url)
+    async def connect(url: str, api_key: str | None) -> WebSocketLink:
+        link = await connect_websocket(url, api_key)
         links.append(link)
         return link
 

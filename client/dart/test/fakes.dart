@@ -96,7 +96,7 @@ class ScriptedServer {
     return seq;
   }
 
-  Future<Link> connect(Uri url) async {
+  Future<Link> connect(Uri url, String? apiKey) async {
     attempts++;
     final limit = refuseAfter;
     if (limit != null && links.length >= limit) {

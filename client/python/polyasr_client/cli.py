@@ -50,9 +50,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="polyasr", description="polyasr speech-recognition client")
     url_help = f"server base URL (default: $POLYASR_URL, else {DEFAULT_URL})"
     parser.add_argument("--url", default=os.environ.get("POLYASR_URL") or DEFAULT_URL, help=url_help)
+    key_help = "the server's POLYASR_API_KEY (default: $POLYASR_API_KEY)"
+    parser.add_argument("--api-key", default=None, help=key_help)
     # the same option after the subcommand; SUPPRESS keeps it from resetting the one above
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--url", default=argparse.SUPPRESS, help=url_help)
+    common.add_argument("--api-key", default=argparse.SUPPRESS, help=key_help)
     sub = parser.add_subparsers(required=True, metavar="COMMAND")
 
     def command(name: str, run: Command, help_text: str) -> argparse.ArgumentParser:
@@ -98,7 +101,10 @@ def _print_json(data: Any) -> None:
 
 
 async def _transcribe(args: argparse.Namespace) -> int:
-    async with PolyAsrClient(args.url) as client, upload_progress("uploading", "transcribing") as progress:
+    async with (
+        PolyAsrClient(args.url, api_key=args.api_key) as client,
+        upload_progress("uploading", "transcribing") as progress,
+    ):
         result = await client.transcribe(
             args.file,
             language=args.language,
@@ -114,7 +120,10 @@ async def _transcribe(args: argparse.Namespace) -> int:
 
 
 async def _align(args: argparse.Namespace) -> int:
-    async with PolyAsrClient(args.url) as client, upload_progress("uploading", "aligning") as progress:
+    async with (
+        PolyAsrClient(args.url, api_key=args.api_key) as client,
+        upload_progress("uploading", "aligning") as progress,
+    ):
         result = await client.align(
             args.file,
             text=args.text,
@@ -132,6 +141,7 @@ async def _dictate(args: argparse.Namespace) -> int:
     pcm = None if mic else await asyncio.to_thread(decode_pcm16, args.file)
     dictation = Dictation(
         args.url,
+        api_key=args.api_key,
         language=args.language,
         context=args.context,
         on_partial=display.show,
@@ -178,13 +188,13 @@ async def _capture(dictation: Dictation, mic: Microphone) -> None:
 
 
 async def _health(args: argparse.Namespace) -> int:
-    async with PolyAsrClient(args.url, timeout=30.0) as client:
+    async with PolyAsrClient(args.url, api_key=args.api_key, timeout=30.0) as client:
         body = await client.health()
     _print_json(body)
     return 0 if body.get("status") == "ok" else 1
 
 
 async def _unload(args: argparse.Namespace) -> int:
-    async with PolyAsrClient(args.url, timeout=120.0) as client:
+    async with PolyAsrClient(args.url, api_key=args.api_key, timeout=120.0) as client:
         _print_json(await client.unload())
     return 0

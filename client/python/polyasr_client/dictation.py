@@ -25,7 +25,14 @@ from polyasr_client.framing import BYTES_PER_SECOND, FRAME_BYTES, encode_frame
 from polyasr_client.http_api import PolyAsrClient
 from polyasr_client.ledger import FrameLedger
 from polyasr_client.link import Connector, Link, LinkClosed, connect_websocket
-from polyasr_client.messages import DEFAULT_URL, covers, opening_message, stop_message, websocket_url
+from polyasr_client.messages import (
+    DEFAULT_URL,
+    api_key_or_env,
+    covers,
+    opening_message,
+    stop_message,
+    websocket_url,
+)
 from polyasr_client.partials import PartialText
 from polyasr_client.wav import wav_from_pcm16
 
@@ -70,6 +77,7 @@ class Dictation:
         url: str = DEFAULT_URL,
         *,
         session_id: str | None = None,
+        api_key: str | None = None,
         language: str | None = None,
         context: str | None = None,
         on_partial: PartialCallback | None = None,
@@ -81,6 +89,7 @@ class Dictation:
         reconnect_delay: float = 0.2,
     ) -> None:
         self.url = url
+        self.api_key = api_key_or_env(api_key)
         self.session_id = session_id or uuid.uuid4().hex
         self.stop_id = f"{self.session_id}-stop"
         self.language = language
@@ -183,7 +192,7 @@ class Dictation:
     # -- connection ----------------------------------------------------------
 
     async def _open(self, kind: Literal["start", "resume"]) -> None:
-        link = await self._connect(self._ws_url)
+        link = await self._connect(self._ws_url, self.api_key)
         self._generation += 1
         generation = self._generation
         try:
@@ -324,7 +333,7 @@ class Dictation:
     async def _batch(self) -> str:
         """The buffered utterance through ``POST /v1/audio/transcriptions``."""
         wav = wav_from_pcm16(self.ledger.pcm())
-        client = self._http or PolyAsrClient(self.url)
+        client = self._http or PolyAsrClient(self.url, api_key=self.api_key)
         try:
             result = await client.transcribe(
                 wav, filename=f"{self.session_id}.wav", language=self.language, context=self.context

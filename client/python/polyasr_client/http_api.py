@@ -17,7 +17,7 @@ from typing import IO, Any
 import httpx
 
 from polyasr_client.errors import ConnectionLost, error_from_response
-from polyasr_client.messages import DEFAULT_URL
+from polyasr_client.messages import DEFAULT_URL, api_key_or_env
 from polyasr_client.results import AlignResult, ManifestEntry, Transcription
 
 ProgressCallback = Callable[[int, int], None]
@@ -34,12 +34,16 @@ class PolyAsrClient:
         self,
         base_url: str = DEFAULT_URL,
         *,
+        api_key: str | None = None,
         timeout: float = 600.0,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
+        """``api_key``: the server's ``POLYASR_API_KEY`` (default: that environment variable)."""
         self.base_url = base_url.rstrip("/")
+        self.api_key = api_key_or_env(api_key)
         self._http = httpx.AsyncClient(
             base_url=self.base_url,
+            headers={"Authorization": f"Bearer {self.api_key}"} if self.api_key else None,
             timeout=httpx.Timeout(timeout, connect=10.0),
             transport=transport,
         )

@@ -30,7 +30,8 @@ class Link(Protocol):
         """Close without waiting for anything the server still sends."""
 
 
-Connector = Callable[[str], Awaitable[Link]]
+Connector = Callable[[str, str | None], Awaitable[Link]]
+"""``(url, api_key)`` → an open link; the key is the server's ``POLYASR_API_KEY`` or None."""
 
 
 class WebSocketLink:
@@ -55,10 +56,12 @@ class WebSocketLink:
         await self.connection.close()
 
 
-async def connect_websocket(url: str) -> WebSocketLink:
-    """Open ``url``; PCM does not compress, so per-message deflate is off."""
+async def connect_websocket(url: str, api_key: str | None = None) -> WebSocketLink:
+    """Open ``url``; PCM does not compress, so per-message deflate is off.
+    The key goes as a Bearer header (a browser would offer it as a subprotocol)."""
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else None
     try:
-        connection = await connect(url, compression=None, open_timeout=10)
+        connection = await connect(url, compression=None, open_timeout=10, additional_headers=headers)
     except (OSError, TimeoutError, InvalidHandshake) as exc:
         raise LinkClosed(f"cannot connect to {url}: {exc}") from exc
     return WebSocketLink(connection)

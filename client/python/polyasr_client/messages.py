@@ -6,6 +6,7 @@ start, a resume and a reissued stop byte-identical in what they claim.
 
 from __future__ import annotations
 
+import os
 from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
@@ -15,6 +16,13 @@ PROTOCOL = 1  # framing/message family; the same for control v1 and v2
 CONTROL = 2  # the control protocol this client speaks (coverage proofs)
 DEFAULT_URL = "http://127.0.0.1:8766"
 WS_PATH = "/ws/transcribe"
+API_KEY_ENV = "POLYASR_API_KEY"
+
+
+def api_key_or_env(api_key: str | None) -> str | None:
+    """The key given, else ``$POLYASR_API_KEY``; empty means none."""
+    key = api_key if api_key is not None else os.environ.get(API_KEY_ENV)
+    return key or None
 
 
 def opening_message(

@@ -71,6 +71,7 @@ class Dictation {
   Dictation({
     this.url = defaultUrl,
     String? sessionId,
+    this.apiKey,
     this.language,
     this.context,
     PartialCallback? onPartial,
@@ -92,6 +93,9 @@ class Dictation {
 
   final String url;
   final String sessionId;
+
+  /// The server's `POLYASR_API_KEY` (socket subprotocol, batch fallback header).
+  final String? apiKey;
   final String? language;
   final String? context;
   final FrameLedger ledger = FrameLedger();
@@ -205,7 +209,7 @@ class Dictation {
   // -- connection -----------------------------------------------------------
 
   Future<void> _open(String kind) async {
-    final link = await _connect(_wsUrl);
+    final link = await _connect(_wsUrl, apiKey);
     if (_state == _State.ended) {
       unawaited(link.close());
       throw LinkClosed('the dictation has ended');
@@ -424,7 +428,7 @@ class Dictation {
   /// The buffered utterance through `POST /v1/audio/transcriptions`.
   Future<String> _batch() async {
     final wav = wavFromPcm16(ledger.pcm());
-    final client = _http ?? PolyAsrClient(baseUrl: url);
+    final client = _http ?? PolyAsrClient(baseUrl: url, apiKey: apiKey);
     try {
       final result = await client.transcribe(
         AudioUpload.bytes(wav, filename: '$sessionId.wav'),

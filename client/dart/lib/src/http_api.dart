@@ -48,12 +48,16 @@ class AudioUpload {
 class PolyAsrClient {
   PolyAsrClient({
     String baseUrl = defaultUrl,
+    this.apiKey,
     http.Client? httpClient,
     this.timeout = const Duration(minutes: 10),
   })  : baseUrl = baseUrl.endsWith('/') ? baseUrl.substring(0, baseUrl.length - 1) : baseUrl,
         _http = httpClient ?? http.Client();
 
   final String baseUrl;
+
+  /// The server's `POLYASR_API_KEY`, sent as `Authorization: Bearer`; null = none.
+  final String? apiKey;
   final Duration timeout;
   final http.Client _http;
 
@@ -155,6 +159,8 @@ class PolyAsrClient {
   }
 
   Future<http.Response> _send(http.BaseRequest request) async {
+    final key = apiKey;
+    if (key != null) request.headers['authorization'] = 'Bearer $key';
     Future<http.Response> exchange() async => http.Response.fromStream(await _http.send(request));
     final http.Response response;
     try {

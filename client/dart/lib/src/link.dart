@@ -10,6 +10,8 @@ import 'dart:async';
 
 import 'package:web_socket_channel/web_socket_channel.dart';
 
+import 'messages.dart';
+
 /// The socket ended or never opened; the session may still be resumable.
 class LinkClosed implements Exception {
   LinkClosed(this.message);
@@ -32,7 +34,8 @@ abstract interface class Link {
   Future<void> close();
 }
 
-typedef Connector = Future<Link> Function(Uri url);
+/// Opens a link to `url`; `apiKey` is the server's `POLYASR_API_KEY` or null.
+typedef Connector = Future<Link> Function(Uri url, String? apiKey);
 
 /// A [Link] over a `web_socket_channel` connection.
 class WebSocketLink implements Link {
@@ -73,9 +76,12 @@ class WebSocketLink implements Link {
   }
 }
 
-/// Opens [url]; connection failures surface as [LinkClosed].
-Future<Link> connectWebsocket(Uri url) async {
-  final channel = WebSocketChannel.connect(url);
+/// Opens [url]; connection failures surface as [LinkClosed]. A key is
+/// offered as the subprotocol `polyasr-key.<key>` beside `polyasr` (which the
+/// server echoes): browsers cannot set an Authorization header on a socket.
+Future<Link> connectWebsocket(Uri url, [String? apiKey]) async {
+  final protocols = apiKey == null ? null : [wsSubprotocol, '$wsKeySubprotocolPrefix$apiKey'];
+  final channel = WebSocketChannel.connect(url, protocols: protocols);
   try {
     await channel.ready.timeout(const Duration(seconds: 10));
   } on Object catch (error) {

@@ -10,6 +10,8 @@ const int protocolVersion = 1; // framing/message family; the same for v1 and v2
 const int controlVersion = 2; // the control protocol this client speaks
 const String defaultUrl = 'http://127.0.0.1:8766';
 const String wsPath = '/ws/transcribe';
+const String wsSubprotocol = 'polyasr';
+const String wsKeySubprotocolPrefix = 'polyasr-key.';
 
 /// `start` or `resume`. Both restate language and context: a server that
 /// lost the session creates a fresh one from the resume alone.
