@@ -57,7 +57,7 @@ def create_app(engine: Engine, settings: Settings, base_dir: Path) -> FastAPI:
     # Added last = outermost: metrics see every answer, refusals included.
     app.add_middleware(UploadLimit, max_bytes=settings.max_upload_bytes)
     app.add_middleware(AccessGuard, policy=AccessPolicy.from_settings(settings))
-    app.add_middleware(RequestMetrics, metrics=metrics, routes=app.routes)
+    app.add_middleware(RequestMetrics, metrics=metrics, router=app.router)
     install_error_handlers(app)
     for family in (polyasr_routes_ops, polyasr_routes_openai, polyasr_routes_align, polyasr_routes_dictation):
         app.include_router(family.router)

@@ -24,7 +24,7 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.routing import BaseRoute, Match
+from starlette.routing import Match, Router
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from polyasr_align import AlignEntryFailed, AlignValueError, ManifestError, ManifestForbidden
@@ -196,13 +196,13 @@ class RequestMetrics:
 
     UNMATCHED = "<unmatched>"
 
-    def __init__(self, app: ASGIApp, metrics: Metrics, routes: list[BaseRoute]) -> None:
+    def __init__(self, app: ASGIApp, metrics: Metrics, router: Router) -> None:
         self.app = app
         self.metrics = metrics
-        self.routes = routes
+        self.router = router  # its routes are read per request: routers are included after this is built
 
     def _template(self, scope: Scope) -> str:
-        for route in self.routes:
+        for route in self.router.routes:
             match, _ = route.matches(scope)
             if match is not Match.NONE:
                 return getattr(route, "path", None) or self.UNMATCHED
