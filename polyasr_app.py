@@ -33,6 +33,8 @@ from polyasr_services import build_services
 
 log = logging.getLogger("polyasr")
 
+FAMILIES = (polyasr_routes_ops, polyasr_routes_openai, polyasr_routes_align, polyasr_routes_dictation)
+
 
 def create_app(engine: Engine, settings: Settings, base_dir: Path) -> FastAPI:
     """The whole HTTP and WebSocket contract around ``engine``."""
@@ -54,14 +56,18 @@ def create_app(engine: Engine, settings: Settings, base_dir: Path) -> FastAPI:
             await services.close()
 
     app = FastAPI(title=f"polyasr ({engine.backend.upper()})", version=VERSION, lifespan=lifespan)
+    install_error_handlers(app)
+    for family in FAMILIES:
+        app.include_router(family.router)
+    app.mount("/web", web_assets(), name="web")
+    # The metrics label is a route's template: the families' own routes (the
+    # app holds wrappers for included routers), the mount and FastAPI's docs.
+    templated = [route for family in FAMILIES for route in family.router.routes]
+    templated += [route for route in app.routes if getattr(route, "path", None)]
     # Added last = outermost: metrics see every answer, refusals included.
     app.add_middleware(UploadLimit, max_bytes=settings.max_upload_bytes)
     app.add_middleware(AccessGuard, policy=AccessPolicy.from_settings(settings))
-    app.add_middleware(RequestMetrics, metrics=metrics, router=app.router)
-    install_error_handlers(app)
-    for family in (polyasr_routes_ops, polyasr_routes_openai, polyasr_routes_align, polyasr_routes_dictation):
-        app.include_router(family.router)
-    app.mount("/web", web_assets(), name="web")
+    app.add_middleware(RequestMetrics, metrics=metrics, routes=templated)
     return app
 
 

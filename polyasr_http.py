@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -24,7 +24,7 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.routing import Match, Router
+from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from polyasr_align import AlignEntryFailed, AlignValueError, ManifestError, ManifestForbidden
@@ -196,13 +196,13 @@ class RequestMetrics:
 
     UNMATCHED = "<unmatched>"
 
-    def __init__(self, app: ASGIApp, metrics: Metrics, router: Router) -> None:
+    def __init__(self, app: ASGIApp, metrics: Metrics, routes: Sequence[BaseRoute]) -> None:
         self.app = app
         self.metrics = metrics
-        self.router = router  # its routes are read per request: routers are included after this is built
+        self.routes = routes  # every route with its own template (not an included router's wrapper)
 
     def _template(self, scope: Scope) -> str:
-        for route in self.router.routes:
+        for route in self.routes:
             match, _ = route.matches(scope)
             if match is not Match.NONE:
                 return getattr(route, "path", None) or self.UNMATCHED
