@@ -404,3 +404,18 @@ async def test_health_and_unload_use_their_paths() -> None:
         ("GET", "/health"),
         ("POST", "/model/unload"),
     ]
+
+
+async def test_the_api_key_goes_as_a_bearer_header(monkeypatch: pytest.MonkeyPatch) -> None:
+    recorder = Recorder(httpx.Response(200, json={"status": "ok"}))
+    transport = httpx.MockTransport(recorder)
+    monkeypatch.delenv("POLYASR_API_KEY", raising=False)
+    async with PolyAsrClient("http://asr.test:8766", transport=transport) as anonymous:
+        await anonymous.health()
+    async with PolyAsrClient("http://asr.test:8766", api_key="k-1", transport=transport) as keyed:
+        await keyed.health()
+    monkeypatch.setenv("POLYASR_API_KEY", "k-env")
+    async with PolyAsrClient("http://asr.test:8766", transport=transport) as from_env:
+        await from_env.health()
+    sent = [r.headers.get("authorization") for r in recorder.requests]
+    assert sent == [None, "Bearer k-1", "Bearer k-env"]

@@ -431,5 +431,20 @@ void main() {
       expect((await client.unload())['unloaded'], isEmpty);
       expect([for (final r in recorder.requests) '${r.method} ${r.url.path}'], ['GET /health', 'POST /model/unload']);
     });
+
+    test('the api key goes as a bearer header', () async {
+      final requests = <http.Request>[];
+      PolyAsrClient client({String? apiKey}) => PolyAsrClient(
+            baseUrl: 'http://asr.test:8766',
+            apiKey: apiKey,
+            httpClient: MockClient((request) async {
+              requests.add(request);
+              return jsonResponse({'status': 'ok'});
+            }),
+          );
+      await client().health();
+      await client(apiKey: 'k-1').health();
+      expect([for (final r in requests) r.headers['authorization']], [null, 'Bearer k-1']);
+    });
   });
 }
