@@ -12,6 +12,9 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
+from polyasr_audio import AudioDecodeError, AudioTooLong
+from polyasr_http import describe
+from polyasr_manager import ServerBusy
 from tests.audio_util import CONTAINERS, empty_wav, encode, speech, wav_bytes
 from tests.conftest import REPO, SpyEngine
 
@@ -191,3 +194,34 @@ def test_archive_disabled_by_empty_log_dir_and_failures_are_harmless(
 
 def test_probe_clip_is_the_projects_own() -> None:
     assert (REPO / "assets" / "probe_speech_16k.wav").is_file()
+
+
+def test_error_mapping_follows_subclasses() -> None:
+    class SlowerBusy(ServerBusy):
+        retry_after = 7
+
+    class OddAudio(AudioDecodeError):
+        pass
+
+    busy = describe(SlowerBusy("decode queue full"))
+    assert (busy.status, busy.code, busy.headers) == (503, "server_busy", {"Retry-After": "7"})
+    assert describe(OddAudio("bad")).code == "invalid_audio"
+    assert describe(AudioTooLong(60)).status == 413  # the nearest class wins over its base
+    internal = describe(KeyError("/secret/path"))
+    assert (
+        internal.status == 500 and "/secret/path" not in internal.message and "error id" in internal.message
+    )
+
+
+def test_a_full_decode_queue_is_503_server_busy_with_retry_after(client: Any) -> None:
+    http, spy = client
+
+    def full(model: Any, clips: list[Any], should_stop: Any = None) -> list[Any]:
+        raise ServerBusy("asr: 256 decodes already queued (POLYASR_MAX_QUEUED_DECODES)")
+
+    spy.transcribe = full
+    response = post(http, wav_bytes(SPEECH[:16000]))
+    assert response.status_code == 503 and response.headers["retry-after"] == str(ServerBusy.retry_after)
+    assert response.json()["error"]["code"] == "server_busy"
+    del spy.transcribe  # the real engine again: the server kept serving
+    assert post(http, wav_bytes(SPEECH[:16000])).status_code == 200

@@ -179,8 +179,8 @@ async def _pause() -> None:
 async def test_an_uncovered_final_falls_back_to_the_batch_endpoint(
     asr_server: LiveServer, speech_pcm: bytes
 ) -> None:
-    async def lossy(url: str) -> Link:
-        return LossyLink(await connect_websocket(url), first_lost=40)
+    async def lossy(url: str, api_key: str | None) -> Link:
+        return LossyLink(await connect_websocket(url, api_key), first_lost=40)
 
     d = Dictation(asr_server.url, language="en", connect=lossy)
     async with d:
@@ -197,8 +197,8 @@ async def test_an_uncovered_final_falls_back_to_the_batch_endpoint(
 async def test_a_session_the_server_never_heard_falls_back_to_the_batch_endpoint(
     asr_server: LiveServer, speech_pcm: bytes
 ) -> None:
-    async def deaf(url: str) -> Link:
-        return LossyLink(await connect_websocket(url), first_lost=0)
+    async def deaf(url: str, api_key: str | None) -> Link:
+        return LossyLink(await connect_websocket(url, api_key), first_lost=0)
 
     d = Dictation(asr_server.url, language="en", connect=deaf)
     async with d:
