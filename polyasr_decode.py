@@ -44,6 +44,10 @@ class Transcription(Transcript):
 # Longest audio decoded in one piece: at the default 256-token ceiling that
 # still leaves ~8 tokens per second, above the rate of fast speech.
 MAX_PIECE_SEC = 30.0
+# Pieces of an arriving upload queued or decoding at once: two full engine
+# batches, so batching is kept while an hours-long upload never sits in the
+# queue whole (the decoder waits for a slot before cutting the next piece).
+PIECES_IN_FLIGHT = 16
 
 
 @dataclass(frozen=True)
@@ -130,7 +134,7 @@ class Transcriber:
         piece is queued as it arrives (queued pieces still batch), and a
         failure of the source (audio over the duration cap) ends the decode at
         once, cancelling what was queued."""
-        async for piece in self._in_order(cuts, request, single=False):
+        async for piece in self._in_order(cuts, request, single=False, window=PIECES_IN_FLIGHT):
             yield piece
 
     def _queue(self, piece: np.ndarray, request: DecodeRequest, single: bool) -> asyncio.Future[Transcript]:
@@ -151,14 +155,18 @@ class Transcriber:
         return asyncio.ensure_future(run)
 
     async def _in_order(
-        self, cuts: AsyncIterable[np.ndarray], request: DecodeRequest, single: bool
+        self, cuts: AsyncIterable[np.ndarray], request: DecodeRequest, single: bool, window: int | None = None
     ) -> AsyncIterator[TimedPiece]:
-        """Queue each piece of ``cuts`` as it comes; yield results in order."""
+        """Queue each piece of ``cuts`` as it comes (at most ``window`` not yet
+        yielded); yield results in order."""
         queued: asyncio.Queue[tuple[int, asyncio.Future[Transcript]] | None] = asyncio.Queue()
         tasks: list[asyncio.Future[Transcript]] = []
+        slots = asyncio.Semaphore(window) if window else None
 
         async def feed() -> None:
             async for cut in cuts:
+                if slots is not None:
+                    await slots.acquire()
                 tasks.append(self._queue(cut, request, single))
                 queued.put_nowait((len(cut), tasks[-1]))
             queued.put_nowait(None)
@@ -169,6 +177,8 @@ class Transcriber:
             while (item := await _first(queued.get(), feeder)) is not None:
                 length, task = item
                 result = await _first(task, feeder)
+                if slots is not None:
+                    slots.release()
                 end = start + length
                 yield TimedPiece(
                     result.text, result.language, result.raw, start / SAMPLE_RATE, end / SAMPLE_RATE
