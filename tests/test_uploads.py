@@ -22,7 +22,7 @@ import pytest
 
 from polyasr_audio import AudioTooLong, decoded_blocks, quiet_pieces, split_at_quiet
 from polyasr_constants import SAMPLE_RATE
-from polyasr_decode import MAX_PIECE_SEC, DecodeRequest
+from polyasr_decode import MAX_PIECE_SEC, PIECES_IN_FLIGHT, DecodeRequest
 from tests.audio_util import encode, speech
 from tests.conftest import LOOPBACK
 from tests.test_metrics import scrape, value
@@ -103,6 +103,32 @@ def test_an_upload_is_decoded_while_its_file_is_still_being_read(make_client: An
     assert http.portal is not None
     before, after = http.portal.call(scenario)
     assert before == 1 and after == 2
+
+
+def test_a_long_upload_is_never_queued_whole(make_client: Any) -> None:
+    """Decoding waits for a free slot: at most PIECES_IN_FLIGHT pieces are
+    queued ahead of the first result, however long the upload."""
+    http, _ = make_client(POLYASR_STREAMING_PROBE="0")
+    transcriber = http.app.state.services.transcriber  # type: ignore[attr-defined]
+    second = speech()[:SR]
+
+    async def scenario() -> tuple[int, int]:
+        pulled = 0
+
+        async def source() -> AsyncIterator[np.ndarray]:
+            nonlocal pulled
+            for _ in range(40):
+                pulled += 1
+                yield second
+
+        pieces = transcriber.stream_pieces(source(), DecodeRequest())
+        await anext(pieces)
+        ahead = pulled
+        return ahead, 1 + len([piece async for piece in pieces])
+
+    assert http.portal is not None
+    ahead, total = http.portal.call(scenario)
+    assert ahead <= PIECES_IN_FLIGHT + 1 and total == 40
 
 
 def post_raw(port: int, body: bytes, boundary: str) -> socket.socket:
