@@ -161,15 +161,15 @@ def batch_runs(url: str) -> float:
 def test_a_client_that_leaves_cancels_its_queued_decodes(live_server: Any) -> None:
     server = live_server(POLYASR_STREAMING_PROBE="0")
     url = server.url
-    sock = post_raw(server.port, multipart(silence_flac(24 * MAX_PIECE_SEC), "zz"), "zz")
+    pieces = 48  # at most 8 per batch: at least 6 batches if the work ran to the end
+    sock = post_raw(server.port, multipart(silence_flac(pieces * MAX_PIECE_SEC), "zz"), "zz")
     deadline = time.monotonic() + 120
     while batch_runs(url) < 1:  # the first piece has been decoded by the model
         assert time.monotonic() < deadline, "no decode started"
         time.sleep(0.05)
-    waiting = asr_state(url)["queue_depth"]
-    assert waiting >= 9, "the test needs at least two more batches queued"  # batches hold ≤ 8
     sock.close()  # the client goes away
     runs_at_leave = batch_runs(url)
+    assert runs_at_leave <= 3, "the test needs most of the upload still to decode"
     deadline = time.monotonic() + 60
     while (state := asr_state(url))["leases"] or state["queue_depth"]:
         assert time.monotonic() < deadline, f"work still held after the client left: {state}"
