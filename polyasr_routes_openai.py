@@ -125,7 +125,7 @@ async def _transcribe(services: Services, form: TranscriptionForm) -> Response |
     upload = form.file.file
     audio = _audio(services, upload, keep=form.needs_alignment)
     result = await services.transcriber.transcribe_stream(audio, form.request)
-    archive = services.archives.http
+    archive = services.archives.uploads
     await asyncio.to_thread(
         archive.record, upload, form.file.filename or "", form.requested_language, result.text
     )
@@ -205,7 +205,7 @@ async def _events(
                 text = joined
             piece = await anext(rest, None)
         services.transcriber.on_text(text)
-        archive = services.archives.http
+        archive = services.archives.uploads
         await asyncio.to_thread(
             archive.record, upload, form.file.filename or "", form.requested_language, text
         )

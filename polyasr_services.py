@@ -20,6 +20,7 @@ from fastapi import Depends
 from starlette.requests import HTTPConnection
 
 from polyasr_align import Aligner
+from polyasr_archive import Archives
 from polyasr_audio import AudioDecodeError, decode_audio
 from polyasr_config import Settings
 from polyasr_decode import StreamDecoder, Transcriber
@@ -27,28 +28,13 @@ from polyasr_engine import Engine
 from polyasr_health import HealthMonitor
 from polyasr_manager import AsrModelManager, ModelBusy, ModelUnavailable
 from polyasr_metrics import Metrics
-from polyasr_sessionlog import HttpArchive
 from polyasr_speech import SpeakerGate, shared_speaker_filter, shared_vad
 from polyasr_stream import StreamSettings
 from polyasr_ws import SessionRegistry, StreamServices
-from polyasr_wslog import WsSessionLog
 
 log = logging.getLogger("polyasr")
 
 PROBE_CLIP = Path(__file__).resolve().parent / "assets" / "probe_speech_16k.wav"
-
-
-@dataclass
-class Archives:
-    """Where what clients sent is kept (contract §9): uploads and dictation connections."""
-
-    http: HttpArchive
-    root: Path | None
-    backend: str
-    model: str
-
-    def new_connection_log(self) -> WsSessionLog:
-        return WsSessionLog(self.root, backend=self.backend, model=self.model)
 
 
 @dataclass
@@ -64,11 +50,11 @@ class Services:
     aligner: Aligner
     archives: Archives
     stream: StreamServices
-    _tasks: list[asyncio.Task[Any]] = field(default_factory=list)
+    _tasks: list[asyncio.Task[Any]] = field(default_factory=list, init=False)
 
     async def start(self) -> None:
         """Preload the asr unit (a failure only degrades), start the probe,
-        the idle sweep and the session pruner."""
+        the idle sweep, the session pruner and the archives (recovery, retention)."""
         try:
             async with self.manager.lease("asr"):
                 pass
@@ -78,10 +64,12 @@ class Services:
         self.manager.start()
         loop = asyncio.get_running_loop()
         self._tasks.append(loop.create_task(self.stream.registry.prune_forever()))
+        await self.archives.start()
 
     async def close(self) -> None:
         for task in self._tasks:
             task.cancel()
+        await self.archives.close()
         await self.health.close()
         await self.manager.close()
 
@@ -96,13 +84,7 @@ ServicesDep = Annotated[Services, Depends(get_services)]
 
 
 def build_archives(settings: Settings, engine: Engine, base_dir: Path) -> Archives:
-    root = settings.log_root(base_dir)
-    return Archives(
-        http=HttpArchive(root, backend=engine.backend, model=engine.model_id),
-        root=root,
-        backend=engine.backend,
-        model=engine.model_id,
-    )
+    return Archives(settings.log_root(base_dir), engine.backend, engine.model_id, settings)
 
 
 def stream_settings(settings: Settings, engine: Engine) -> StreamSettings:
@@ -144,7 +126,7 @@ async def build_stream_services(
         settings=stream_settings(settings, engine),
         new_vad=vad.new_stream,
         new_speaker=lambda: SpeakerGate(speaker),
-        new_log=archives.new_connection_log,
+        new_log=archives.new_connection,
     )
 
 
