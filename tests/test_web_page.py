@@ -10,6 +10,7 @@ from typing import Any
 
 from fastapi.testclient import TestClient
 
+from polyasr_access import KEY_SUBPROTOCOL_PREFIX, SUBPROTOCOL
 from polyasr_app import create_app
 from tests.conftest import TEST_BASE_URL
 
@@ -32,3 +33,18 @@ def test_index_and_its_assets_are_served(make_settings: Any, make_engine: Any, t
         assert response.status_code == 200, asset
         assert types[asset.rsplit(".", 1)[1]] in response.headers["content-type"], asset
     assert client.get("/web/missing.js").status_code == 404
+
+
+def test_the_page_passes_an_api_key(make_settings: Any, make_engine: Any, tmp_path: Path) -> None:
+    """Keyed servers: the page has a key field, kept in localStorage, sent as a
+    Bearer header and offered as the socket subprotocol the server accepts."""
+    settings = make_settings(POLYASR_API_KEY="k")
+    client = TestClient(
+        create_app(make_engine(settings), settings, base_dir=tmp_path), base_url=TEST_BASE_URL
+    )
+    assert client.get("/").status_code == 200 and client.get("/web/app.js").status_code == 200  # open
+    assert 'id="api-key"' in client.get("/").text
+    app_js = client.get("/web/app.js").text
+    assert "localStorage" in app_js and "Authorization: `Bearer ${apiKey()}`" in app_js
+    assert f'"{SUBPROTOCOL}", `{KEY_SUBPROTOCOL_PREFIX}${{apiKey()}}`' in app_js
+    assert client.post("/model/unload").status_code == 401  # what the key is for
