@@ -43,7 +43,7 @@ def create_app(engine: Engine, settings: Settings, base_dir: Path) -> FastAPI:
         services = getattr(app.state, "services", None)
         return None if services is None else services.manager.queue_depth(unit)
 
-    metrics = Metrics(queue_depth=queue_depth, engine_info=engine.info)
+    metrics = Metrics(queue_depth=queue_depth, engine_memory=engine.memory_mib)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

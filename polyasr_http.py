@@ -30,7 +30,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from polyasr_align import AlignEntryFailed, AlignValueError, ManifestError, ManifestForbidden
 from polyasr_audio import AudioDecodeError, AudioTooLong
 from polyasr_languages import UnsupportedLanguage
-from polyasr_manager import ModelBusy, ModelUnavailable, ServerBusy
+from polyasr_manager import DecodeTimeout, ModelBusy, ModelUnavailable, ServerBusy
 from polyasr_metrics import Metrics
 from polyasr_openai import error_body
 
@@ -70,6 +70,7 @@ ERRORS: dict[type[BaseException], tuple[int, str]] = {
     ModelUnavailable: (503, "model_unavailable"),
     ModelBusy: (503, "model_busy"),
     ServerBusy: (503, "server_busy"),
+    DecodeTimeout: (503, "decode_timeout"),
     ClientGone: (499, "client_closed_request"),
 }
 INTERNAL = (500, "internal_error")

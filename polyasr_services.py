@@ -147,6 +147,8 @@ async def build_services(engine: Engine, settings: Settings, base_dir: Path, met
         coload=settings.coload,
         idle_seconds=settings.idle_evict_seconds,
         load_timeout=settings.load_timeout_sec,
+        decode_timeout=settings.decode_timeout_sec,
+        max_queued=settings.max_queued_decodes,
         on_load_failure=lambda unit, reason: health.on_load_failure(unit, reason),
         observer=metrics,
     )
