@@ -28,9 +28,11 @@ from polyasr_engine import Engine
 from polyasr_health import HealthMonitor
 from polyasr_manager import AsrModelManager, ModelBusy, ModelUnavailable
 from polyasr_metrics import Metrics
+from polyasr_protocol import WsLimits
+from polyasr_sessions import SessionRegistry
 from polyasr_speech import SpeakerGate, shared_speaker_filter, shared_vad
 from polyasr_stream import StreamSettings
-from polyasr_ws import SessionRegistry, StreamServices
+from polyasr_ws import StreamServices
 
 log = logging.getLogger("polyasr")
 
@@ -120,13 +122,14 @@ async def build_stream_services(
         # Resemblyzer's preprocessing): pay them now, not in a user's first stop.
         await asyncio.to_thread(speaker.embed, probe_clip)
     return StreamServices(
-        registry=SessionRegistry(settings.resume_ttl_sec, settings.stop_result_ttl_sec),
+        registry=SessionRegistry.from_settings(settings, archives.root),
         decoder=StreamDecoder(transcriber),
         manager=manager,
         settings=stream_settings(settings, engine),
         new_vad=vad.new_stream,
         new_speaker=lambda: SpeakerGate(speaker),
         new_log=archives.new_connection,
+        limits=WsLimits.from_settings(settings),
     )
 
 
