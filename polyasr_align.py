@@ -41,7 +41,7 @@ from polyasr_constants import SAMPLE_RATE, VAD_THRESHOLD, WINDOW_SAMPLES
 from polyasr_decode import DecodeRequest, Transcriber
 from polyasr_engine import AlignedUnit, Clip, Engine
 from polyasr_languages import ALIGNER_NAMES, UnsupportedLanguage, normalize_language
-from polyasr_manager import AsrModelManager, ModelBusy, ModelUnavailable
+from polyasr_manager import AsrModelManager, DecodeTimeout, ModelBusy, ModelUnavailable, ServerBusy
 from polyasr_scheduler import Priority
 from polyasr_speech import shared_vad
 from polyasr_text import is_cjk, join_texts
@@ -664,11 +664,12 @@ async def _all(coros: Sequence[Awaitable[T]]) -> list[T]:
 async def _named(label: str | None, work: Awaitable[T]) -> T:
     """Re-raise an internal failure of a manifest entry's work naming the entry.
 
-    Model availability (503) and bad values (422) keep their own statuses.
+    Model availability and a full or stuck queue (503) and bad values (422)
+    keep their own statuses.
     """
     try:
         return await work
-    except (ModelUnavailable, ModelBusy, AlignValueError):
+    except (ModelUnavailable, ModelBusy, ServerBusy, DecodeTimeout, AlignValueError):
         raise
     except Exception as exc:
         if label is None:

@@ -82,4 +82,7 @@ def serve(backend: Backend, engine_factory: Callable[[Settings], Engine], base_d
         raise SystemExit(2) from None
     warn_if_open(settings)
     app = create_app(engine, settings, base_dir)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level="info")
+    # A little over the largest message the protocol allows: bigger ones are cut
+    # off by the stack (1009); those in between get our own error with its code.
+    ws_max_size = 4 * max(settings.ws_max_text_bytes, settings.ws_max_frame_bytes + 16)
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level="info", ws_max_size=ws_max_size)

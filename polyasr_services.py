@@ -111,6 +111,7 @@ async def build_stream_services(
     manager: AsrModelManager,
     transcriber: Transcriber,
     archives: Archives,
+    health: HealthMonitor,
     probe_clip: Any,
 ) -> StreamServices:
     """What dictation connections need. VAD and speaker encoder load here,
@@ -130,6 +131,7 @@ async def build_stream_services(
         new_speaker=lambda: SpeakerGate(speaker),
         new_log=archives.new_connection,
         limits=WsLimits.from_settings(settings),
+        on_session_end=health.record_session,
     )
 
 
@@ -168,5 +170,7 @@ async def build_services(engine: Engine, settings: Settings, base_dir: Path, met
         transcriber=transcriber,
         aligner=Aligner(engine, manager, transcriber),
         archives=archives,
-        stream=await build_stream_services(settings, engine, manager, transcriber, archives, probe_clip),
+        stream=await build_stream_services(
+            settings, engine, manager, transcriber, archives, health, probe_clip
+        ),
     )

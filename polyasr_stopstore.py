@@ -19,10 +19,13 @@ continues the incarnation the client was in. Texts are served for
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+
+log = logging.getLogger("polyasr.stops")
 
 STOP_TOMBSTONE_SEC = 86_400.0  # how long an expired stopId is still recognized
 DB_NAME = "stops.sqlite3"
@@ -77,8 +80,19 @@ class StopStore:
 
     @classmethod
     def under(cls, log_root: Path | None, max_records: int) -> StopStore:
-        """The store for an archive root (``None``: archiving off → in memory)."""
-        return cls(log_root / DB_NAME if log_root is not None else None, max_records)
+        """The store for an archive root (``None``: archiving off → in memory).
+
+        A root the process cannot write (a file in the way, no permission)
+        must not stop the service: stop results are then kept in memory, as
+        with archiving off, and the log says so once.
+        """
+        if log_root is None:
+            return cls(None, max_records)
+        try:
+            return cls(log_root / DB_NAME, max_records)
+        except (OSError, sqlite3.Error) as exc:
+            log.warning("stop results kept in memory: cannot open %s (%s)", log_root / DB_NAME, exc)
+            return cls(None, max_records)
 
     def get(self, session_id: str, stop_id: str, now: float) -> StopRecord | None:
         with self._lock:
