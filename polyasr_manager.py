@@ -17,8 +17,8 @@ from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 from polyasr_engine import UNITS, Engine
-from polyasr_scheduler import DecodeTimeout, Priority
-from polyasr_unit import ModelUnavailable, ModelUnit, NotResident, ServerBusy, UnitObserver
+from polyasr_scheduler import DecodeTimeout, Priority, ServerBusy
+from polyasr_unit import ModelUnavailable, ModelUnit, NotResident, UnitObserver
 from polyasr_weights import unfetchable
 
 __all__ = [
