@@ -9,6 +9,7 @@ engine here loads the tiny random-weight checkpoints through the real loaders.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import importlib.util
 import os
 import socket
@@ -225,3 +226,17 @@ def live_server(tiny: TinyModels, backend: Backend, tmp_path: Path) -> Iterator[
     yield start
     for server in started:
         server.stop()
+
+
+@pytest.fixture
+def ieee_floats() -> None:
+    """Restore the processor's IEEE float mode before a hypothesis test.
+
+    qwen-asr imports nagisa, whose DyNet build sets flush-to-zero on the
+    thread that loads it; once any in-process test has loaded the CUDA engine,
+    hypothesis cannot draw subnormal floats and refuses to run. glibc's
+    ``fesetenv(FE_DFL_ENV)`` puts the default mode back for this thread.
+    """
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL("libm.so.6").fesetenv(ctypes.c_void_p(-1))

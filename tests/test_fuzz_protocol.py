@@ -38,6 +38,8 @@ from polyasr_protocol import ProtocolError, build_frame, parse_frame
 from tests.audio_util import speech
 from tests.conftest import LiveServer, serving
 
+pytestmark = pytest.mark.usefixtures("ieee_floats")  # see tests/conftest.py
+
 FRAME_BYTES = 3200  # 100 ms of PCM16 at 16 kHz
 SPEECH_PCM = (np.clip(speech("voice_a"), -1, 1) * 32767).astype("<i2").tobytes()
 REPLY_TIMEOUT = 30.0  # a loaded 2-core machine decodes slowly; a hang still fails

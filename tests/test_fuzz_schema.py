@@ -29,6 +29,8 @@ from schemathesis import GenerationMode
 from tests.audio_util import speech, wav_bytes
 from tests.conftest import REPO, LiveServer, serving
 
+pytestmark = pytest.mark.usefixtures("ieee_floats")  # see tests/conftest.py
+
 CASES = 300  # per generation mode, spread over every operation
 AUDIO_CASES = 30  # per upload route, each a real decode
 MANIFEST_CASES = 60
