@@ -118,16 +118,16 @@ def test_sigterm_drains_then_exits_with_complete_archives(server: LiveServer) ->
     live = dictation(server, "live", 3)
     late = dictation(server, "late", 3)
     stopping = dictation(server, "stopping", 3)
-    # Frames 3..5 are missing: the server waits for them before the final.
-    stopping.send(json.dumps({"type": "stop", "stopId": "s1", "finalCapturedSeq": 6}))
     release, answers = threading.Event(), []
     upload = threading.Thread(target=held_upload, args=(server, release, answers))
     upload.start()
-    time.sleep(1.0)  # the upload's headers reached the app
+    time.sleep(1.5)  # the upload's headers reached the app
 
+    # Frames 3..5 are missing: the server waits (up to 2 s) for them before the final.
+    stopping.send(json.dumps({"type": "stop", "stopId": "s1", "finalCapturedSeq": 6}))
     server.proc.send_signal(signal.SIGTERM)
     signalled = time.monotonic()
-    time.sleep(0.5)
+    time.sleep(0.3)
     for seq in range(3, 6):  # the stop in flight gets its missing audio, then its final
         stopping.send(build_frame(seq, FRAMES[seq]))
     answered, code = messages_until_closed(stopping, 30)
