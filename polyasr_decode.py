@@ -149,8 +149,8 @@ class Transcriber:
             self.settings.token_budget(seconds),
             prefix=request.prefix if single else "",
         )
-        run = self.manager.run_batched(
-            "asr", "transcribe", self.engine.transcribe, clip, priority, request.replace_key, **lease
+        run = self.manager.unit("asr").run_batched(
+            "transcribe", self.engine.transcribe, clip, priority, request.replace_key, **lease
         )
         return asyncio.ensure_future(run)
 

@@ -17,8 +17,8 @@ from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 from polyasr_engine import UNITS, Engine
-from polyasr_scheduler import DecodeTimeout, Priority
-from polyasr_unit import ModelUnavailable, ModelUnit, NotResident, ServerBusy, UnitObserver
+from polyasr_scheduler import DecodeTimeout, Priority, ServerBusy
+from polyasr_unit import ModelUnavailable, ModelUnit, NotResident, UnitObserver
 from polyasr_weights import unfetchable
 
 __all__ = [
@@ -132,18 +132,9 @@ class AsrModelManager:
         """Run ``fn(model)`` on the unit's thread under a lease."""
         return await self._units[name].run(fn, priority, **lease)
 
-    async def run_batched(
-        self,
-        name: str,
-        key: str,
-        batch_fn: Callable[[Any, list[Any], Callable[[], bool] | None], list[Any]],
-        payload: Any,
-        priority: Priority,
-        replace_key: str | None = None,
-        **lease: bool,
-    ) -> Any:
-        """Queue ``payload`` for a batched engine call (see :meth:`ModelUnit.run_batched`)."""
-        return await self._units[name].run_batched(key, batch_fn, payload, priority, replace_key, **lease)
+    def unit(self, name: str) -> ModelUnit:
+        """The unit itself, for batched work (:meth:`ModelUnit.run_batched`)."""
+        return self._units[name]
 
     def is_queued(self, name: str, replace_key: str) -> bool:
         return self._units[name].worker.is_queued(replace_key)

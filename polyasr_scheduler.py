@@ -58,6 +58,13 @@ class DecodeTimeout(RuntimeError):
     retry_after = 5
 
 
+class ServerBusy(RuntimeError):
+    """Too much decode work is already queued on a unit; retry shortly (HTTP 503
+    ``server_busy`` with Retry-After)."""
+
+    retry_after = 2
+
+
 def _as_exception(exc: BaseException) -> Exception:
     """What a waiter may safely receive: a Future refuses ``StopIteration`` and
     an event loop re-raises ``KeyboardInterrupt``/``SystemExit`` out of itself,
@@ -157,6 +164,29 @@ class UnitScheduler:
         a partial): a preemptible decode checks this between tokens and yields."""
         with self._cv:
             return bool(self._heap) and self._heap[0].priority < self._running
+
+    def stop_check(self, priority: Priority) -> Callable[[], bool] | None:
+        """What a decode of ``priority`` polls between tokens: partials and probes
+        yield to anything more urgent, batches and commits to a waiting final
+        (and run again from the queue); finals never yield."""
+        if priority >= Priority.PARTIAL:
+            return self.urgent_waiting
+        if priority in (Priority.BATCH, Priority.COMMIT):
+            return self.final_waiting
+        return None
+
+    def admit(self, priority: Priority, max_queued: int, shed: bool) -> None:
+        """At ``max_queued`` waiting jobs: refuse batch work (503 ``server_busy``)
+        and, when ``shed``, drop partials and probes (as preempted: a newer one
+        comes soon). Finals, commits, native-stream calls (their state must see
+        every chunk) and the unit's own loads and evictions always queue, so a
+        dictation that was admitted is never refused its result."""
+        if self.depth() < max_queued:
+            return
+        if priority == Priority.BATCH:
+            raise ServerBusy(f"{max_queued} decodes already queued on {self.name}; retry shortly")
+        if shed and priority >= Priority.PARTIAL:
+            raise Preempted(f"{self.name} decode queue is full")
 
     def final_waiting(self) -> bool:
         """Whether a final waits behind the running batch (and that batch has not

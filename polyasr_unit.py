@@ -20,7 +20,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any, Protocol
 
-from polyasr_engine import Engine, Preempted
+from polyasr_engine import Engine
 from polyasr_scheduler import DEFAULT_MAX_BATCH, BatchFn, Priority, UnitScheduler
 
 log = logging.getLogger("polyasr.manager")
@@ -28,13 +28,6 @@ log = logging.getLogger("polyasr.manager")
 
 class ModelUnavailable(RuntimeError):
     """A unit cannot be loaded (weights gone, OOM, load timed out)."""
-
-
-class ServerBusy(RuntimeError):
-    """Too much decode work is already queued on a unit; retry shortly (HTTP 503
-    ``server_busy`` with Retry-After)."""
-
-    retry_after = 2
 
 
 class NotResident(RuntimeError):
@@ -217,13 +210,7 @@ class ModelUnit:
         tells the engine that something more urgent waits. Batches and commits
         yield to a waiting final and then run again from the queue."""
         requeue = priority in (Priority.BATCH, Priority.COMMIT)
-        stop = (
-            self.worker.urgent_waiting
-            if priority >= Priority.PARTIAL
-            else self.worker.final_waiting
-            if requeue
-            else None
-        )
+        stop = self.worker.stop_check(priority)
         async with self.lease(**lease):
             model = await self._model_for_work(priority, lease.get("resident_only", False), shed=True)
             run: BatchFn = lambda payloads: batch_fn(model, payloads, stop)  # noqa: E731
@@ -237,21 +224,9 @@ class ModelUnit:
             if resident_only:
                 raise NotResident(self.name)
             await self.ensure()
-        self._admit(priority, shed)
+        if self.max_queued is not None:
+            self.worker.admit(priority, self.max_queued, shed)
         return self.model
-
-    def _admit(self, priority: Priority, shed: bool) -> None:
-        """At ``max_queued`` waiting jobs: refuse batch work (503 ``server_busy``)
-        and, when ``shed``, drop partials and probes (as preempted: a newer one
-        comes soon). Finals, commits, native-stream calls (their state must see
-        every chunk) and the unit's own loads and evictions always queue, so a
-        dictation that was admitted is never refused its result."""
-        if self.max_queued is None or self.worker.depth() < self.max_queued:
-            return
-        if priority == Priority.BATCH:
-            raise ServerBusy(f"{self.max_queued} decodes already queued on {self.name}; retry shortly")
-        if shed and priority >= Priority.PARTIAL:
-            raise Preempted(f"{self.name} decode queue is full")
 
     def _bind(self, future: asyncio.Future[Any]) -> asyncio.Future[Any]:
         self.bound.add(future)

@@ -238,7 +238,8 @@ async def test_scheduler_batches_up_to_the_engines_largest_bucket(pair: dict[str
         while not mgr.is_resident("asr"):
             await asyncio.sleep(0.01)
         queued = [
-            asyncio.ensure_future(mgr.run_batched("asr", "k", batch, i, Priority.BATCH)) for i in range(40)
+            asyncio.ensure_future(mgr.unit("asr").run_batched("k", batch, i, Priority.BATCH))
+            for i in range(40)
         ]
         await asyncio.sleep(0.1)
         gate.set()

@@ -68,7 +68,7 @@ def manager_for(engine: Any, **kwargs: Any) -> AsrModelManager:
 
 
 def decode(mgr: AsrModelManager, engine: Any, priority: Priority = Priority.BATCH) -> asyncio.Future[Any]:
-    return asyncio.ensure_future(mgr.run_batched("asr", "tx", engine.transcribe, CLIP, priority))
+    return asyncio.ensure_future(mgr.unit("asr").run_batched("tx", engine.transcribe, CLIP, priority))
 
 
 async def block_unit(mgr: AsrModelManager) -> tuple[threading.Event, asyncio.Future[Any]]:

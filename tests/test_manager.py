@@ -191,7 +191,7 @@ async def test_run_batched_decodes_on_the_unit(engine: Any) -> None:
     mgr = manager_for(engine)
     clip = Clip(speech()[:32000], "English", "", 32)
     results = await asyncio.gather(
-        *(mgr.run_batched("asr", "tx", engine.transcribe, clip, Priority.BATCH) for _ in range(3))
+        *(mgr.unit("asr").run_batched("tx", engine.transcribe, clip, Priority.BATCH) for _ in range(3))
     )
     assert len(results) == 3 and all(r.language == "English" for r in results)
     await mgr.close()
@@ -210,11 +210,13 @@ async def test_a_final_preempts_a_running_partial(engine: Any, backend: str) -> 
     async with mgr.lease("asr"):
         pass
     long_partial = asyncio.ensure_future(
-        mgr.run_batched("asr", "tx", engine.transcribe, Clip(audio, "English", "", 256), Priority.PARTIAL)
+        mgr.unit("asr").run_batched(
+            "tx", engine.transcribe, Clip(audio, "English", "", 256), Priority.PARTIAL
+        )
     )
     await asyncio.sleep(0.3)  # the partial is generating now
-    final = await mgr.run_batched(
-        "asr", "tx", engine.transcribe, Clip(audio[:32000], "English", "", 32), Priority.FINAL
+    final = await mgr.unit("asr").run_batched(
+        "tx", engine.transcribe, Clip(audio[:32000], "English", "", 32), Priority.FINAL
     )
     assert final.language == "English"
     if backend == "cuda":

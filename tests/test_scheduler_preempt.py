@@ -77,7 +77,7 @@ async def test_manager_lets_batches_and_commits_yield_to_finals_only(
         return payloads
 
     for priority in (Priority.FINAL, Priority.BATCH, Priority.COMMIT, Priority.PARTIAL):
-        await mgr.run_batched("asr", "k", record, priority, priority)
+        await mgr.unit("asr").run_batched("k", record, priority, priority)
     unit = mgr._units["asr"].worker
     assert polls[Priority.FINAL] is None
     assert polls[Priority.BATCH] == unit.final_waiting == polls[Priority.COMMIT]
@@ -90,9 +90,9 @@ async def test_manager_lets_batches_and_commits_yield_to_finals_only(
         started.set()
         return _yielding(events, should_stop, "batch")
 
-    upload = asyncio.ensure_future(mgr.run_batched("asr", "tx", long_batch, "b", Priority.BATCH))
+    upload = asyncio.ensure_future(mgr.unit("asr").run_batched("tx", long_batch, "b", Priority.BATCH))
     await asyncio.to_thread(started.wait, 300)
-    final = await mgr.run_batched("asr", "tx", lambda _m, p, _s: ["final"], "f", Priority.FINAL)
+    final = await mgr.unit("asr").run_batched("tx", lambda _m, p, _s: ["final"], "f", Priority.FINAL)
     assert final == "final" and events[:2] == ["batch start", "batch yields"]
     assert await upload == "batch" and events[-1] == "batch done"
     await mgr.close()
