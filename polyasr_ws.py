@@ -87,8 +87,13 @@ class Superseded(Exception):
     """A newer connection took this session over; this one steps aside."""
 
 
-class ShuttingDown(Superseded):
-    """The process drains for shutdown and the grace is over; the client resumes after the restart."""
+class ShuttingDown(ProtocolError):
+    """The shutdown drain's grace is over: ``server_shutting_down``, close 1012,
+    and the client resumes after the restart (a start is refused with 1013 instead)."""
+
+    def __init__(self) -> None:
+        super().__init__(*SHUTTING_DOWN)
+        self.close_code = CLOSE_RESTARTING
 
 
 class ReaderFailed(Exception):
@@ -158,7 +163,7 @@ class Inbox:
     def __init__(self, transport: Transport) -> None:
         self.queue: asyncio.Queue[bytes | str | None] = asyncio.Queue(RECEIVE_QUEUE)
         self.superseded = asyncio.Event()
-        self.aside: type[Superseded] = Superseded  # why ``superseded`` was set
+        self.aside: type[Exception] = Superseded  # what a wait raises once ``superseded`` is set
         self._transport = transport
         self._reader: asyncio.Task[None] | None = None
 
@@ -211,7 +216,20 @@ class Inbox:
         return future.result()
 
 
-class Connection:
+class Driving:
+    """What the session registry may tell the connection driving a session."""
+
+    inbox: Inbox
+
+    def supersede(self) -> None:
+        self.inbox.superseded.set()
+
+    def shut_down(self) -> None:
+        self.inbox.aside = ShuttingDown
+        self.inbox.superseded.set()
+
+
+class Connection(Driving):
     """The protocol state machine of one WebSocket connection."""
 
     def __init__(self, services: StreamServices, transport: Transport) -> None:
@@ -224,13 +242,6 @@ class Connection:
         self.record: SessionRecord | None = None
         self.fatal: ModelUnavailable | None = None
         self._send_lock = asyncio.Lock()
-
-    def supersede(self) -> None:
-        self.inbox.superseded.set()
-
-    def shut_down(self) -> None:
-        self.inbox.aside = ShuttingDown
-        self.inbox.superseded.set()
 
     async def run(self) -> None:
         self.inbox.start()
@@ -265,9 +276,6 @@ class Connection:
         except Disconnected:
             ack_seq = self.record.journal.ack_seq if self.record else -1
             self.log.event("disconnect", session_id=self.record and self.record.session_id, ack_seq=ack_seq)
-        except ShuttingDown:
-            self.log.event("server_shutting_down")
-            await self._fail(SHUTTING_DOWN[0], SHUTTING_DOWN[1], CLOSE_RESTARTING)
         except Superseded:
             self.log.event("superseded")
             await self.transport.close(CLOSE_NORMAL)
