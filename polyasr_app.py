@@ -10,6 +10,7 @@ mapping — is one middleware or handler each (polyasr_access, polyasr_http).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 from collections.abc import AsyncIterator, Callable
@@ -25,6 +26,7 @@ import polyasr_routes_openai
 import polyasr_routes_ops
 from polyasr_access import AccessGuard, AccessPolicy, warn_if_open
 from polyasr_config import Backend, ConfigError, Settings, load_settings
+from polyasr_drain import Drain, DrainGuard, DrainingServer
 from polyasr_engine import Engine
 from polyasr_http import RequestMetrics, UploadLimit, install_error_handlers
 from polyasr_metrics import Metrics
@@ -44,11 +46,13 @@ def create_app(engine: Engine, settings: Settings, base_dir: Path) -> FastAPI:
         return None if services is None else services.manager.queue_depth(unit)
 
     metrics = Metrics(queue_depth=queue_depth, engine_memory=engine.memory_mib)
+    drain = Drain(settings.shutdown_grace_sec)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         services = await build_services(engine, settings, base_dir, metrics)
         app.state.services = services
+        drain.sessions = services.stream.registry
         await services.start()
         try:
             yield
@@ -56,6 +60,7 @@ def create_app(engine: Engine, settings: Settings, base_dir: Path) -> FastAPI:
             await services.close()
 
     app = FastAPI(title=f"polyasr ({engine.backend.upper()})", version=VERSION, lifespan=lifespan)
+    app.state.drain = drain
     install_error_handlers(app)
     for family in FAMILIES:
         app.include_router(family.router)
@@ -66,6 +71,7 @@ def create_app(engine: Engine, settings: Settings, base_dir: Path) -> FastAPI:
     templated += [route for route in app.routes if getattr(route, "path", None)]
     # Added last = outermost: metrics see every answer, refusals included.
     app.add_middleware(UploadLimit, max_bytes=settings.max_upload_bytes)
+    app.add_middleware(DrainGuard, drain=drain)
     app.add_middleware(AccessGuard, policy=AccessPolicy.from_settings(settings))
     app.add_middleware(RequestMetrics, metrics=metrics, routes=templated)
     return app
@@ -85,4 +91,9 @@ def serve(backend: Backend, engine_factory: Callable[[Settings], Engine], base_d
     # A little over the largest message the protocol allows: bigger ones are cut
     # off by the stack (1009); those in between get our own error with its code.
     ws_max_size = 4 * max(settings.ws_max_text_bytes, settings.ws_max_frame_bytes + 16)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level="info", ws_max_size=ws_max_size)
+    config = uvicorn.Config(
+        app, host=settings.host, port=settings.port, log_level="info", ws_max_size=ws_max_size
+    )
+    # SIGTERM drains first (polyasr_drain): finals and running uploads finish.
+    with contextlib.suppress(KeyboardInterrupt):  # a SIGINT re-raised after the drain, as uvicorn.run
+        DrainingServer(config, drain=app.state.drain).run()

@@ -25,6 +25,7 @@ CLOSE_NORMAL = 1000
 CLOSE_TOO_BIG = 1009
 CLOSE_PROTOCOL = 1008
 CLOSE_INTERNAL = 1011
+CLOSE_RESTARTING = 1012
 CLOSE_TRY_AGAIN = 1013
 
 
@@ -64,12 +65,15 @@ SESSION_TOO_LONG = ("session_too_long", "ASR session exceeds the maximum duratio
 SERVER_BUSY = ("server_busy", "too many live ASR sessions; retry later")
 START_TIMEOUT = ("start_timeout", "no ASR protocol start received in time")
 SESSION_IDLE = ("session_idle", "no ASR audio received in time")
+# ▲ shutdown drain (issue 8 §6): refused at start (1013), or cut after the grace (1012)
+SHUTTING_DOWN = ("server_shutting_down", "the server is shutting down; resume after it restarts")
 
 # Close codes other than 1008 (protocol error): oversize messages and a busy server.
 CLOSE_CODES = {
     TEXT_TOO_LARGE[0]: CLOSE_TOO_BIG,
     FRAME_TOO_LARGE[0]: CLOSE_TOO_BIG,
     SERVER_BUSY[0]: CLOSE_TRY_AGAIN,
+    SHUTTING_DOWN[0]: CLOSE_TRY_AGAIN,
 }
 
 

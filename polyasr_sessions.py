@@ -12,6 +12,9 @@ frame journal, the recognition state and which connection drives it, until
 * An incarnation is finalized once; any later stop of it replays that result.
 * At most ``POLYASR_MAX_SESSIONS`` sessions are driven at once; beyond that a
   ``start``/``resume`` is refused with ``server_busy``.
+* Once the process drains for shutdown (polyasr_drain), every ``start``/``resume``
+  is refused with ``server_shutting_down``, and after the grace the drivers
+  still live are told to shut down.
 
 Answered stops are kept in the :class:`StopStore` (SQLite) so they survive a
 restart. The connection reaches all of this through the methods below, never
@@ -30,7 +33,7 @@ from typing import Protocol
 
 from polyasr_config import Settings
 from polyasr_journal import FrameJournal
-from polyasr_protocol import SERVER_BUSY, Opening, protocol_error
+from polyasr_protocol import SERVER_BUSY, SHUTTING_DOWN, Opening, protocol_error
 from polyasr_stopstore import StopRecord, StopStore
 from polyasr_stream import DictationSession
 
@@ -42,6 +45,9 @@ class Driver(Protocol):
 
     def supersede(self) -> None:
         """A newer connection took the session over."""
+
+    def shut_down(self) -> None:
+        """The process is going down: tell the client to resume after the restart."""
 
 
 @dataclass
@@ -67,6 +73,7 @@ class SessionRegistry:
     reorder_window: int = 256
     store: StopStore = field(default_factory=lambda: StopStore(None, 10_000))
     clock: Callable[[], float] = time.time
+    draining: bool = False
     _records: dict[str, SessionRecord] = field(default_factory=dict)
 
     @classmethod
@@ -97,6 +104,8 @@ class SessionRegistry:
         self, opening: Opening, owner: Driver, new_session: Callable[[], DictationSession]
     ) -> SessionRecord:
         """Attach ``owner`` to the session ``opening`` names (a start replaces it)."""
+        if self.draining:
+            raise protocol_error(SHUTTING_DOWN)
         held = self.held(opening.session_id)
         if (held is None or held.owner is None) and self.driven() >= self.max_sessions:
             raise protocol_error(SERVER_BUSY, sessions=self.driven())
@@ -133,6 +142,17 @@ class SessionRegistry:
             record.owner = None
             record.session.detach()
             record.updated_at = self.clock()
+
+    def stop_admitting(self) -> None:
+        """Shutdown began: no new driver from now on."""
+        self.draining = True
+
+    def shut_down_all(self) -> int:
+        """Tell every driver still live that the process goes down; how many there were."""
+        owners = [record.owner for record in self._records.values() if record.owner is not None]
+        for owner in owners:
+            owner.shut_down()
+        return len(owners)
 
     def _expired(self, record: SessionRecord) -> bool:
         return self.clock() - record.updated_at > self.resume_ttl

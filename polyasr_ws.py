@@ -5,7 +5,8 @@ A connection opens with ``start`` or ``resume`` (within ``START_TIMEOUT_SEC``),
 acknowledges every frame after archiving it and before reporting anything
 derived from it, and ends after exactly one answered ``stop`` (``final`` +
 ``done``, or ``stopExpired``), a refusal (its own code; 1008, 1009 for
-oversize, 1013 when busy), or a model failure (1011). The session it drives —
+oversize, 1013 when busy or shutting down), a model failure (1011), or the
+end of a shutdown drain (``server_shutting_down``, 1012: resume after the restart). The session it drives —
 journal, recognition state, stop results — belongs to the registry
 (:mod:`polyasr_sessions`); a newer connection for the same session supersedes
 this one, which then steps aside at once.
@@ -31,8 +32,10 @@ from polyasr_protocol import (
     AUDIO_BEFORE_START,
     CLOSE_INTERNAL,
     CLOSE_NORMAL,
+    CLOSE_RESTARTING,
     SESSION_IDLE,
     SESSION_TOO_LONG,
+    SHUTTING_DOWN,
     START_TIMEOUT,
     STOP_BEFORE_START,
     UNSUPPORTED_MESSAGE,
@@ -82,6 +85,15 @@ class Disconnected(Exception):
 
 class Superseded(Exception):
     """A newer connection took this session over; this one steps aside."""
+
+
+class ShuttingDown(ProtocolError):
+    """The shutdown drain's grace is over: ``server_shutting_down``, close 1012,
+    and the client resumes after the restart (a start is refused with 1013 instead)."""
+
+    def __init__(self) -> None:
+        super().__init__(*SHUTTING_DOWN)
+        self.close_code = CLOSE_RESTARTING
 
 
 class ReaderFailed(Exception):
@@ -151,6 +163,7 @@ class Inbox:
     def __init__(self, transport: Transport) -> None:
         self.queue: asyncio.Queue[bytes | str | None] = asyncio.Queue(RECEIVE_QUEUE)
         self.superseded = asyncio.Event()
+        self.aside: type[Exception] = Superseded  # what a wait raises once ``superseded`` is set
         self._transport = transport
         self._reader: asyncio.Task[None] | None = None
 
@@ -184,7 +197,7 @@ class Inbox:
         if get.done() and not get.cancelled():
             return get.result()
         if self.superseded.is_set():
-            raise Superseded
+            raise self.aside
         if self._reader.done():
             failure = None if self._reader.cancelled() else self._reader.exception()
             raise ReaderFailed(f"reading from the socket failed: {failure!r}")
@@ -199,11 +212,24 @@ class Inbox:
             aside.cancel()
         if self.superseded.is_set():
             future.cancel()  # a shield: the session's own work goes on
-            raise Superseded
+            raise self.aside
         return future.result()
 
 
-class Connection:
+class Driving:
+    """What the session registry may tell the connection driving a session."""
+
+    inbox: Inbox
+
+    def supersede(self) -> None:
+        self.inbox.superseded.set()
+
+    def shut_down(self) -> None:
+        self.inbox.aside = ShuttingDown
+        self.inbox.superseded.set()
+
+
+class Connection(Driving):
     """The protocol state machine of one WebSocket connection."""
 
     def __init__(self, services: StreamServices, transport: Transport) -> None:
@@ -216,9 +242,6 @@ class Connection:
         self.record: SessionRecord | None = None
         self.fatal: ModelUnavailable | None = None
         self._send_lock = asyncio.Lock()
-
-    def supersede(self) -> None:
-        self.inbox.superseded.set()
 
     async def run(self) -> None:
         self.inbox.start()

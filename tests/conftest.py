@@ -81,6 +81,9 @@ def tiny_env(tiny: TinyModels, **extra: str) -> dict[str, str]:
         "POLYASR_DEVICE": "cpu",
         "POLYASR_DTYPE": "float32",
         "HF_HUB_OFFLINE": "1",
+        # Tests stop servers with clients still connected: a short drain leaves
+        # LiveServer.stop's wait room to close the archives (polyasr_drain).
+        "POLYASR_SHUTDOWN_GRACE_SEC": "2",
     }
     env.update(extra)
     return env

@@ -36,6 +36,7 @@ LAYERS: dict[str, int] = {
             "http",
             "services",
             "app",
+            "drain",
             "routes_ops",
             "routes_openai",
             "routes_align",

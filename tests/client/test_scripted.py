@@ -20,7 +20,7 @@ from polyasr_client import (
     UnsupportedLanguage,
 )
 
-from tests.client.fakes import ScriptedServer
+from tests.client.fakes import ScriptedServer, covered_final
 
 FRAMES = [bytes([seq, 0]) * 1600 for seq in range(20)]  # 100 ms each, distinguishable
 
@@ -186,6 +186,19 @@ async def test_a_refused_start_raises_its_typed_error() -> None:
         await d.start()
     with pytest.raises(RuntimeError):
         await d.send_audio(FRAMES[0])
+
+
+async def test_a_server_shutting_down_is_resumed_like_a_drop() -> None:
+    def restarting(server: ScriptedServer, stop: dict[str, Any]) -> list[dict[str, Any]]:
+        if len(server.stops) == 1:  # the drain's grace ended before this stop was answered
+            return [{"type": "error", "code": "server_shutting_down", "error": "restarting"}]
+        return covered_final(server, stop)
+
+    server = ScriptedServer(answer=restarting)
+    result = await run(dictation(server))
+    assert [o["type"] for o in server.openings] == ["start", "resume"]
+    assert len(server.stops) == 2 and server.stops[0] == server.stops[1]
+    assert (result.text, result.source) == ("hello world", "stream")
 
 
 async def test_reconnecting_gives_up_with_connection_lost() -> None:

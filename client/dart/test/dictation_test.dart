@@ -186,6 +186,21 @@ void main() {
     expect(batch.uploads, isEmpty);
   });
 
+  test('a server shutting down is resumed like a drop', () async {
+    List<Map<String, Object?>> restarting(ScriptedServer server, Map<String, dynamic> stop) =>
+        server.stops.length == 1 // the drain's grace ended before this stop was answered
+            ? [
+                {'type': 'error', 'code': 'server_shutting_down', 'error': 'restarting'},
+              ]
+            : coveredFinal(server, stop);
+    final server = ScriptedServer(answer: restarting);
+    final result = await run(dictation(server));
+    expect([for (final o in server.openings) o['type']], ['start', 'resume']);
+    expect(server.stops, hasLength(2));
+    expect(server.stops[0], server.stops[1]);
+    expect((result.text, result.source), ('hello world', DictationSource.stream));
+  });
+
   test('a refused start raises its typed error', () async {
     final refusal = {'type': 'error', 'code': 'unsupported_language', 'error': "unsupported language 'klingon'"};
     final d = dictation(ScriptedServer(refuseStart: refusal));

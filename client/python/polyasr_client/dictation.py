@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from polyasr_client.errors import ConnectionLost, PolyAsrError, error_from_message
+from polyasr_client.errors import ConnectionLost, PolyAsrError, ServerShuttingDown, error_from_message
 from polyasr_client.framing import BYTES_PER_SECOND, FRAME_BYTES, encode_frame
 from polyasr_client.http_api import PolyAsrClient
 from polyasr_client.ledger import FrameLedger
@@ -236,7 +236,10 @@ class Dictation:
             while not self._settled.is_set():
                 message = await link.recv()
                 if isinstance(message, str):
-                    self._dispatch(_decode(message))
+                    decoded = _decode(message)
+                    if decoded.get("code") == ServerShuttingDown.code:  # a restart: resume after it
+                        raise LinkClosed(str(decoded.get("error") or "the server is shutting down"))
+                    self._dispatch(decoded)
         except LinkClosed:
             self._link_lost(generation)
         except PolyAsrError as exc:
@@ -274,7 +277,7 @@ class Dictation:
                 await asyncio.sleep(self._reconnect_delay * 2 ** (attempt - 1))
             try:
                 await self._open("resume")
-            except LinkClosed:
+            except (LinkClosed, ServerShuttingDown):  # still going down: try again after the delay
                 continue
             except PolyAsrError as exc:
                 self._fail(exc)

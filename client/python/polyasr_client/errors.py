@@ -133,6 +133,13 @@ class ServerBusy(PolyAsrError):
     code = "server_busy"
 
 
+class ServerShuttingDown(PolyAsrError):
+    """The server is restarting (close 1012 mid-session, 1013 at a start):
+    a dictation treats it like a dropped connection and resumes once it is back."""
+
+    code = "server_shutting_down"
+
+
 class BadRequest(PolyAsrError):
     """HTTP 400: the upload does not decode as audio or is empty, or a
     manifest entry is invalid (missing, relative or unknown path)."""
@@ -180,6 +187,7 @@ WS_ERRORS: dict[str, type[PolyAsrError]] = {
     "session_idle": SessionIdle,
     "session_too_long": SessionTooLong,
     "server_busy": ServerBusy,
+    "server_shutting_down": ServerShuttingDown,
 }
 
 HTTP_ERRORS: dict[int, type[PolyAsrError]] = {

@@ -238,6 +238,8 @@ class Dictation {
         }
         if (!opened.isCompleted) {
           opened.complete(message);
+        } else if (message['code'] == 'server_shutting_down') {
+          _linkLost(generation); // a restart: resume after it, as after a drop
         } else if (!_settled.isCompleted) {
           _dispatch(message);
         }
@@ -352,6 +354,8 @@ class Dictation {
           await _open('resume');
         } on LinkClosed {
           continue;
+        } on ServerShuttingDown {
+          continue; // still going down: try again after the delay
         } on PolyAsrError catch (error) {
           _fail(error);
           return;

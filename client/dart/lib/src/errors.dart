@@ -149,6 +149,13 @@ class ServerBusy extends PolyAsrError {
       : super(code: 'server_busy');
 }
 
+/// The server is restarting (close 1012 mid-session, 1013 at a start): a
+/// dictation treats it like a dropped connection and resumes once it is back.
+class ServerShuttingDown extends PolyAsrError {
+  ServerShuttingDown(super.message, {super.status, super.detail, super.retryAfter})
+      : super(code: 'server_shutting_down');
+}
+
 /// HTTP 400: the upload does not decode as audio or is empty, or a manifest
 /// entry is invalid (missing, relative or unknown path).
 class BadRequest extends PolyAsrError {
@@ -204,6 +211,7 @@ final Map<String, ErrorFactory> wsErrors = {
   'session_idle': SessionIdle.new,
   'session_too_long': SessionTooLong.new,
   'server_busy': ServerBusy.new,
+  'server_shutting_down': ServerShuttingDown.new,
 };
 
 final Map<int, ErrorFactory> httpErrors = {
