@@ -44,6 +44,8 @@ from polyasr_client import (
     websocket_url,
 )
 
+import polyasr_protocol
+
 # -- framing ---------------------------------------------------------------
 
 
@@ -211,7 +213,14 @@ def test_every_ws_error_code_has_its_own_class() -> None:
         assert type(error) is cls and error.code == code and error.message == f"text of {code}"
         assert error.status is None
         classes.add(cls)
-    assert len(classes) == len(WS_ERRORS) == 11
+    assert len(classes) == len(WS_ERRORS)
+    # every code the server's wire module can send has its class in the client
+    server_codes = {
+        value[0]
+        for value in vars(polyasr_protocol).values()
+        if isinstance(value, tuple) and len(value) == 2 and all(isinstance(v, str) for v in value)
+    }
+    assert server_codes and server_codes <= set(WS_ERRORS), sorted(server_codes - set(WS_ERRORS))
     protocol = {code for code, cls in WS_ERRORS.items() if issubclass(cls, ProtocolError)}
     assert protocol == {
         "audio_before_start",
@@ -221,6 +230,15 @@ def test_every_ws_error_code_has_its_own_class() -> None:
         "stop_before_start",
         "unsupported_message",
         "invalid_json",
+        # the limits of issue 8: what the client sent or failed to send
+        "text_too_large",
+        "frame_too_large",
+        "id_too_long",
+        "context_too_long",
+        "seq_out_of_window",
+        "invalid_frame",
+        "start_timeout",
+        "session_idle",
     }
 
 
