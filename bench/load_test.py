@@ -52,10 +52,11 @@ from websockets.exceptions import ConnectionClosed
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench.bench_env import add_model_flags, bench_env  # noqa: E402
 from polyasr_protocol import build_frame  # noqa: E402
 from tests.audio_util import speech, wav_bytes  # noqa: E402
-from tests.conftest import BACKEND, LiveServer, tiny_env  # noqa: E402
-from tests.fixtures.tiny_models import TinyModels, build_tiny_models  # noqa: E402
+from tests.conftest import BACKEND, LiveServer  # noqa: E402
+from tests.fixtures.tiny_models import build_tiny_models  # noqa: E402
 
 FRAME_BYTES = 3200  # 100 ms of PCM16 mono at 16 kHz
 STOP_TIMEOUT = 300.0  # a saturated 2-core machine answers slowly; later is a failure
@@ -556,11 +557,11 @@ def failures(load: dict[str, Any], crash: dict[str, Any]) -> list[str]:
 
 async def main_async(args: argparse.Namespace) -> int:
     work = Path(tempfile.mkdtemp(prefix="polyasr-load-test-"))
-    tiny = build_tiny_models(work / "tiny")
-    if args.model:
-        tiny = TinyModels(asr=Path(args.model), aligner=tiny.aligner)
-    env = tiny_env(
-        tiny, POLYASR_LOG_DIR=str(work / "logs"), POLYASR_TOKENS_PER_AUDIO_SEC=str(args.tokens_per_sec)
+    env = bench_env(
+        build_tiny_models(work / "tiny"),
+        args,
+        POLYASR_LOG_DIR=str(work / "logs"),
+        POLYASR_TOKENS_PER_AUDIO_SEC=str(args.tokens_per_sec),
     )
     if args.partials:
         env["POLYASR_PARTIALS_ENABLED"] = "1"
@@ -605,7 +606,7 @@ def main() -> None:
     parser.add_argument(
         "--partials", action="store_true", help="POLYASR_PARTIALS_ENABLED=1 (more decode load)"
     )
-    parser.add_argument("--model", help="ASR checkpoint dir (default: tiny random weights)")
+    add_model_flags(parser)
     parser.add_argument("--quick", action="store_true", help="smoke run: 5 dictations + 2 uploads for 15 s")
     args = parser.parse_args()
     if args.quick:

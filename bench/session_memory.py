@@ -34,10 +34,11 @@ from websockets.asyncio.client import connect
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench.bench_env import add_model_flags, bench_env  # noqa: E402
 from polyasr_protocol import build_frame  # noqa: E402
 from tests.audio_util import speech  # noqa: E402
-from tests.conftest import BACKEND, LiveServer, tiny_env  # noqa: E402
-from tests.fixtures.tiny_models import TinyModels, build_tiny_models  # noqa: E402
+from tests.conftest import BACKEND, LiveServer  # noqa: E402
+from tests.fixtures.tiny_models import build_tiny_models  # noqa: E402
 
 IN_FLIGHT = 8  # frames sent ahead of their acks
 COMMIT_MIN_SEC = 8.0  # the server's STABLE_COMMIT_MIN_SEC (its default)
@@ -114,11 +115,9 @@ async def dictate(url: str, pid: int, logs: Path, minutes: float, frame_sec: flo
 
 async def main_async(args: argparse.Namespace) -> None:
     work = Path(tempfile.mkdtemp(prefix="session-memory-"))
-    tiny = build_tiny_models(work / "tiny")
-    if args.model:
-        tiny = TinyModels(asr=Path(args.model), aligner=tiny.aligner)
-    env = tiny_env(
-        tiny,
+    env = bench_env(
+        build_tiny_models(work / "tiny"),
+        args,
         POLYASR_LOG_DIR=str(work / "logs"),
         POLYASR_PARTIALS_ENABLED="0",
         POLYASR_STABLE_COMMIT_MIN_SEC=str(COMMIT_MIN_SEC),
@@ -151,7 +150,7 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=60.0, help="audio to dictate (default 60)")
     parser.add_argument("--frame-sec", type=float, default=1.0, help="audio per frame (default 1 s)")
     parser.add_argument("--max-new-tokens", type=int, default=16, help="decode budget (default 16)")
-    parser.add_argument("--model", help="ASR checkpoint dir (default: tiny random weights)")
+    add_model_flags(parser)
     asyncio.run(main_async(parser.parse_args()))
 
 
