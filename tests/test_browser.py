@@ -130,18 +130,30 @@ def session_archive(logs: Path) -> tuple[list[dict[str, Any]], np.ndarray]:
 
 
 def envelope_correlation(audio: np.ndarray, reference: np.ndarray) -> float:
-    """Best correlation of 20 ms RMS envelopes over small lags: is this the clip?"""
+    """Is this the clip? The median, over 1 s windows of the capture, of each
+    window's best correlation of 20 ms RMS envelopes with the reference.
+
+    Each window finds its own place in the reference, up to 3 s later than its
+    own: the fake microphone may start late, and a loaded machine's audio thread
+    drops buffers mid-capture, so one global lag under-rates a faithful capture.
+    The clip itself scores ~1.0, another voice ~0.55."""
 
     def env(x: np.ndarray) -> np.ndarray:
         frames = x[: len(x) // 320 * 320].reshape(-1, 320)
         return np.sqrt((frames**2).mean(axis=1))
 
     a, r = env(audio), env(reference)
-    best = -1.0
-    for lag in range(0, 50):  # the capture may start up to a second into the clip
-        n = min(len(a), len(r) - lag)
-        best = max(best, float(np.corrcoef(a[:n], r[lag : lag + n])[0, 1]))
-    return best
+    window, slack = 50, 150
+    scores = []
+    for start in range(0, len(a) - window + 1, window // 2):
+        piece = a[start : start + window]
+        if piece.std() < 1e-4:  # silence matches nothing in particular
+            continue
+        offsets = range(max(0, start - 10), min(len(r) - window, start + slack) + 1)
+        with np.errstate(invalid="ignore", divide="ignore"):  # a silent stretch of the reference
+            found = [np.corrcoef(piece, r[o : o + window])[0, 1] for o in offsets]
+        scores.append(float(np.nanmax(found)))
+    return float(np.median(scores))
 
 
 def test_dictation_in_the_browser(browser: Browser, server: LiveServer, tmp_path: Path) -> None:
@@ -166,7 +178,7 @@ def test_dictation_in_the_browser(browser: Browser, server: LiveServer, tmp_path
     assert started["session_id"].startswith("web-")
     # what reached the server is the clip, resampled from 48 kHz to 16 kHz in the worklet
     assert abs(len(audio) - captured * 1600) < 1600
-    assert envelope_correlation(audio, speech("voice_a")) > 0.7  # another voice: ~0.26
+    assert envelope_correlation(audio, speech("voice_a")) > 0.8  # another voice: ~0.55
     assert console.errors == []
 
 
