@@ -14,13 +14,16 @@ this order:
 3. With ``POLYASR_API_KEY`` set, ``Authorization: Bearer <key>`` (what the
    OpenAI SDKs send) → else 401. Browsers cannot set headers on a WebSocket,
    so a socket may instead offer the key as the subprotocol
-   ``polyasr-key.<key>``; the server then echoes the non-secret ``polyasr``
-   when the client offered it too. Open without a key: ``/`` and ``/web/*``
+   ``polyasr-key.<key>`` (or, on ``/v1/realtime``, OpenAI's
+   ``openai-insecure-api-key.<key>``); the server then echoes the non-secret
+   ``polyasr`` (``realtime``) when the client offered it too. Open without a key: ``/`` and ``/web/*``
    (the page holds no data and asks for the key) and ``/health`` while
    ``POLYASR_HEALTH_PUBLIC`` is on (for supervisors).
 
-A refused socket hears ``{"type": "error", "code": "unauthorized"}`` and
-close 1008; a socket with a bad Host or Origin is refused at the handshake.
+A refused dictation socket hears ``{"type": "error", "code": "unauthorized"}``
+and close 1008; a Realtime socket without the key is refused at the
+handshake with 401, as OpenAI's is, and so is any socket with a bad Host or
+Origin.
 """
 
 from __future__ import annotations
@@ -42,7 +45,10 @@ from polyasr_http import error_response
 log = logging.getLogger("polyasr")
 
 SUBPROTOCOL = "polyasr"
+REALTIME_SUBPROTOCOL = "realtime"
+REALTIME_PATH = "/v1/realtime"
 KEY_SUBPROTOCOL_PREFIX = "polyasr-key."
+KEY_SUBPROTOCOL_PREFIXES = (KEY_SUBPROTOCOL_PREFIX, "openai-insecure-api-key.")
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 _WEB_SCHEMES = {"ws": "http", "wss": "https"}
 
@@ -74,10 +80,10 @@ def offered_subprotocols(headers: Headers) -> list[str]:
     return [p.strip() for p in headers.get("sec-websocket-protocol", "").split(",") if p.strip()]
 
 
-def chosen_subprotocol(scope: Scope) -> str | None:
-    """The subprotocol to accept a socket with: ``polyasr`` if offered, never
+def chosen_subprotocol(scope: Scope, name: str = SUBPROTOCOL) -> str | None:
+    """The subprotocol to accept a socket with: ``name`` if offered, never
     the key entry (browsers fail a handshake whose offer goes unanswered)."""
-    return SUBPROTOCOL if SUBPROTOCOL in offered_subprotocols(Headers(scope=scope)) else None
+    return name if name in offered_subprotocols(Headers(scope=scope)) else None
 
 
 @dataclass(frozen=True)
@@ -139,9 +145,10 @@ class AccessPolicy:
         if not websocket:
             return False
         return any(
-            hmac.compare_digest(entry.removeprefix(KEY_SUBPROTOCOL_PREFIX).encode(), wanted)
+            hmac.compare_digest(entry.removeprefix(prefix).encode(), wanted)
             for entry in offered_subprotocols(headers)
-            if entry.startswith(KEY_SUBPROTOCOL_PREFIX)
+            for prefix in KEY_SUBPROTOCOL_PREFIXES
+            if entry.startswith(prefix)
         )
 
 
@@ -167,7 +174,9 @@ class AccessGuard:
             await self._refuse(scope, receive, send, 403, message, "origin_not_allowed")
         elif self.policy.needs_key(scope["path"]) and not self.policy.key_given(headers, websocket):
             message = "a valid API key is required (Authorization: Bearer <POLYASR_API_KEY>)"
-            if websocket:
+            if websocket and scope["path"] == REALTIME_PATH:
+                await self._refuse(scope, receive, send, 401, message, "unauthorized")
+            elif websocket:
                 await self._unauthorized_socket(scope, receive, send, message)
             else:
                 await error_response(401, message, "unauthorized", {"WWW-Authenticate": "Bearer"})(

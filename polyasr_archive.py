@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import logging
 import os
@@ -44,7 +45,7 @@ import numpy as np
 import soundfile as sf
 
 from polyasr_config import Settings
-from polyasr_constants import BYTES_PER_SAMPLE, BYTES_PER_SECOND, SAMPLE_RATE
+from polyasr_constants import BYTES_PER_SAMPLE, SAMPLE_RATE
 
 log = logging.getLogger("polyasr.archive")
 
@@ -53,9 +54,10 @@ CONNECTIONS = "sessions"
 EVENTS = "events.jsonl"
 PCM = "input.pcm"
 FLAC = "input.flac"
+AUDIO_FORMAT = "audio_format"  # the events line naming a rate other than 16 kHz
+_FORMAT_LINE_SCAN = 1_000  # it comes before the first audio: near the top
 _FLAC_PARTIAL = "input.flac.partial"  # a FLAC being written: never taken for the final one
 _DAY = re.compile(r"\d{4}-\d{2}-\d{2}")
-_BYTES_PER_MS = BYTES_PER_SECOND // 1000
 _FLAC_BLOCK_BYTES = 1 << 20  # even, so no block splits a sample
 _TAIL_BYTES = 1 << 16  # more than a close line, read from the end of events.jsonl
 PRUNE_INTERVAL_SEC = 3600.0
@@ -205,6 +207,7 @@ class ConnectionArchive:
     ) -> None:
         self.backend = backend
         self.model = model
+        self.rate = SAMPLE_RATE  # of the archived PCM16; settable until the first audio
         self.session_id = secrets.token_hex(4)
         self.audio_bytes = 0
         created = datetime.now()
@@ -230,7 +233,7 @@ class ConnectionArchive:
             _WRITER.submit(lambda: self._write_event(t_ms, line))
 
     async def audio(self, pcm: bytes) -> None:
-        """Append PCM16LE (16 kHz mono) to ``input.pcm``; resolves once it is written
+        """Append PCM16LE (mono, at ``rate``) to ``input.pcm``; resolves once it is written
         and flushed to the OS (it survives the process being killed), so a frame
         is acknowledged only after its audio is in the archive."""
         with self._lock:
@@ -255,8 +258,8 @@ class ConnectionArchive:
             try:
                 if _WRITER.call(self._end_audio):
                     assert self.path is not None
-                    audio_file, error = encode_flac(self.path)
-                    fields = _close_fields(self.audio_bytes, audio_file, error)
+                    audio_file, error = encode_flac(self.path, self.rate)
+                    fields = _close_fields(self.audio_bytes, audio_file, error, self.rate)
                     _WRITER.call(lambda: self._write_close(t_ms, fields))
             finally:
                 if self._on_close is not None:
@@ -282,6 +285,7 @@ class ConnectionArchive:
             if self._open(t_ms):
                 assert self.path is not None
                 if self._pcm is None:
+                    self._note_rate(t_ms)
                     self._pcm = open(self.path / PCM, "ab")  # noqa: SIM115 - closed in _end_audio
                 self._pcm.write(pcm)
                 self._pcm.flush()
@@ -289,6 +293,14 @@ class ConnectionArchive:
         except Exception:
             log.warning("could not archive audio; %s is off", self.path, exc_info=True)
             self._off = True
+
+    def _note_rate(self, t_ms: int) -> None:
+        """A rate other than 16 kHz is written down before the first audio, so
+        that recovery after a kill converts the PCM at the right rate."""
+        if self.rate != SAMPLE_RATE:
+            assert self._events is not None
+            self._events.write(_line(t_ms, AUDIO_FORMAT, {"rate": self.rate, "encoding": "pcm_s16le"}))
+            self._events.flush()
 
     def _open(self, t_ms: int) -> bool:
         """Create the folder and write the ``start`` line on first use; ``False`` once off."""
@@ -322,11 +334,13 @@ class ConnectionArchive:
             self._events.close()
 
 
-def _close_fields(audio_bytes: int, audio_file: str | None, error: str | None) -> dict[str, Any]:
+def _close_fields(
+    audio_bytes: int, audio_file: str | None, error: str | None, rate: int = SAMPLE_RATE
+) -> dict[str, Any]:
     """The ``close`` line: how much audio, and which file holds it (``None``: no audio)."""
     fields: dict[str, Any] = {
         "audio_bytes": audio_bytes,
-        "duration_ms": audio_bytes // _BYTES_PER_MS,
+        "duration_ms": audio_bytes * 1000 // (rate * BYTES_PER_SAMPLE),
         "audio_file": audio_file,
     }
     if error is not None:
@@ -334,7 +348,7 @@ def _close_fields(audio_bytes: int, audio_file: str | None, error: str | None) -
     return fields
 
 
-def encode_flac(folder: Path) -> tuple[str | None, str | None]:
+def encode_flac(folder: Path, rate: int = SAMPLE_RATE) -> tuple[str | None, str | None]:
     """Turn ``input.pcm`` into ``input.flac``: ``(file holding the audio, error)``.
 
     Written under a temporary name, synced and renamed, so ``input.flac``
@@ -351,7 +365,7 @@ def encode_flac(folder: Path) -> tuple[str | None, str | None]:
             return None, None
         with (
             open(pcm, "rb") as src,
-            sf.SoundFile(partial, "w", SAMPLE_RATE, 1, "PCM_16", format="FLAC") as out,
+            sf.SoundFile(partial, "w", rate, 1, "PCM_16", format="FLAC") as out,
         ):
             while block := src.read(_FLAC_BLOCK_BYTES):
                 out.write(np.frombuffer(block[: len(block) // 2 * 2], dtype="<i2"))
@@ -412,6 +426,18 @@ def _last_event(events: Path) -> dict[str, Any] | None:
     return last if isinstance(last, dict) else None
 
 
+def _archived_rate(events: Path) -> int:
+    """The rate an ``audio_format`` line names (written before any audio), else 16 kHz."""
+    if events.exists():
+        with open(events, encoding="utf-8", errors="replace") as f:
+            for line in itertools.islice(f, _FORMAT_LINE_SCAN):
+                with contextlib.suppress(ValueError):
+                    event = json.loads(line)
+                    if isinstance(event, dict) and event.get("type") == AUDIO_FORMAT:
+                        return int(event["rate"])
+    return SAMPLE_RATE
+
+
 def _recover_one(folder: Path) -> bool:
     """Complete one folder left without ``close``; ``False`` if it was complete."""
     events = folder / EVENTS
@@ -419,6 +445,7 @@ def _recover_one(folder: Path) -> bool:
     if last is not None and last.get("type") == "close":
         return False
     pcm = folder / PCM
+    rate = _archived_rate(events)
     if pcm.exists():
         audio_bytes = pcm.stat().st_size
     elif (folder / FLAC).exists():  # killed after the rename, before the close line
@@ -426,8 +453,8 @@ def _recover_one(folder: Path) -> bool:
     else:
         audio_bytes = 0
     (folder / _FLAC_PARTIAL).unlink(missing_ok=True)
-    audio_file, error = encode_flac(folder)
-    fields = {**_close_fields(audio_bytes, audio_file, error), "recovered": True}
+    audio_file, error = encode_flac(folder, rate)
+    fields = {**_close_fields(audio_bytes, audio_file, error, rate), "recovered": True}
     t_ms = int(last.get("t_ms", 0)) if last is not None else 0
     with open(events, "a", encoding="utf-8") as f:
         f.write(_line(t_ms, "close", fields))

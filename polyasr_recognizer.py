@@ -151,6 +151,7 @@ class RecognizerBase:
     last_partial: str = ""
     partials_sent: int = 0
     closing: bool = False
+    stable_text: str = ""  # text no later decode revises (only the incremental one commits any)
 
     def __post_init__(self) -> None:
         keep = max(self.settings.partial_window_sec + PARTIAL_OVERLAP_SEC, RAW_FALLBACK_SEC)
@@ -201,7 +202,6 @@ class IncrementalRecognizer(RecognizerBase):
     """Stable prefix at VAD boundaries, hand-rolled partials, the tail at stop."""
 
     uncommitted: list[Chunk] = field(default_factory=list)
-    stable_text: str = ""
     stable_end: int = 0  # raw sample index where the stable prefix ends
     tail_raw: str = ""  # the last partial's raw hypothesis of the audio after stable_end
     partial_signal_mark: int = 0

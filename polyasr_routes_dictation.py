@@ -1,5 +1,6 @@
-"""Dictation sockets: ``/ws/transcribe`` (contract §2); the protocol lives in
-polyasr_ws. Access (key, Origin, Host) is checked before a socket gets here."""
+"""Dictation sockets: ``/ws/transcribe`` (contract §2, protocol in polyasr_ws)
+and OpenAI Realtime transcription ``/v1/realtime`` (polyasr_realtime). Access
+(key, Origin, Host) is checked before a socket gets here."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ from typing import Any
 
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
-from polyasr_access import chosen_subprotocol
+from polyasr_access import REALTIME_SUBPROTOCOL, chosen_subprotocol
+from polyasr_realtime import RealtimeConnection
 from polyasr_services import ServicesDep
 from polyasr_ws import Connection
 
@@ -44,3 +46,13 @@ async def dictation(websocket: WebSocket, services: ServicesDep) -> None:
     await websocket.accept(subprotocol=chosen_subprotocol(websocket.scope))
     with services.metrics.ws_sessions.track_inprogress():
         await Connection(services.stream, SocketTransport(websocket)).run()
+
+
+@router.websocket("/v1/realtime")
+async def realtime(websocket: WebSocket, services: ServicesDep) -> None:
+    """OpenAI Realtime transcription; the query's ``model`` and ``intent`` are
+    accepted and ignored, like the HTTP ``model`` (one model serves)."""
+    await websocket.accept(subprotocol=chosen_subprotocol(websocket.scope, REALTIME_SUBPROTOCOL))
+    with services.metrics.ws_sessions.track_inprogress():
+        model = services.engine.model_id
+        await RealtimeConnection(services.stream, SocketTransport(websocket), model).run()

@@ -11,7 +11,10 @@ frame journal, the recognition state and which connection drives it, until
   previous driver, which stops touching the session at once.
 * An incarnation is finalized once; any later stop of it replays that result.
 * At most ``POLYASR_MAX_SESSIONS`` sessions are driven at once; beyond that a
-  ``start``/``resume`` is refused with ``server_busy``.
+  ``start``/``resume`` is refused with ``server_busy``. A connection that
+  drives no resumable session (an OpenAI Realtime socket) is *admitted* as a
+  guest: it counts toward that limit, is refused while draining and is told
+  to shut down like the drivers.
 * Once the process drains for shutdown (polyasr_drain), every ``start``/``resume``
   is refused with ``server_shutting_down``, and after the grace the drivers
   still live are told to shut down.
@@ -75,6 +78,7 @@ class SessionRegistry:
     clock: Callable[[], float] = time.time
     draining: bool = False
     _records: dict[str, SessionRecord] = field(default_factory=dict)
+    _guests: set[Driver] = field(default_factory=set)
 
     @classmethod
     def from_settings(cls, settings: Settings, log_root: Path | None) -> SessionRegistry:
@@ -97,8 +101,19 @@ class SessionRegistry:
         return record
 
     def driven(self) -> int:
-        """Sessions a connection is driving now."""
-        return sum(record.owner is not None for record in self._records.values())
+        """Sessions a connection is driving now (guests included)."""
+        return sum(record.owner is not None for record in self._records.values()) + len(self._guests)
+
+    def admit(self, guest: Driver) -> None:
+        """Count a connection without a resumable session, or refuse it (busy, draining)."""
+        if self.draining:
+            raise protocol_error(SHUTTING_DOWN)
+        if self.driven() >= self.max_sessions:
+            raise protocol_error(SERVER_BUSY, sessions=self.driven())
+        self._guests.add(guest)
+
+    def dismiss(self, guest: Driver) -> None:
+        self._guests.discard(guest)
 
     def claim(
         self, opening: Opening, owner: Driver, new_session: Callable[[], DictationSession]
@@ -150,6 +165,7 @@ class SessionRegistry:
     def shut_down_all(self) -> int:
         """Tell every driver still live that the process goes down; how many there were."""
         owners = [record.owner for record in self._records.values() if record.owner is not None]
+        owners += list(self._guests)
         for owner in owners:
             owner.shut_down()
         return len(owners)

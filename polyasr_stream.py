@@ -94,6 +94,11 @@ class DictationSession:
         return self.heard_samples / SAMPLE_RATE
 
     @property
+    def stable_text(self) -> str:
+        """The committed start of the final: it begins with this text, whatever comes after."""
+        return self.recognizer.stable_text
+
+    @property
     def last_partial(self) -> str:
         return self.recognizer.last_partial
 

@@ -19,7 +19,9 @@ REPO = Path(__file__).resolve().parent.parent
 
 LAYERS: dict[str, int] = {
     # 0: the engine seam and foundations every part agrees on
-    **dict.fromkeys(["constants", "config", "languages", "engine", "text", "audio", "weights"], 0),
+    **dict.fromkeys(
+        ["constants", "config", "languages", "engine", "text", "audio", "realtime_audio", "weights"], 0
+    ),
     # 1: model residency, scheduling, decoding and what runs beside it
     **dict.fromkeys(
         ["scheduler", "unit", "manager", "decode", "health", "metrics", "archive", "speech", "stopstore"],
@@ -27,7 +29,20 @@ LAYERS: dict[str, int] = {
     ),
     # 2: the wire protocols, dictation sessions and alignment (no FastAPI)
     **dict.fromkeys(
-        ["protocol", "journal", "gate", "recognizer", "stream", "sessions", "ws", "align", "openai"], 2
+        [
+            "protocol",
+            "journal",
+            "gate",
+            "recognizer",
+            "stream",
+            "sessions",
+            "ws",
+            "realtime_events",
+            "realtime",
+            "align",
+            "openai",
+        ],
+        2,
     ),
     # 3: the app, its routers and the cross-cutting HTTP concerns
     **dict.fromkeys(
