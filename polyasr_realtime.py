@@ -170,7 +170,7 @@ class Items:
         self.previous: str | None = None
         self.transcripts: list[str] = []
         self.last: asyncio.Task[None] | None = None
-        self.pending: set[asyncio.Task[None]] = set()
+        self.pending: dict[asyncio.Task[None], Turn] = {}
 
     def context(self) -> str:
         """The prompt and the previous turns' text: what the next decode continues."""
@@ -183,12 +183,14 @@ class Items:
         await self.connection.send(committed(turn.item_id, previous))
         task = asyncio.get_running_loop().create_task(self._complete(turn, self.last))
         self.last = task
-        self.pending.add(task)
-        task.add_done_callback(self.pending.discard)
+        self.pending[task] = turn
+        task.add_done_callback(lambda done: self.pending.pop(done, None))
 
     def cancel(self) -> None:
-        for task in self.pending:
+        """The connection ended: nobody awaits these transcripts any more."""
+        for task, turn in list(self.pending.items()):
             task.cancel()
+            turn.session.cancel_work()
 
     async def _complete(self, turn: Turn, before: asyncio.Task[None] | None) -> None:
         """Deltas, then ``completed`` (or ``failed``), after the previous turn's."""
@@ -363,6 +365,8 @@ class RealtimeConnection(Driving):
     async def _hear(self, samples: np.ndarray) -> None:
         self.heard += len(samples)
         if self.config.turn is None:
+            # audio the detector held when the session left server_vad comes first
+            samples = np.concatenate([self.detector.take_staged(), samples])
             if self.turn is None:
                 self.turn = self._new_turn(self.heard - len(samples))
             await self._feed(samples)
