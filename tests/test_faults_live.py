@@ -3,7 +3,14 @@
 itself raises on the unit's thread, the code path is the production one):
 a failing stable-prefix commit backs off 0.5 s, 1 s, 2 s … and the final
 still covers all the audio; a failing native-stream feed keeps its chunk
-and retries it, so the final is the one a fault-free stream gives."""
+and retries it, so the final is the one a fault-free stream gives.
+
+A dead socket reader (polyasr_ws.ReaderFailed) cannot be caused by a client
+here: uvicorn's WebSocket stack turns every read failure (a broken or
+unreadable frame, an oversize message, a dropped TCP connection) into a
+disconnect message, so that guard is covered in process
+(test_ws_session_journal); the last test drives the nearest real fault, a
+frame the stack cannot read, through a real server."""
 
 from __future__ import annotations
 
@@ -13,8 +20,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import pytest
+from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
 from polyasr_config import ConfigError, load_settings
@@ -146,3 +155,40 @@ def test_the_fault_hook_is_off_unless_set_and_a_bad_spec_stops_start_up() -> Non
     for bad in ("decode:commit", "decode:everything:2", "native:feed:-1", "commit:2"):
         with pytest.raises(ConfigError, match="POLYASR_FAULTS"):
             load_settings("cuda", {"POLYASR_FAULTS": bad})
+
+
+def leases(server: LiveServer) -> int:
+    return int(httpx.get(f"{server.url}/health").json()["manager"]["unit_state"]["asr"]["leases"])
+
+
+def test_a_socket_the_server_cannot_read_ends_its_connection_and_releases_the_model(
+    backend: str, tiny: Any, tmp_path: Path
+) -> None:
+    """The closest a client can come to killing the socket reader: a frame the
+    server's WebSocket stack cannot read (a text message that is not UTF-8).
+    uvicorn fails the connection (1007) and reports it as a disconnect, so
+    the connection ends, the lease goes, the session stays resumable."""
+    with serving(backend, tiny, logs_folder(tmp_path)) as server:
+        ws = connect(server.url.replace("http", "ws") + "/ws/transcribe")
+        ws.send(json.dumps({"type": "start", "protocol": 1, "control": 2, "sessionId": "unreadable"}))
+        assert json.loads(ws.recv(timeout=60))["type"] == "started"
+        for seq, pcm in enumerate(FRAMES[:5]):
+            ws.send(build_frame(seq, pcm))
+        while json.loads(ws.recv(timeout=60)).get("ackSeq") != 4:
+            pass
+        assert leases(server) == 1  # the live session holds the model
+        ws.socket.sendall(bytes([0x81, 0x82, 0, 0, 0, 0, 0xFF, 0xFE]))  # masked text frame, not UTF-8
+        with pytest.raises(ConnectionClosed):
+            while True:
+                ws.recv(timeout=30)
+        assert ws.close_code == 1007
+        deadline = time.monotonic() + 30
+        while leases(server) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert leases(server) == 0
+        again = connect(server.url.replace("http", "ws") + "/ws/transcribe")
+        again.send(json.dumps({"type": "resume", "protocol": 1, "control": 2, "sessionId": "unreadable"}))
+        resumed = json.loads(again.recv(timeout=60))
+        assert resumed["type"] == "resumed" and resumed["ackSeq"] == 4
+        again.close()
+        assert server.proc.poll() is None
