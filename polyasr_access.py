@@ -1,7 +1,7 @@
 """Who may talk to the service: the API key, the browser's Origin, the Host header.
 
-One ASGI middleware checks every HTTP request and WebSocket handshake, in
-this order:
+Two ASGI middlewares check every HTTP request and WebSocket handshake, in
+this order (:class:`AccessGuard` 1–2, :class:`KeyGuard` 3):
 
 1. ``Host`` must name this machine (an IP literal, ``localhost``, its
    hostname or ``<hostname>.local``) or be listed in ``POLYASR_ALLOWED_HOSTS``
@@ -24,6 +24,12 @@ A refused dictation socket hears ``{"type": "error", "code": "unauthorized"}``
 and close 1008; a Realtime socket without the key is refused at the
 handshake with 401, as OpenAI's is, and so is any socket with a bad Host or
 Origin.
+
+Between the two guards sits Starlette's CORS middleware (:func:`cors_options`):
+a page on a listed origin gets ``Access-Control-Allow-Origin`` on every answer
+(the key's 401 included, so it can say "wrong key") and its preflights are
+answered before the key check, as browsers send them without credentials.
+An unlisted origin never reaches it: the outer guard's 403 comes first.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ import json
 import logging
 import socket
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlsplit
 
 from starlette.datastructures import Headers
@@ -152,8 +159,22 @@ class AccessPolicy:
         )
 
 
+def cors_options(policy: AccessPolicy) -> dict[str, Any]:
+    """``CORSMiddleware`` settings for the listed origins: the methods and
+    request headers the API uses, the answer headers a page may want to read,
+    and Chrome's private-network preflight (a public page calling a LAN server)."""
+    return {
+        "allow_origins": ["*"] if "*" in policy.allowed_origins else sorted(policy.allowed_origins),
+        "allow_methods": ["GET", "POST"],
+        "allow_headers": ["Authorization", "Content-Type"],
+        "expose_headers": ["Retry-After", "WWW-Authenticate"],
+        "allow_private_network": True,
+    }
+
+
 class AccessGuard:
-    """ASGI middleware applying an :class:`AccessPolicy` to every request and socket."""
+    """ASGI middleware: the ``Host`` and ``Origin`` checks of an :class:`AccessPolicy`
+    (outside the CORS middleware: an unlisted origin gets the 403)."""
 
     def __init__(self, app: ASGIApp, policy: AccessPolicy) -> None:
         self.app = app
@@ -164,29 +185,18 @@ class AccessGuard:
             await self.app(scope, receive, send)
             return
         headers = Headers(scope=scope)
-        websocket = scope["type"] == "websocket"
         host = headers.get("host")
         if not self.policy.host_allowed(host):
             message = f"Host {host!r} is not this server (list it in POLYASR_ALLOWED_HOSTS)"
-            await self._refuse(scope, receive, send, 400, message, "invalid_host")
+            await self.refuse(scope, receive, send, 400, message, "invalid_host")
         elif not self.policy.origin_allowed(headers.get("origin"), scope.get("scheme", "http"), host):
             message = f"Origin {headers.get('origin')!r} may not use this server (POLYASR_ALLOWED_ORIGINS)"
-            await self._refuse(scope, receive, send, 403, message, "origin_not_allowed")
-        elif self.policy.needs_key(scope["path"]) and not self.policy.key_given(headers, websocket):
-            message = "a valid API key is required (Authorization: Bearer <POLYASR_API_KEY>)"
-            if websocket and scope["path"] == REALTIME_PATH:
-                await self._refuse(scope, receive, send, 401, message, "unauthorized")
-            elif websocket:
-                await self._unauthorized_socket(scope, receive, send, message)
-            else:
-                await error_response(401, message, "unauthorized", {"WWW-Authenticate": "Bearer"})(
-                    scope, receive, send
-                )
+            await self.refuse(scope, receive, send, 403, message, "origin_not_allowed")
         else:
             await self.app(scope, receive, send)
 
     @staticmethod
-    async def _refuse(
+    async def refuse(
         scope: Scope, receive: Receive, send: Send, status: int, message: str, code: str
     ) -> None:
         """An HTTP error; for a socket, a refused handshake (with the same
@@ -195,6 +205,34 @@ class AccessGuard:
             await error_response(status, message, code)(scope, receive, send)
         else:
             await send({"type": "websocket.close", "code": 1008})
+
+
+class KeyGuard:
+    """ASGI middleware: the API key of an :class:`AccessPolicy` (inside the CORS
+    middleware, which answers preflights first)."""
+
+    def __init__(self, app: ASGIApp, policy: AccessPolicy) -> None:
+        self.app = app
+        self.policy = policy
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        websocket = scope["type"] == "websocket"
+        headers = Headers(scope=scope)
+        if self.policy.needs_key(scope["path"]) and not self.policy.key_given(headers, websocket):
+            message = "a valid API key is required (Authorization: Bearer <POLYASR_API_KEY>)"
+            if websocket and scope["path"] == REALTIME_PATH:
+                await AccessGuard.refuse(scope, receive, send, 401, message, "unauthorized")
+            elif websocket:
+                await self._unauthorized_socket(scope, receive, send, message)
+            else:
+                await error_response(401, message, "unauthorized", {"WWW-Authenticate": "Bearer"})(
+                    scope, receive, send
+                )
+        else:
+            await self.app(scope, receive, send)
 
     @staticmethod
     async def _unauthorized_socket(scope: Scope, receive: Receive, send: Send, message: str) -> None:

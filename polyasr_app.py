@@ -19,12 +19,13 @@ from pathlib import Path
 
 import uvicorn
 from fastapi import FastAPI
+from starlette.middleware.cors import CORSMiddleware
 
 import polyasr_routes_align
 import polyasr_routes_dictation
 import polyasr_routes_openai
 import polyasr_routes_ops
-from polyasr_access import AccessGuard, AccessPolicy, warn_if_open
+from polyasr_access import AccessGuard, AccessPolicy, KeyGuard, cors_options, warn_if_open
 from polyasr_config import Backend, ConfigError, Settings, load_settings
 from polyasr_drain import Drain, DrainGuard, DrainingServer
 from polyasr_engine import Engine
@@ -69,10 +70,14 @@ def create_app(engine: Engine, settings: Settings, base_dir: Path) -> FastAPI:
     # app holds wrappers for included routers), the mount and FastAPI's docs.
     templated = [route for family in FAMILIES for route in family.router.routes]
     templated += [route for route in app.routes if getattr(route, "path", None)]
-    # Added last = outermost: metrics see every answer, refusals included.
+    # Added last = outermost: metrics see every answer, refusals included; the
+    # Host/Origin guard before CORS, CORS (preflights, headers) before the key.
+    policy = AccessPolicy.from_settings(settings)
     app.add_middleware(UploadLimit, max_bytes=settings.max_upload_bytes)
     app.add_middleware(DrainGuard, drain=drain)
-    app.add_middleware(AccessGuard, policy=AccessPolicy.from_settings(settings))
+    app.add_middleware(KeyGuard, policy=policy)
+    app.add_middleware(CORSMiddleware, **cors_options(policy))
+    app.add_middleware(AccessGuard, policy=policy)
     app.add_middleware(RequestMetrics, metrics=metrics, routes=templated)
     return app
 

@@ -44,6 +44,33 @@ BACKEND_DEFAULTS: dict[Backend, dict[str, Any]] = {
 }
 
 
+# Where the ``POLYASR_FAULTS`` test hook can make an engine call raise: a
+# decode at one scheduler priority, or a native-stream step (polyasr_decode).
+FAULT_SITES: tuple[str, ...] = (
+    "decode:final",
+    "decode:batch",
+    "decode:commit",
+    "decode:partial",
+    "decode:probe",
+    "native:open",
+    "native:feed",
+    "native:finish",
+)
+
+
+def _fault_counts(value: str | None) -> dict[str, int]:
+    """``"decode:commit:2,native:feed:1"`` as ``{site: count}``; raises ValueError."""
+    counts: dict[str, int] = {}
+    for entry in (part.strip() for part in (value or "").split(",")):
+        if not entry:
+            continue
+        site, _, count = entry.rpartition(":")
+        if site not in FAULT_SITES or not count.isdigit():
+            raise ValueError(f"{entry!r} is not <site>:<count> with a site among {', '.join(FAULT_SITES)}")
+        counts[site] = counts.get(site, 0) + int(count)
+    return counts
+
+
 def _split_paths(value: str) -> list[str]:
     """A list of paths separated by ``os.pathsep`` or commas; blanks dropped."""
     return [part.strip() for part in re.split(f"[,{re.escape(os.pathsep)}]", value) if part.strip()]
@@ -142,6 +169,10 @@ class Settings(BaseModel):
     decode: Literal["fast", "generate"] | None = _env("DECODE", default=None)
     compile: bool = _env("COMPILE", default=False)
 
+    # Test hook (issue 8: every fault driven on a real server): the next
+    # <count> engine calls at each listed site raise. Unset = off; never in production.
+    faults: str | None = _env("FAULTS", default=None)
+
     @field_validator(
         "coload",
         "streaming_probe",
@@ -174,11 +205,22 @@ class Settings(BaseModel):
     def _lower(cls, value: Any) -> Any:
         return value.strip().lower() if isinstance(value, str) else value
 
-    @field_validator("api_key", "allowed_origins", "allowed_hosts", mode="before")
+    @field_validator("api_key", "allowed_origins", "allowed_hosts", "faults", mode="before")
     @classmethod
     def _blank_is_unset(cls, value: Any) -> Any:
         """An empty key or list means the same as none given."""
         return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("faults")
+    @classmethod
+    def _fault_sites(cls, value: str | None) -> str | None:
+        _fault_counts(value)
+        return value
+
+    @property
+    def fault_counts(self) -> dict[str, int]:
+        """The ``POLYASR_FAULTS`` test hook as ``{site: engine calls left to fail}``."""
+        return _fault_counts(self.faults)
 
     @property
     def max_upload_bytes(self) -> int:

@@ -9,7 +9,9 @@ at quiet points into pieces the engine decodes as one batch.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
+import logging
+import threading
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -24,6 +26,8 @@ from polyasr_scheduler import Priority
 from polyasr_text import TimedText, join_texts
 
 T = TypeVar("T")
+
+log = logging.getLogger("polyasr.decode")
 
 
 @dataclass(frozen=True)
@@ -70,6 +74,45 @@ class DecodeRequest:
     probe: bool = False
 
 
+class InjectedFault(RuntimeError):
+    """An engine call failed on purpose: the ``POLYASR_FAULTS`` test hook."""
+
+
+class FaultHook:
+    """The ``POLYASR_FAULTS`` test hook: the next ``count`` engine calls at a
+    site (``decode:<priority>``, ``native:<step>``) raise :class:`InjectedFault`.
+
+    It exists so a test can drive a real server process through its retry
+    paths (a failing commit backs off, a failing native feed keeps its chunk)
+    without a weakened code path: the fault is raised on the unit's worker
+    thread, in place of the engine call, so it travels the scheduler and the
+    session exactly as an engine error would. Sites not listed (all of them,
+    unless the setting is given) get the engine call itself, unwrapped.
+    """
+
+    def __init__(self, counts: Mapping[str, int]) -> None:
+        self._left = dict(counts)
+        self._lock = threading.Lock()  # engine calls run on the units' threads
+        if self._left:
+            log.warning("POLYASR_FAULTS is set (%s): engine calls will fail on purpose", self._left)
+
+    def guard(self, site: str, call: Callable[..., T]) -> Callable[..., T]:
+        """``call``, failing instead while ``site`` has faults left."""
+        if site not in self._left:
+            return call
+
+        def guarded(*args: Any, **kwargs: Any) -> T:
+            with self._lock:
+                due = self._left[site] > 0
+                if due:
+                    self._left[site] -= 1
+            if due:
+                raise InjectedFault(f"fault injected at {site} (POLYASR_FAULTS)")
+            return call(*args, **kwargs)
+
+        return guarded
+
+
 class Transcriber:
     """Decodes audio with the ``asr`` unit via the scheduler."""
 
@@ -84,6 +127,7 @@ class Transcriber:
         self.manager = manager
         self.settings = settings
         self.on_text = on_text
+        self.faults = FaultHook(settings.fault_counts)
 
     async def transcribe(
         self, samples: np.ndarray, request: DecodeRequest = DecodeRequest()
@@ -149,8 +193,9 @@ class Transcriber:
             self.settings.token_budget(seconds),
             prefix=request.prefix if single else "",
         )
+        transcribe = self.faults.guard(f"decode:{priority.name.lower()}", self.engine.transcribe)
         run = self.manager.unit("asr").run_batched(
-            "transcribe", self.engine.transcribe, clip, priority, request.replace_key, **lease
+            "transcribe", transcribe, clip, priority, request.replace_key, **lease
         )
         return asyncio.ensure_future(run)
 
@@ -219,24 +264,27 @@ class StreamDecoder:
     # Native streaming: the engine's own incremental decoder, on the asr
     # unit's thread like every other model call.
 
+    async def _native(self, step: str, call: Callable[[Any], T], priority: Priority) -> T:
+        guarded = self.transcriber.faults.guard(f"native:{step}", call)
+        result: T = await self.transcriber.manager.run("asr", guarded, priority)
+        return result
+
     async def native_open(self, *, context: str, language: str | None, chunk_sec: float) -> Any:
         engine = self.transcriber.engine
-        return await self.transcriber.manager.run(
-            "asr",
+        return await self._native(
+            "open",
             lambda model: engine.stream_open(model, context=context, language=language, chunk_sec=chunk_sec),
             Priority.PARTIAL,
         )
 
     async def native_feed(self, state: Any, samples: np.ndarray) -> tuple[Any, str]:
         engine = self.transcriber.engine
-        return await self.transcriber.manager.run(
-            "asr", lambda model: engine.stream_feed(model, state, samples), Priority.PARTIAL
+        return await self._native(
+            "feed", lambda model: engine.stream_feed(model, state, samples), Priority.PARTIAL
         )
 
     async def native_finish(self, state: Any) -> str:
         engine = self.transcriber.engine
-        text: str = await self.transcriber.manager.run(
-            "asr", lambda model: engine.stream_finish(model, state), Priority.FINAL
-        )
+        text = await self._native("finish", lambda model: engine.stream_finish(model, state), Priority.FINAL)
         self.transcriber.on_text(text)
         return text

@@ -144,6 +144,8 @@ def test_keyed_server_over_real_sockets(live_server: Any) -> None:
         assert http.get("/health", headers={"Origin": url}).status_code == 200  # the page's own
         assert http.get("/health", headers={"Origin": "https://app.example"}).status_code == 200
 
+        _cors(http)
+
         # the Host: DNS rebinding names another host
         rebound = http.get("/health", headers={"Host": "evil.example"})
         assert rebound.status_code == 400 and rebound.json()["error"]["code"] == "invalid_host"
@@ -190,6 +192,59 @@ def test_keyed_server_over_real_sockets(live_server: Any) -> None:
     done = subprocess.run([*cli, "--api-key", KEY], env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["unloaded"] == ["asr"]
+
+
+APP = "https://app.example"
+
+
+def preflight(http: httpx.Client, origin: str, path: str = "/v1/audio/transcriptions") -> httpx.Response:
+    """What a browser sends before a cross-origin POST with a key: no credentials."""
+    return http.options(
+        path,
+        headers={
+            "Origin": origin,
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization,content-type",
+            "Access-Control-Request-Private-Network": "true",
+        },
+    )
+
+
+def _cors(http: httpx.Client) -> None:
+    """A page on a listed origin can call the keyed server and read its answers;
+    an unlisted one is refused before CORS is considered."""
+    answer = preflight(http, APP)
+    assert answer.status_code == 200, answer.text  # answered before the key check
+    assert answer.headers["access-control-allow-origin"] == APP
+    assert "POST" in answer.headers["access-control-allow-methods"]
+    allowed = answer.headers["access-control-allow-headers"].lower()
+    assert "authorization" in allowed and "content-type" in allowed
+    assert answer.headers["access-control-allow-private-network"] == "true"  # a public page, a LAN server
+
+    upload = {"file": ("a.wav", wav_bytes(SPEECH[:16000]))}
+    done = http.post("/v1/audio/transcriptions", files=upload, headers={**auth(), "Origin": APP})
+    assert done.status_code == 200 and "text" in done.json()
+    assert done.headers["access-control-allow-origin"] == APP
+    assert "retry-after" in done.headers["access-control-expose-headers"].lower()
+    keyless = http.post("/v1/audio/transcriptions", files=upload, headers={"Origin": APP})
+    assert keyless.status_code == 401  # the page can read why
+    assert keyless.headers["access-control-allow-origin"] == APP
+
+    for refused in (
+        preflight(http, "http://evil.example"),
+        http.get("/health", headers={"Origin": "http://evil.example"}),
+    ):
+        assert refused.status_code == 403 and refused.json()["error"]["code"] == "origin_not_allowed"
+        assert "access-control-allow-origin" not in refused.headers
+    assert "access-control-allow-origin" not in http.get("/health").headers  # not a browser
+
+
+def test_any_origin_gets_cors_with_a_star(make_client: Any) -> None:
+    http, _ = make_client(POLYASR_ALLOWED_ORIGINS="*", POLYASR_STREAMING_PROBE="0")
+    answer = preflight(http, "https://anywhere.example", "/model/unload")
+    assert answer.status_code == 200 and answer.headers["access-control-allow-origin"] == "*"
+    health = http.get("/health", headers={"Origin": "https://anywhere.example"})
+    assert health.status_code == 200 and health.headers["access-control-allow-origin"] == "*"
 
 
 async def _python_client(url: str) -> None:
