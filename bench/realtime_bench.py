@@ -4,7 +4,8 @@
 Each round replays the same phrase (the project's own 8 s clip) at real-time
 pace, 100 ms per message, in three ways, one after the other:
 
-* ``basr``      — ``/ws/transcribe``: stop sent at the end of the audio → ``final``;
+* ``basr``      — ``/ws/transcribe``: stop sent at the end of the audio → ``final``
+  (partials off, as Realtime decodes none; ``--partials`` turns them on);
 * ``rt-commit`` — ``/v1/realtime`` with ``turn_detection: null``: commit sent
   at the end of the audio → ``completed`` (the like-for-like pair: target
   within 10 % of ``basr``);
@@ -154,12 +155,14 @@ async def main_async(args: argparse.Namespace) -> None:
         args,
         POLYASR_LOG_DIR=str(work / "logs"),
         POLYASR_TOKENS_PER_AUDIO_SEC=str(args.tokens_per_sec),
+        POLYASR_PARTIALS_ENABLED="1" if args.partials else "0",
     )
     server = LiveServer(args.backend, env, work / "server.log")
     server.wait_ready()
     print(
         f"backend={args.backend} model={env['POLYASR_MODEL']} {args.sessions} concurrent session(s), "
-        f"{args.rounds} rounds, {args.speed:g}x real time, token budget {args.tokens_per_sec:g}/audio-second"
+        f"{args.rounds} rounds, {args.speed:g}x real time, "
+        f"token budget {args.tokens_per_sec:g}/audio-second, BASR partials {'on' if args.partials else 'off'}"
     )
     try:
         report(await rounds(server.url.replace("http", "ws"), args))
@@ -176,6 +179,11 @@ def main() -> None:
     parser.add_argument("--sessions", type=int, default=1, help="concurrent sessions per mode")
     parser.add_argument("--speed", type=float, default=1.0, help="replay speed, x real time (default 1)")
     parser.add_argument("--tokens-per-sec", type=float, default=6.0, help="POLYASR_TOKENS_PER_AUDIO_SEC")
+    parser.add_argument(
+        "--partials",
+        action="store_true",
+        help="BASR partials on (Realtime decodes none): shows what a partial in flight at the stop costs",
+    )
     add_model_flags(parser)
     asyncio.run(main_async(parser.parse_args()))
 
