@@ -311,6 +311,9 @@ class IncrementalRecognizer(RecognizerBase):
         self, decoder: SessionDecoder, audio: np.ndarray, request: DecodeRequest, stable: str, tail_start: int
     ) -> None:
         seconds = round(len(audio) / SAMPLE_RATE, 3)
+        if self.closing:  # scheduled just before the stop: the device is the final's now
+            self.log("partial_suppressed", reason="closing")
+            return
         self.log("partial_begin", audio_sec=seconds, signal_bytes=self.signal_samples * 2)
         try:
             result = await decoder.decode(audio, request)
