@@ -172,9 +172,9 @@ def cors_options(policy: AccessPolicy) -> dict[str, Any]:
     }
 
 
-class AccessGuard:
-    """ASGI middleware: the ``Host`` and ``Origin`` checks of an :class:`AccessPolicy`
-    (outside the CORS middleware: an unlisted origin gets the 403)."""
+class PolicyMiddleware:
+    """An ASGI middleware applying part of an :class:`AccessPolicy` to HTTP
+    requests and socket handshakes (lifespan events pass)."""
 
     def __init__(self, app: ASGIApp, policy: AccessPolicy) -> None:
         self.app = app
@@ -183,8 +183,18 @@ class AccessGuard:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
-            return
-        headers = Headers(scope=scope)
+        else:
+            await self.check(scope, receive, send, Headers(scope=scope))
+
+    async def check(self, scope: Scope, receive: Receive, send: Send, headers: Headers) -> None:
+        raise NotImplementedError
+
+
+class AccessGuard(PolicyMiddleware):
+    """The ``Host`` and ``Origin`` checks (outside the CORS middleware: an
+    unlisted origin gets the 403)."""
+
+    async def check(self, scope: Scope, receive: Receive, send: Send, headers: Headers) -> None:
         host = headers.get("host")
         if not self.policy.host_allowed(host):
             message = f"Host {host!r} is not this server (list it in POLYASR_ALLOWED_HOSTS)"
@@ -207,20 +217,11 @@ class AccessGuard:
             await send({"type": "websocket.close", "code": 1008})
 
 
-class KeyGuard:
-    """ASGI middleware: the API key of an :class:`AccessPolicy` (inside the CORS
-    middleware, which answers preflights first)."""
+class KeyGuard(PolicyMiddleware):
+    """The API key (inside the CORS middleware, which answers preflights first)."""
 
-    def __init__(self, app: ASGIApp, policy: AccessPolicy) -> None:
-        self.app = app
-        self.policy = policy
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] not in ("http", "websocket"):
-            await self.app(scope, receive, send)
-            return
+    async def check(self, scope: Scope, receive: Receive, send: Send, headers: Headers) -> None:
         websocket = scope["type"] == "websocket"
-        headers = Headers(scope=scope)
         if self.policy.needs_key(scope["path"]) and not self.policy.key_given(headers, websocket):
             message = "a valid API key is required (Authorization: Bearer <POLYASR_API_KEY>)"
             if websocket and scope["path"] == REALTIME_PATH:
