@@ -218,7 +218,8 @@ class Items:
         if rest:
             await self.connection.send(delta(turn.item_id, rest))
         self.transcripts.append(text)
-        self.log("completed", item_id=turn.item_id, text=text, source=result.source)
+        context = len(turn.session.hints.context)
+        self.log("completed", item_id=turn.item_id, text=text, source=result.source, context_chars=context)
         await self.connection.send(completed(turn.item_id, text, turn.seconds))
 
 

@@ -97,8 +97,10 @@ async def realtime(server: LiveServer) -> AsyncIterator[Any]:
         yield conn
 
 
-async def configure(conn: Any, fmt: dict[str, Any], turn_detection: dict[str, Any] | None) -> Any:
-    audio_input = {"format": fmt, "turn_detection": turn_detection}
+async def configure(
+    conn: Any, fmt: dict[str, Any], turn_detection: dict[str, Any] | None, **transcription: str
+) -> Any:
+    audio_input = {"format": fmt, "turn_detection": turn_detection, "transcription": transcription}
     await conn.session.update(session={"type": "transcription", "audio": {"input": audio_input}})
     updated = await next_event(conn)
     assert updated.type == "session.updated", updated
@@ -179,7 +181,7 @@ async def test_server_vad_turns_at_24k(server: LiveServer) -> None:
     async with client.realtime.connect(model="qwen3-asr") as conn:
         created = await next_event(conn)
         vad = {"type": "server_vad", "threshold": 0.5, "prefix_padding_ms": 300, "silence_duration_ms": 500}
-        updated = await configure(conn, {"type": "audio/pcm", "rate": 24000}, vad)
+        updated = await configure(conn, {"type": "audio/pcm", "rate": 24000}, vad, prompt="polyasr")
         assert updated.session.audio.input.turn_detection.silence_duration_ms == 500
         for piece in chunks(pcm, 4800):  # 100 ms each
             await conn.input_audio_buffer.append(audio=piece)
@@ -204,8 +206,13 @@ async def test_server_vad_turns_at_24k(server: LiveServer) -> None:
     stops = [e for e in events if e.type == "input_audio_buffer.speech_stopped"]
     assert 0 <= starts[0].audio_start_ms < 400 < stops[0].audio_end_ms < starts[1].audio_start_ms
     assert 3000 <= stops[0].audio_end_ms <= 4200  # phrase 1 ends at 3.0 s; 500 ms of silence decides
-    check_deltas(events)
+    transcripts = check_deltas(events)
     audio, rate = await archive_of(server, created.session.id)
+    _, lines = archive_events(server, created.session.id)
+    contexts = [line["context_chars"] for line in lines if line["type"] == "completed"]
+    # the prompt, then the prompt and the first turn's text: turns share context
+    assert contexts == [len("polyasr"), len(" ".join(["polyasr", transcripts[0]]).strip())]
+    assert transcripts[0]  # (so the second context is more than the prompt)
     assert rate == 24_000
     assert audio.tobytes() == pcm  # exactly what was appended
 
@@ -241,29 +248,36 @@ async def test_the_stable_prefix_is_the_first_delta(server: LiveServer) -> None:
     assert transcript.startswith(deltas[0])
 
 
-async def test_manual_commit_and_clear_at_16k(server: LiveServer, realtime: Any) -> None:
-    await configure(realtime, {"type": "audio/pcm", "rate": 16000}, None)
+async def test_manual_commit_and_clear_at_16k(server: LiveServer) -> None:
+    client = AsyncOpenAI(base_url=f"{server.url}/v1", api_key=KEY)
     clip = resample(speech("voice_b")[: 2 * 16_000], 16_000).tobytes()
-    for piece in chunks(clip, 3200):
-        await realtime.input_audio_buffer.append(audio=piece)
-    await realtime.input_audio_buffer.clear()
-    assert (await next_event(realtime)).type == "input_audio_buffer.cleared"
-    await realtime.input_audio_buffer.commit()  # nothing left to commit
-    refused = await next_event(realtime)
-    assert (refused.type, refused.error.code) == ("error", "input_audio_buffer_commit_empty")
-    items = []
-    for _ in range(2):
-        for piece in chunks(clip, 3200):
-            await realtime.input_audio_buffer.append(audio=piece)
-        await realtime.input_audio_buffer.commit()
-        events = await until_completed(realtime, 1)
-        assert events[0].type == "input_audio_buffer.committed"
-        assert events[0].previous_item_id == (items[-1] if items else None)
-        assert events[-1].type == f"{TRANSCRIPTION}.completed"
-        assert not any(e.type.startswith("input_audio_buffer.speech") for e in events)  # no VAD
-        check_deltas(events)
-        items.append(events[0].item_id)
+    async with client.realtime.connect(model="qwen3-asr") as conn:
+        created = await next_event(conn)
+        await configure(conn, {"type": "audio/pcm", "rate": 16000}, None)
+        for piece in chunks(clip, 3201):  # odd sizes: a sample may straddle two appends
+            await conn.input_audio_buffer.append(audio=piece)
+        await conn.input_audio_buffer.clear()
+        assert (await next_event(conn)).type == "input_audio_buffer.cleared"
+        await conn.input_audio_buffer.commit()  # nothing left to commit
+        refused = await next_event(conn)
+        assert (refused.type, refused.error.code) == ("error", "input_audio_buffer_commit_empty")
+        items = []
+        for _ in range(2):
+            for piece in chunks(clip, 3200):
+                await conn.input_audio_buffer.append(audio=piece)
+            await conn.input_audio_buffer.commit()
+            events = await until_completed(conn, 1)
+            assert events[0].type == "input_audio_buffer.committed"
+            assert events[0].previous_item_id == (items[-1] if items else None)
+            assert events[-1].type == f"{TRANSCRIPTION}.completed"
+            assert events[-1].usage.seconds == pytest.approx(2.0, abs=0.01)  # the cleared audio is not in it
+            assert not any(e.type.startswith("input_audio_buffer.speech") for e in events)  # no VAD
+            check_deltas(events)
+            items.append(events[0].item_id)
     assert items[0] != items[1]
+    audio, rate = await archive_of(server, created.session.id)
+    assert rate == 16_000
+    assert audio.tobytes() == clip * 3  # the cleared audio too: everything appended is archived
 
 
 @pytest.mark.parametrize("kind", ["audio/pcmu", "audio/pcma"])
