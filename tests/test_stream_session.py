@@ -232,8 +232,20 @@ async def test_final_wait_partial_switch(wait: bool) -> None:
     sess.schedule(decoder)
     task = sess.recognizer.partial_task
     assert task is not None
+    await asyncio.sleep(0.05)  # the partial is decoding when the stop comes
     await sess.finalize(decoder)
     assert task.done() is wait
+
+
+async def test_a_partial_scheduled_just_before_the_stop_is_not_decoded() -> None:
+    """It would only hold up the final (the final is decoded from the same audio)."""
+    sess = session(partials_enabled=True, partial_interval_sec=0.0)
+    decoder = ScriptedDecoder(delay=0.2)
+    await feed(sess, VOICE_A[: 2 * SR])
+    sess.schedule(decoder)
+    assert sess.recognizer.partial_task is not None
+    await sess.finalize(decoder)  # before the partial's task first ran
+    assert [call.priority for call in decoder.calls] == [Priority.FINAL]
 
 
 @dataclass
