@@ -61,14 +61,43 @@ def _no_log(*_args: object, **_fields: object) -> None:
 
 
 @dataclass
+class VadWindows:
+    """In-order audio cut into whole VAD windows, each with its speech
+    probability; what has not filled a window waits for the next audio."""
+
+    vad: VadStream
+    staged: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
+    start: int = 0  # stream sample index of ``staged[0]``
+
+    async def push(self, samples: np.ndarray) -> list[tuple[int, np.ndarray, float]]:
+        """``(start, window, speech probability)`` of every window ``samples`` completes."""
+        self.staged = np.concatenate([self.staged, samples]) if len(self.staged) else samples
+        usable = len(self.staged) // WINDOW_SAMPLES * WINDOW_SAMPLES
+        if not usable:
+            return []
+        windows, self.staged = self.staged[:usable], self.staged[usable:]
+        start, self.start = self.start, self.start + usable
+        probs = await asyncio.to_thread(self.vad.window_probs, windows)
+        return [
+            (start + i * WINDOW_SAMPLES, windows[i * WINDOW_SAMPLES : (i + 1) * WINDOW_SAMPLES], prob)
+            for i, prob in enumerate(probs)
+        ]
+
+    def take_staged(self) -> np.ndarray:
+        """The audio that has not filled a window (at ``start``); the stream goes on after it."""
+        staged, self.staged = self.staged, np.zeros(0, np.float32)
+        self.start += len(staged)
+        return staged
+
+
+@dataclass
 class SpeechGate:
     """VAD windows → chunks → speaker filter, for one session."""
 
     vad: VadStream
     speaker: SpeakerGate
     log: Callable[..., None] = _no_log
-    staged: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
-    staged_start: int = 0  # raw sample index of ``staged[0]``
+    windows: VadWindows = field(init=False)
     pending: list[np.ndarray] = field(default_factory=list)
     pending_start: int = 0
     silence_run: int = 0
@@ -76,21 +105,14 @@ class SpeechGate:
     rejected: int = 0
     accepted: int = 0
 
+    def __post_init__(self) -> None:
+        self.windows = VadWindows(self.vad)
+
     async def push(self, samples: np.ndarray) -> list[Chunk]:
         """Append in-order audio; return the chunks the speaker filter accepted."""
-        self.staged = np.concatenate([self.staged, samples]) if len(self.staged) else samples
-        usable = len(self.staged) // WINDOW_SAMPLES * WINDOW_SAMPLES
-        if not usable:
-            return []
-        windows = self.staged[:usable]
-        self.staged = self.staged[usable:]
-        start = self.staged_start
-        self.staged_start += usable
-        probs = await asyncio.to_thread(self.vad.window_probs, windows)
         kept: list[Chunk] = []
-        for i, prob in enumerate(probs):
-            window = windows[i * WINDOW_SAMPLES : (i + 1) * WINDOW_SAMPLES]
-            if self._window(window, start + i * WINDOW_SAMPLES, prob):
+        for start, window, prob in await self.windows.push(samples):
+            if self._window(window, start, prob):
                 chunk = await self._close_chunk()
                 if chunk is not None:
                     kept.append(chunk)
@@ -163,19 +185,18 @@ class SpeechGate:
 
     async def _flush_staged(self) -> None:
         """Run the VAD over audio that never filled a window (padded with silence)."""
-        if not len(self.staged):
+        start = self.windows.start
+        leftover = self.windows.take_staged()
+        if not len(leftover):
             return
-        leftover = self.staged
         padded = np.concatenate([leftover, np.zeros(WINDOW_SAMPLES - len(leftover), np.float32)])
-        self.staged = np.zeros(0, np.float32)
         (prob,) = await asyncio.to_thread(self.vad.window_probs, padded)
         if prob >= VAD_THRESHOLD or self.pending:
             if not self.pending:
-                self.pending_start = self.staged_start
+                self.pending_start = start
             self.pending.append(leftover)
-        self.staged_start += len(leftover)
 
     def release(self) -> None:
         """Forget undecided audio (a finished session keeps none)."""
-        self.staged = np.zeros(0, np.float32)
+        self.windows.take_staged()
         self.pending, self.last_quiet = [], None

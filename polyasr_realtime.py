@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 
 from polyasr_constants import SAMPLE_RATE, WINDOW_SAMPLES
-from polyasr_gate import SpeakerGate, SpeakerVerdict, VadStream
+from polyasr_gate import SpeakerGate, SpeakerVerdict, VadWindows
 from polyasr_manager import ModelBusy, ModelUnavailable
 from polyasr_protocol import ProtocolError
 from polyasr_realtime_audio import InputAudio
@@ -112,44 +112,23 @@ class Turn:
         return self.samples / SAMPLE_RATE
 
 
-class TurnDetector:
-    """``server_vad``'s ears: the connection's audio in whole Silero windows."""
+class Preroll:
+    """The recent quiet windows under ``server_vad``: the prefix padding of the next turn."""
 
-    def __init__(self, vad: VadStream) -> None:
-        self.vad = vad
-        self.staged = np.zeros(0, np.float32)
-        self.position = 0  # 16 kHz sample index of ``staged[0]``
-        self.preroll: list[np.ndarray] = []  # recent quiet windows, for prefix padding
+    def __init__(self) -> None:
+        self.windows: list[np.ndarray] = []
 
-    async def push(self, samples: np.ndarray) -> list[tuple[int, np.ndarray, float]]:
-        """``(start, window, speech probability)`` of every window completed by ``samples``."""
-        self.staged = np.concatenate([self.staged, samples])
-        usable = len(self.staged) // WINDOW_SAMPLES * WINDOW_SAMPLES
-        if not usable:
-            return []
-        windows, self.staged = self.staged[:usable], self.staged[usable:]
-        start, self.position = self.position, self.position + usable
-        probs = await asyncio.to_thread(self.vad.window_probs, windows)
-        return [
-            (start + i * WINDOW_SAMPLES, windows[i * WINDOW_SAMPLES : (i + 1) * WINDOW_SAMPLES], prob)
-            for i, prob in enumerate(probs)
-        ]
+    def keep(self, window: np.ndarray, samples: int) -> None:
+        """Add a quiet window, holding no more than ``samples`` beyond the newest window's start."""
+        self.windows.append(window)
+        while self.windows and sum(map(len, self.windows)) - len(self.windows[0]) >= samples:
+            self.windows.pop(0)
 
-    def take_staged(self) -> np.ndarray:
-        """The audio that has not filled a window (a commit takes it into its turn)."""
-        staged, self.staged = self.staged, np.zeros(0, np.float32)
-        self.position += len(staged)
-        return staged
-
-    def keep_quiet(self, window: np.ndarray, keep: int) -> None:
-        self.preroll.append(window)
-        while self.preroll and sum(map(len, self.preroll)) - len(self.preroll[0]) >= keep:
-            self.preroll.pop(0)
-
-    def padding(self, keep: int) -> np.ndarray:
-        held = np.concatenate(self.preroll) if self.preroll else np.zeros(0, np.float32)
-        self.preroll = []
-        return held[len(held) - min(keep, len(held)) :]
+    def take(self, samples: int) -> np.ndarray:
+        """The last ``samples`` held (fewer if less was heard); the preroll empties."""
+        held = np.concatenate(self.windows) if self.windows else np.zeros(0, np.float32)
+        self.windows = []
+        return held[len(held) - min(samples, len(held)) :]
 
 
 class Items:
@@ -208,10 +187,9 @@ class Items:
             return
         except Exception as exc:  # one failed turn must not end the session
             log.exception("realtime turn failed")
-            self.log("transcription_failed", item_id=turn.item_id, message=f"{type(exc).__name__}: {exc}")
-            await self.connection.send(
-                failed(turn.item_id, "transcription_failed", f"{type(exc).__name__}: {exc}")
-            )
+            message = f"{type(exc).__name__}: {exc}"
+            self.log("transcription_failed", item_id=turn.item_id, message=message)
+            await self.connection.send(failed(turn.item_id, "transcription_failed", message))
             return
         text = result.text
         rest = text[len(sent) :] if text.startswith(sent) else ""
@@ -239,7 +217,8 @@ class RealtimeConnection(Driving):
         self.inbox = Inbox(transport)
         self.config = SessionConfig(model=model)
         self.speaker = LockedSpeaker(services.new_speaker())
-        self.detector = TurnDetector(services.new_vad())
+        self.windows = VadWindows(services.new_vad())  # server_vad's own Silero stream
+        self.preroll = Preroll()
         self.input: InputAudio | None = None
         self.turn: Turn | None = None
         self.speaking = False
@@ -366,13 +345,13 @@ class RealtimeConnection(Driving):
     async def _hear(self, samples: np.ndarray) -> None:
         self.heard += len(samples)
         if self.config.turn is None:
-            # audio the detector held when the session left server_vad comes first
-            samples = np.concatenate([self.detector.take_staged(), samples])
+            # audio server_vad's windows held when the session left it comes first
+            samples = np.concatenate([self.windows.take_staged(), samples])
             if self.turn is None:
                 self.turn = self._new_turn(self.heard - len(samples))
             await self._feed(samples)
             return
-        for start, window, prob in await self.detector.push(samples):
+        for start, window, prob in await self.windows.push(samples):
             await self._window(start, window, prob)
 
     async def _window(self, start: int, window: np.ndarray, prob: float) -> None:
@@ -381,10 +360,10 @@ class RealtimeConnection(Driving):
         assert turn_detection is not None
         speech = prob >= turn_detection.threshold
         if self.turn is None and not speech:
-            self.detector.keep_quiet(window, turn_detection.prefix_padding_ms * SAMPLE_RATE // 1000)
+            self.preroll.keep(window, turn_detection.prefix_padding_ms * SAMPLE_RATE // 1000)
             return
         if self.turn is None:
-            padding = self.detector.padding(turn_detection.prefix_padding_ms * SAMPLE_RATE // 1000)
+            padding = self.preroll.take(turn_detection.prefix_padding_ms * SAMPLE_RATE // 1000)
             self.turn = self._new_turn(start - len(padding))
             await self._feed(padding)
         if speech and not self.speaking:
@@ -417,7 +396,7 @@ class RealtimeConnection(Driving):
     async def _commit(self, event_id: str | None) -> None:
         """``input_audio_buffer.commit``: the buffer so far becomes an item."""
         if self.input is not None:
-            tail = np.concatenate([self.detector.take_staged(), self.input.flush()])
+            tail = np.concatenate([self.windows.take_staged(), self.input.flush()])
             if len(tail) and (self.turn is not None or self.config.turn is None):
                 if self.turn is None:
                     self.turn = self._new_turn(self.heard - len(tail))
@@ -435,9 +414,9 @@ class RealtimeConnection(Driving):
     async def _clear(self) -> None:
         """``input_audio_buffer.clear``: the uncommitted audio is not transcribed."""
         if self.input is not None:
-            self.detector.take_staged()
+            self.windows.take_staged()
             self.input.flush()
-        self.detector.preroll = []
+        self.preroll.take(0)  # empties it
         if self.turn is not None:
             self.archive.event("cleared", item_id=self.turn.item_id, audio_sec=round(self.turn.seconds, 3))
             self.turn.session.cancel_work()

@@ -156,7 +156,7 @@ async def test_audio_that_never_filled_a_vad_window_is_decoded_at_stop() -> None
     decoder = ScriptedDecoder()
     speech_then_cut = VOICE_A[: 2 * SR + 1000]  # ends mid-window, mid-speech
     await feed(sess, speech_then_cut)
-    assert 0 < len(sess.gate.staged) < 2560
+    assert 0 < len(sess.gate.windows.staged) < 2560
     await sess.finalize(decoder)
     (final_call,) = decoder.by(Priority.FINAL)
     assert final_call.seconds * SR >= len(speech_then_cut) - 2560  # the staged tail is in
@@ -316,7 +316,7 @@ async def test_one_finalize_per_session_and_no_audio_kept_after_it() -> None:
     a, b = await asyncio.gather(first, second)
     assert a == b and len(decoder.by(Priority.FINAL)) == 1  # asked twice, decoded once
     assert sess.finished and sess.recognizer.uncommitted == [] and sess.recognizer.raw.held == 0
-    assert sess.gate.pending == [] and len(sess.gate.staged) == 0
+    assert sess.gate.pending == [] and len(sess.gate.windows.staged) == 0
     await feed(sess, VOICE_A[:SR])  # audio after the final is not taken
     assert sess.recognizer.raw.held == 0
 
