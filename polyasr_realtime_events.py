@@ -157,7 +157,11 @@ def apply_update(
     if session.get("type", "transcription") != "transcription":
         message = "this server serves transcription sessions: session.type must be 'transcription'"
         raise RealtimeError("invalid_value", message, "session.type", event_id)
-    audio_in = _section(_section(session.get("audio"), "session.audio", event_id).get("input"), "", event_id)
+    audio_in = _section(
+        _section(session.get("audio"), "session.audio", event_id).get("input"),
+        "session.audio.input",
+        event_id,
+    )
     changes: dict[str, Any] = {}
     if "format" in audio_in:
         try:
