@@ -23,7 +23,6 @@ import logging
 import os
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -33,13 +32,12 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench.bench_env import add_model_flags, bench_env  # noqa: E402
+from bench.bench_env import add_model_flags, bench_workspace  # noqa: E402
 from polyasr_audio import decode_audio  # noqa: E402
 from polyasr_config import load_settings  # noqa: E402
 from polyasr_engine import Clip  # noqa: E402
 from tests.audio_util import speech, wav_bytes  # noqa: E402
 from tests.conftest import BACKEND, LiveServer, engine_class  # noqa: E402
-from tests.fixtures.tiny_models import build_tiny_models  # noqa: E402
 
 
 def main() -> None:
@@ -53,8 +51,7 @@ def main() -> None:
     args = parser.parse_args()
     logging.getLogger("httpx").setLevel(logging.WARNING)
 
-    work = Path(tempfile.mkdtemp(prefix="polyasr-bench-"))
-    env = bench_env(build_tiny_models(work / "tiny"), args, POLYASR_LOG_DIR="", POLYASR_STREAMING_PROBE="0")
+    work, env = bench_workspace(args, "polyasr-bench-", POLYASR_LOG_DIR="", POLYASR_STREAMING_PROBE="0")
     settings = load_settings(args.backend, {**os.environ, **env})
 
     base = speech()

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import argparse
 import os
+import tempfile
 from pathlib import Path
 
 from tests.conftest import tiny_env
-from tests.fixtures.tiny_models import TinyModels
+from tests.fixtures.tiny_models import TinyModels, build_tiny_models
 
 PLACEMENT = ("POLYASR_DEVICE", "POLYASR_DTYPE")
 
@@ -42,3 +43,13 @@ def bench_env(tiny: TinyModels, args: argparse.Namespace, **extra: str) -> dict[
         if value:
             env[var] = value
     return env
+
+
+def bench_workspace(args: argparse.Namespace, prefix: str, **extra: str) -> tuple[Path, dict[str, str]]:
+    """A fresh folder holding the tiny checkpoints, and the :func:`bench_env`
+    of a server archiving under its ``logs`` (``POLYASR_LOG_DIR`` in ``extra`` wins)."""
+    work = Path(tempfile.mkdtemp(prefix=prefix))
+    env = bench_env(
+        build_tiny_models(work / "tiny"), args, **{"POLYASR_LOG_DIR": str(work / "logs"), **extra}
+    )
+    return work, env

@@ -34,7 +34,6 @@ import asyncio
 import contextlib
 import json
 import sys
-import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -52,11 +51,10 @@ from websockets.exceptions import ConnectionClosed
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench.bench_env import add_model_flags, bench_env  # noqa: E402
+from bench.bench_env import add_model_flags, bench_workspace  # noqa: E402
 from polyasr_protocol import build_frame  # noqa: E402
 from tests.audio_util import speech, wav_bytes  # noqa: E402
 from tests.conftest import BACKEND, LiveServer  # noqa: E402
-from tests.fixtures.tiny_models import build_tiny_models  # noqa: E402
 
 FRAME_BYTES = 3200  # 100 ms of PCM16 mono at 16 kHz
 STOP_TIMEOUT = 300.0  # a saturated 2-core machine answers slowly; later is a failure
@@ -556,11 +554,9 @@ def failures(load: dict[str, Any], crash: dict[str, Any]) -> list[str]:
 
 
 async def main_async(args: argparse.Namespace) -> int:
-    work = Path(tempfile.mkdtemp(prefix="polyasr-load-test-"))
-    env = bench_env(
-        build_tiny_models(work / "tiny"),
+    work, env = bench_workspace(
         args,
-        POLYASR_LOG_DIR=str(work / "logs"),
+        "polyasr-load-test-",
         POLYASR_TOKENS_PER_AUDIO_SEC=str(args.tokens_per_sec),
     )
     if args.partials:

@@ -27,7 +27,6 @@ import base64
 import json
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -38,11 +37,10 @@ from websockets.asyncio.client import ClientConnection, connect
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench.bench_env import add_model_flags, bench_env  # noqa: E402
+from bench.bench_env import add_model_flags, bench_workspace  # noqa: E402
 from polyasr_protocol import build_frame  # noqa: E402
 from tests.audio_util import speech  # noqa: E402
 from tests.conftest import BACKEND, LiveServer  # noqa: E402
-from tests.fixtures.tiny_models import build_tiny_models  # noqa: E402
 
 FRAME = 3200  # 100 ms of PCM16 at 16 kHz
 COMPLETED = "conversation.item.input_audio_transcription.completed"
@@ -149,11 +147,9 @@ def report(results: dict[str, list[Timings]]) -> None:
 
 
 async def main_async(args: argparse.Namespace) -> None:
-    work = Path(tempfile.mkdtemp(prefix="polyasr-realtime-bench-"))
-    env = bench_env(
-        build_tiny_models(work / "tiny"),
+    work, env = bench_workspace(
         args,
-        POLYASR_LOG_DIR=str(work / "logs"),
+        "polyasr-realtime-bench-",
         POLYASR_TOKENS_PER_AUDIO_SEC=str(args.tokens_per_sec),
         POLYASR_PARTIALS_ENABLED="1" if args.partials else "0",
     )

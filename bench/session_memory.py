@@ -24,7 +24,6 @@ import argparse
 import asyncio
 import json
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -34,11 +33,10 @@ from websockets.asyncio.client import connect
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench.bench_env import add_model_flags, bench_env  # noqa: E402
+from bench.bench_env import add_model_flags, bench_workspace  # noqa: E402
 from polyasr_protocol import build_frame  # noqa: E402
 from tests.audio_util import speech  # noqa: E402
 from tests.conftest import BACKEND, LiveServer  # noqa: E402
-from tests.fixtures.tiny_models import build_tiny_models  # noqa: E402
 
 IN_FLIGHT = 8  # frames sent ahead of their acks
 COMMIT_MIN_SEC = 8.0  # the server's STABLE_COMMIT_MIN_SEC (its default)
@@ -114,11 +112,9 @@ async def dictate(url: str, pid: int, logs: Path, minutes: float, frame_sec: flo
 
 
 async def main_async(args: argparse.Namespace) -> None:
-    work = Path(tempfile.mkdtemp(prefix="session-memory-"))
-    env = bench_env(
-        build_tiny_models(work / "tiny"),
+    work, env = bench_workspace(
         args,
-        POLYASR_LOG_DIR=str(work / "logs"),
+        "session-memory-",
         POLYASR_PARTIALS_ENABLED="0",
         POLYASR_STABLE_COMMIT_MIN_SEC=str(COMMIT_MIN_SEC),
         # Gibberish from random weights runs to the token budget: a small one keeps an hour

@@ -25,7 +25,6 @@ import json
 import random
 import statistics
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,11 +35,10 @@ from websockets.asyncio.client import connect
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench.bench_env import add_model_flags, bench_env  # noqa: E402
+from bench.bench_env import add_model_flags, bench_workspace  # noqa: E402
 from polyasr_protocol import build_frame  # noqa: E402
 from tests.audio_util import speech  # noqa: E402
 from tests.conftest import BACKEND, LiveServer  # noqa: E402
-from tests.fixtures.tiny_models import build_tiny_models  # noqa: E402
 
 FRAME_SEC = 0.1
 
@@ -143,11 +141,9 @@ def report(label: str, runs: list[Run], decodes: dict[str, int]) -> float:
 
 
 async def main_async(args: argparse.Namespace) -> None:
-    work = Path(tempfile.mkdtemp(prefix="polyasr-stream-bench-"))
-    env = bench_env(
-        build_tiny_models(work / "tiny"),
+    work, env = bench_workspace(
         args,
-        POLYASR_LOG_DIR=str(work / "logs"),
+        "polyasr-stream-bench-",
         POLYASR_PARTIALS_ENABLED="1",
         POLYASR_TOKENS_PER_AUDIO_SEC=str(args.tokens_per_sec),
     )
