@@ -76,6 +76,9 @@ from polyasr_ws import TIMEOUT, Driving, Inbox, ReaderFailed, StreamServices, Tr
 log = logging.getLogger("polyasr.realtime")
 
 RECEIVE_POLL_SEC = 0.1
+# Committed turns awaiting their transcript; at this many the connection reads no further
+# event until one completes, so TCP back-pressure (not a queue without end) slows the client.
+MAX_PENDING_TURNS = 4
 WINDOW_MS = WINDOW_SAMPLES * 1000 // SAMPLE_RATE
 CLIENT_EVENTS = (
     "session.update",
@@ -164,6 +167,8 @@ class Items:
         self.last = task
         self.pending[task] = turn
         task.add_done_callback(lambda done: self.pending.pop(done, None))
+        if len(self.pending) >= MAX_PENDING_TURNS:
+            await asyncio.wait(set(self.pending), return_when=asyncio.FIRST_COMPLETED)
 
     def cancel(self) -> None:
         """The connection ended: nobody awaits these transcripts any more."""

@@ -20,6 +20,7 @@ import soundfile
 import websockets
 from openai import AsyncOpenAI
 
+from polyasr_realtime import MAX_PENDING_TURNS
 from tests.audio_util import speech
 from tests.conftest import LiveServer, serving
 
@@ -278,6 +279,28 @@ async def test_manual_commit_and_clear_at_16k(server: LiveServer) -> None:
     audio, rate = await archive_of(server, created.session.id)
     assert rate == 16_000
     assert audio.tobytes() == clip * 3  # the cleared audio too: everything appended is archived
+
+
+async def test_many_quick_commits_are_answered_in_order_with_bounded_pending_work(server: LiveServer) -> None:
+    """Ten 150 ms turns committed back to back: all are transcribed, in order,
+    and no more than MAX_PENDING_TURNS await their transcript at any time."""
+    client = AsyncOpenAI(base_url=f"{server.url}/v1", api_key=KEY)
+    piece = base64.b64encode(resample(speech("voice_a")[16_000 : 16_000 + 2400], 16_000).tobytes()).decode()
+    async with client.realtime.connect(model="qwen3-asr") as conn:
+        created = await next_event(conn)
+        await configure(conn, {"type": "audio/pcm", "rate": 16000}, None)
+        for _ in range(10):
+            await conn.input_audio_buffer.append(audio=piece)
+            await conn.input_audio_buffer.commit()
+        events = await until_completed(conn, 10)
+    committed = [e.item_id for e in events if e.type == "input_audio_buffer.committed"]
+    assert [e.item_id for e in events if e.type == f"{TRANSCRIPTION}.completed"] == committed
+    _, lines = archive_events(server, created.session.id)
+    waiting = most = 0
+    for line in lines:
+        waiting += {"committed": 1, "completed": -1}.get(line["type"], 0)
+        most = max(most, waiting)
+    assert most == MAX_PENDING_TURNS
 
 
 @pytest.mark.parametrize("kind", ["audio/pcmu", "audio/pcma"])
