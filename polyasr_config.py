@@ -9,11 +9,12 @@ message naming the variable, instead of surfacing later as odd behaviour.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -269,6 +270,21 @@ def _lookup(environ: Mapping[str, str], names: list[str]) -> tuple[str, str] | N
             if var in environ:
                 return var, environ[var]
     return None
+
+
+View = TypeVar("View")
+
+
+def settings_view(cls: type[View], settings: Settings, /, **given: Any) -> View:
+    """The frozen dataclass of knobs one part runs with, each field taken from
+    the setting of the same name unless ``given``.
+
+    Parts take such small views rather than the whole ``Settings`` so that a
+    test can build one in a line; filling them by name keeps a new knob from
+    being wired in the settings and forgotten in the view.
+    """
+    names = [f.name for f in dataclasses.fields(cls) if f.init]
+    return cls(**{name: given[name] if name in given else getattr(settings, name) for name in names})
 
 
 def load_settings(backend: Backend, environ: Mapping[str, str] | None = None) -> Settings:

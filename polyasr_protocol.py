@@ -11,7 +11,7 @@ import struct
 from dataclasses import dataclass
 from typing import Any
 
-from polyasr_config import Settings
+from polyasr_config import Settings, settings_view
 from polyasr_constants import SAMPLE_RATE
 
 MAGIC = b"BASR"
@@ -91,14 +91,11 @@ class WsLimits:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> WsLimits:
-        return cls(
+        return settings_view(
+            cls,
+            settings,
             max_text_bytes=settings.ws_max_text_bytes,
             max_frame_bytes=settings.ws_max_frame_bytes,
-            max_id_chars=settings.max_id_chars,
-            max_context_chars=settings.max_context_chars,
-            max_session_sec=settings.max_session_sec,
-            session_idle_sec=settings.session_idle_sec,
-            start_timeout_sec=settings.start_timeout_sec,
         )
 
 

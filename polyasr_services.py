@@ -22,7 +22,7 @@ from starlette.requests import HTTPConnection
 from polyasr_align import Aligner
 from polyasr_archive import Archives
 from polyasr_audio import AudioDecodeError, decode_audio
-from polyasr_config import Settings
+from polyasr_config import Settings, settings_view
 from polyasr_decode import StreamDecoder, Transcriber
 from polyasr_engine import Engine
 from polyasr_health import HealthMonitor
@@ -93,16 +93,8 @@ def stream_settings(settings: Settings, engine: Engine) -> StreamSettings:
     """Dictation knobs; native streaming only where the engine can do it."""
     if settings.native_streaming and not engine.supports_native_streaming:
         log.warning("POLYASR_NATIVE_STREAMING is set but this engine cannot stream natively; ignored")
-    return StreamSettings(
-        partials_enabled=settings.partials_enabled,
-        partial_interval_sec=settings.partial_interval_sec,
-        partial_min_delta_sec=settings.partial_min_delta_sec,
-        partial_window_sec=settings.partial_window_sec,
-        stable_commit_min_sec=settings.stable_commit_min_sec,
-        final_wait_partial=settings.final_wait_partial,
-        native=settings.native_streaming and engine.supports_native_streaming,
-        stream_chunk_sec=settings.stream_chunk_sec,
-    )
+    native = settings.native_streaming and engine.supports_native_streaming
+    return settings_view(StreamSettings, settings, native=native)
 
 
 async def build_stream_services(

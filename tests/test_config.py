@@ -68,3 +68,26 @@ def test_token_budget_is_proportional_and_clamped() -> None:
     assert settings.token_budget(0.1) == 32
     assert settings.token_budget(4.0) == 101
     assert settings.token_budget(600.0) == 256
+
+
+def test_views_take_each_knob_from_its_setting() -> None:
+    from types import SimpleNamespace
+
+    from polyasr_protocol import WsLimits
+    from polyasr_services import stream_settings
+
+    env = {
+        "POLYASR_WS_MAX_FRAME_BYTES": "4096",
+        "POLYASR_MAX_SESSION_SEC": "60",
+        "POLYASR_PARTIAL_WINDOW_SEC": "7",
+        "POLYASR_STREAM_CHUNK_SEC": "1.5",
+        "POLYASR_NATIVE_STREAMING": "1",
+    }
+    settings = load_settings("cuda", env)
+    limits = WsLimits.from_settings(settings)
+    assert (limits.max_frame_bytes, limits.max_session_sec) == (4096, 60.0)
+    assert limits.max_text_bytes == settings.ws_max_text_bytes
+    knobs = stream_settings(settings, SimpleNamespace(supports_native_streaming=False))  # type: ignore[arg-type]
+    assert (knobs.partial_window_sec, knobs.stream_chunk_sec) == (7.0, 1.5)
+    assert knobs.partials_enabled is True  # the CUDA default
+    assert knobs.native is False  # asked for, but this engine cannot stream natively

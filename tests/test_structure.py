@@ -11,6 +11,7 @@ decision, not an accident of what it happened to import.
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -135,3 +136,14 @@ def test_units_fit_a_reader(name: str) -> None:
             if lines > limit:
                 too_long.append(f"{node.name}: {lines} lines (limit {limit})")
     assert too_long == [], f"polyasr_{name}: {too_long}"
+
+
+def test_the_readme_map_names_every_module() -> None:
+    """The README's "How it is built" table is the newcomer's map: a module
+    missing from it is a module nobody is told the job of."""
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## How it is built", 1)[1].split("\n## ", 1)[0]
+    named = set(re.findall(r"polyasr_(\w+)\.py", section))
+    for row in re.findall(r"`polyasr_routes_\w+\.py`((?:, `_\w+\.py`)*)", section):
+        named |= {f"routes_{n}" for n in re.findall(r"`_(\w+)\.py`", row)}
+    assert sorted(set(MODULES) - named) == []
