@@ -241,6 +241,8 @@ class IncrementalRecognizer(RecognizerBase):
         chunks = list(self.uncommitted)
         if sum(c.seconds for c in chunks) < self.settings.stable_commit_min_sec:
             return
+        if self.partial_task is not None and decoder.is_queued(self._partial_key()):
+            self.partial_task.cancel()  # it would run after the commit, re-hearing what it covers
         self.commit_task = asyncio.get_running_loop().create_task(self._commit(decoder, chunks))
 
     async def _commit(self, decoder: SessionDecoder, chunks: list[Chunk]) -> None:
@@ -281,6 +283,16 @@ class IncrementalRecognizer(RecognizerBase):
     # -- partials ----------------------------------------------------------
 
     def _maybe_partial(self, decoder: SessionDecoder) -> None:
+        """Schedule a partial of the audio after the stable frontier.
+
+        Not while this session's commit is pending: the scheduler runs commits
+        first, so such a partial would decode only after the frontier moved,
+        re-hearing up to a whole window of committed audio; under load that
+        batch (it yields only between tokens) holds the device when the stop
+        comes. The first partial after the commit hears just the new tail.
+        """
+        if self.commit_task is not None:
+            return
         s = self.settings
         in_flight = self.partial_task is not None and not self.partial_task.done()
         if in_flight and not decoder.is_queued(self._partial_key()):

@@ -248,6 +248,64 @@ async def test_a_partial_scheduled_just_before_the_stop_is_not_decoded() -> None
     assert [call.priority for call in decoder.calls] == [Priority.FINAL]
 
 
+class OneDevice(ScriptedDecoder):
+    """A device other sessions may hold (``free`` clear): decodes wait for it,
+    and a waiting one is ``is_queued``; a commit then takes 0.3 s."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.free = asyncio.Event()
+        self.free.set()
+        self.waiting: set[str] = set()
+
+    async def decode(self, samples: np.ndarray, request: DecodeRequest) -> Transcript:
+        assert request.replace_key is not None
+        self.waiting.add(request.replace_key)
+        try:
+            await self.free.wait()
+        finally:
+            self.waiting.discard(request.replace_key)
+        if request.priority == Priority.COMMIT:
+            await asyncio.sleep(0.3)
+        return await super().decode(samples, request)
+
+    def is_queued(self, key: str) -> bool:
+        return key in self.waiting
+
+
+async def test_no_partial_waits_behind_its_own_commit() -> None:
+    """The scheduler runs a commit before any partial, so a partial queued
+    with it would decode only after the frontier moved, re-hearing committed
+    audio (up to the whole window): under load that batch holds the device
+    when the stop comes. A queued partial is dropped when the commit starts,
+    none is scheduled while it decodes, and the next hears only the new tail."""
+    sess = session(partials_enabled=True, partial_interval_sec=0.0, stable_commit_min_sec=2.0)
+    decoder = OneDevice()
+    decoder.free.clear()  # another session's batch holds the device
+    await feed(sess, VOICE_A[: 2 * SR])
+    sess.schedule(decoder)
+    queued = sess.recognizer.partial_task
+    assert queued is not None and sess.recognizer.commit_task is None
+    await asyncio.sleep(0.05)
+    await feed(sess, np.concatenate([VOICE_A[2 * SR : 3 * SR], silence(1.0)]))
+    sess.schedule(decoder)  # a chunk ends: the commit starts
+    commit = sess.recognizer.commit_task
+    assert commit is not None and sess.recognizer.partial_task is queued
+    decoder.free.set()
+    await asyncio.sleep(0.05)
+    assert queued.done() and decoder.by(Priority.PARTIAL) == []  # dropped, never decoded
+    await feed(sess, VOICE_A[: SR // 2])
+    sess.schedule(decoder)
+    assert sess.recognizer.partial_task is queued  # none while the commit decodes
+    await commit
+    await feed(sess, VOICE_A[SR // 2 : SR])
+    sess.schedule(decoder)
+    assert sess.recognizer.partial_task is not queued
+    await sess.recognizer.partial_task
+    [heard] = decoder.by(Priority.PARTIAL)
+    assert heard.seconds <= (sess.recognizer.raw.length - sess.recognizer.stable_end) / SR + 0.31
+
+
 @dataclass
 class FailingDecoder(ScriptedDecoder):
     """Commits (or native feeds) fail ``failures`` times, then work."""
