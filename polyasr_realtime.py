@@ -130,8 +130,11 @@ class Preroll:
     def take(self, samples: int) -> np.ndarray:
         """The last ``samples`` held (fewer if less was heard); the preroll empties."""
         held = np.concatenate(self.windows) if self.windows else np.zeros(0, np.float32)
-        self.windows = []
+        self.clear()
         return held[len(held) - min(samples, len(held)) :]
+
+    def clear(self) -> None:
+        self.windows = []
 
 
 class Items:
@@ -421,7 +424,7 @@ class RealtimeConnection(Driving):
         if self.input is not None:
             self.windows.take_staged()
             self.input.flush()
-        self.preroll.take(0)  # empties it
+        self.preroll.clear()
         if self.turn is not None:
             self.archive.event("cleared", item_id=self.turn.item_id, audio_sec=round(self.turn.seconds, 3))
             self.turn.session.cancel_work()

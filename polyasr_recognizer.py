@@ -241,8 +241,7 @@ class IncrementalRecognizer(RecognizerBase):
         chunks = list(self.uncommitted)
         if sum(c.seconds for c in chunks) < self.settings.stable_commit_min_sec:
             return
-        if self.partial_task is not None and decoder.is_queued(self._partial_key()):
-            self.partial_task.cancel()  # it would run after the commit, re-hearing what it covers
+        self._drop_queued_partial(decoder)  # it would run after the commit, re-hearing what it covers
         self.commit_task = asyncio.get_running_loop().create_task(self._commit(decoder, chunks))
 
     async def _commit(self, decoder: SessionDecoder, chunks: list[Chunk]) -> None:
@@ -391,8 +390,13 @@ class IncrementalRecognizer(RecognizerBase):
                 await partial
             return
         self.log("final_skip_partial")
-        if decoder.is_queued(self._partial_key()):
-            partial.cancel()
+        self._drop_queued_partial(decoder)
+
+    def _drop_queued_partial(self, decoder: SessionDecoder) -> None:
+        """Cancel the partial if it has not started decoding: the commit or the
+        final about to be queued runs before it and covers its audio anyway."""
+        if self.partial_task is not None and decoder.is_queued(self._partial_key()):
+            self.partial_task.cancel()
 
     def cancel(self) -> None:
         for task in (self.partial_task, self.commit_task):
