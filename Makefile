@@ -6,8 +6,9 @@
 PYTHON ?= python3
 MLX_VENV := .venv-mlx
 CUDA_VENV := .venv-cuda
-MLX_REQS := requirements.txt requirements-common.txt requirements-dev.txt client/python/pyproject.toml
-CUDA_REQS := cuda/requirements.txt requirements-common.txt requirements-dev.txt client/python/pyproject.toml
+MLX_REQS := requirements.txt requirements-common.txt pyproject.toml
+CUDA_REQS := cuda/requirements.txt requirements-common.txt pyproject.toml
+DEV_REQS := requirements-dev.txt client/python/pyproject.toml
 
 # MLX on Apple Silicon; CUDA everywhere else (on the CPU when there is no GPU).
 ifeq ($(shell uname -s)-$(shell uname -m),Darwin-arm64)
@@ -31,24 +32,29 @@ else
 endif
 
 # torch goes in first, pinned: otherwise a dependency's bare "torch" pulls a
-# multi-GB CUDA build where a CPU build was meant (and vice versa).
+# multi-GB CUDA build where a CPU build was meant (and vice versa). Each
+# requirements file installs the service package itself (editable) by a path
+# relative to its own folder, so pip runs there. `.installed` is what serves;
+# `.dev-installed` adds the test tools and the Python client for `make test`.
 $(MLX_VENV)/.installed: $(MLX_REQS)
 	test -x $(MLX_VENV)/bin/python || $(PYTHON) -m venv $(MLX_VENV)
 	$(MLX_VENV)/bin/pip install -q "$$(grep -m1 '^torch==' requirements.txt)"
-	$(MLX_VENV)/bin/pip install -q -r requirements.txt -r requirements-dev.txt
-	$(MLX_VENV)/bin/pip install -q -e client/python
+	$(MLX_VENV)/bin/pip install -q -r requirements.txt
 	touch $@
 
 $(CUDA_VENV)/.installed: $(CUDA_REQS)
 	test -x $(CUDA_VENV)/bin/python || $(PYTHON) -m venv $(CUDA_VENV)
 	$(CUDA_VENV)/bin/pip install -q "$$(grep -m1 '^torch==' cuda/requirements.txt)"
-	$(CUDA_VENV)/bin/pip install -q -r cuda/requirements.txt -r requirements-dev.txt
-	$(CUDA_VENV)/bin/pip install -q -e client/python
+	cd cuda && ../$(CUDA_VENV)/bin/pip install -q -r requirements.txt
 	touch $@
 
-venvs: $(MLX_VENV)/.installed $(CUDA_VENV)/.installed
+%/.dev-installed: %/.installed $(DEV_REQS)
+	$*/bin/pip install -q -r requirements-dev.txt -e client/python
+	touch $@
 
-lint: $(CUDA_VENV)/.installed
+venvs: $(MLX_VENV)/.dev-installed $(CUDA_VENV)/.dev-installed
+
+lint: $(CUDA_VENV)/.dev-installed
 	$(CUDA_VENV)/bin/ruff check .
 
 # Debian's Chromium for tests/test_browser.py and systemd-analyze for the unit

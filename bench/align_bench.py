@@ -33,7 +33,6 @@ import logging
 import math
 import os
 import resource
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -42,15 +41,12 @@ from typing import Any
 import numpy as np
 from fastapi.testclient import TestClient
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-
-from bench.bench_env import add_model_flags, bench_env  # noqa: E402
-from polyasr_app import create_app  # noqa: E402
-from polyasr_config import load_settings  # noqa: E402
-from tests.audio_util import speech, wav_bytes  # noqa: E402
-from tests.conftest import BACKEND, engine_class  # noqa: E402
-from tests.fixtures.tiny_models import (  # noqa: E402
+from bench.bench_env import add_model_flags, bench_env
+from polyasr.api.app import create_app
+from polyasr.core.config import load_settings
+from tests.audio_util import speech, wav_bytes
+from tests.conftest import BACKEND, engine_class
+from tests.fixtures.tiny_models import (
     FULL_0_6B,
     FULL_1_7B,
     build_tiny_models,

@@ -22,22 +22,17 @@ import io
 import logging
 import os
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import httpx
 import numpy as np
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-
-from bench.bench_env import add_model_flags, bench_workspace  # noqa: E402
-from polyasr_audio import decode_audio  # noqa: E402
-from polyasr_config import load_settings  # noqa: E402
-from polyasr_engine import Clip  # noqa: E402
-from tests.audio_util import speech, wav_bytes  # noqa: E402
-from tests.conftest import BACKEND, LiveServer, engine_class  # noqa: E402
+from bench.bench_env import add_model_flags, bench_workspace
+from polyasr.audio.decoding import decode_audio
+from polyasr.core.config import load_settings
+from polyasr.core.engine import Clip
+from tests.audio_util import speech, wav_bytes
+from tests.conftest import BACKEND, LiveServer, engine_class
 
 
 def main() -> None:

@@ -53,14 +53,11 @@ from typing import Any
 import httpx
 import numpy as np
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-
-from bench.stream_bench import measure, pct  # noqa: E402
-from polyasr_config import load_settings  # noqa: E402
-from tests.audio_util import speech, wav_bytes  # noqa: E402
-from tests.conftest import LiveServer, engine_class, tiny_env  # noqa: E402
-from tests.fixtures.tiny_models import (  # noqa: E402
+from bench.stream_bench import measure, pct
+from polyasr.core.config import load_settings
+from tests.audio_util import speech, wav_bytes
+from tests.conftest import LiveServer, engine_class, tiny_env
+from tests.fixtures.tiny_models import (
     FULL_0_6B,
     FULL_1_7B,
     TINY,
@@ -182,7 +179,8 @@ def load_in_subprocess(models: TinyModels, args: argparse.Namespace, cache: Path
     env["TORCHINDUCTOR_CACHE_DIR"] = str(cache)
     cmd = [
         sys.executable,
-        __file__,
+        "-m",
+        "bench.gpu_bench",
         "--load-probe",
         "--token-budgets",
         ",".join(map(str, args.token_budgets)),

@@ -48,13 +48,12 @@ import soundfile as sf
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+from bench.bench_env import add_model_flags, bench_workspace
+from polyasr.live.basr.wire import build_frame
+from tests.audio_util import speech, wav_bytes
+from tests.conftest import BACKEND, LiveServer
 
-from bench.bench_env import add_model_flags, bench_workspace  # noqa: E402
-from polyasr_protocol import build_frame  # noqa: E402
-from tests.audio_util import speech, wav_bytes  # noqa: E402
-from tests.conftest import BACKEND, LiveServer  # noqa: E402
+REPO = Path(__file__).resolve().parent.parent
 
 FRAME_BYTES = 3200  # 100 ms of PCM16 mono at 16 kHz
 STOP_TIMEOUT = 300.0  # a saturated 2-core machine answers slowly; later is a failure

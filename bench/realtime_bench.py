@@ -26,21 +26,16 @@ import asyncio
 import base64
 import json
 import statistics
-import sys
 import time
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 
 import numpy as np
 from websockets.asyncio.client import ClientConnection, connect
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-
-from bench.bench_env import add_model_flags, bench_workspace  # noqa: E402
-from polyasr_protocol import build_frame  # noqa: E402
-from tests.audio_util import speech  # noqa: E402
-from tests.conftest import BACKEND, LiveServer  # noqa: E402
+from bench.bench_env import add_model_flags, bench_workspace
+from polyasr.live.basr.wire import build_frame
+from tests.audio_util import speech
+from tests.conftest import BACKEND, LiveServer
 
 FRAME = 3200  # 100 ms of PCM16 at 16 kHz
 COMPLETED = "conversation.item.input_audio_transcription.completed"

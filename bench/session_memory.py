@@ -23,20 +23,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 from websockets.asyncio.client import connect
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-
-from bench.bench_env import add_model_flags, bench_workspace  # noqa: E402
-from polyasr_protocol import build_frame  # noqa: E402
-from tests.audio_util import speech  # noqa: E402
-from tests.conftest import BACKEND, LiveServer  # noqa: E402
+from bench.bench_env import add_model_flags, bench_workspace
+from polyasr.live.basr.wire import build_frame
+from tests.audio_util import speech
+from tests.conftest import BACKEND, LiveServer
 
 IN_FLIGHT = 8  # frames sent ahead of their acks
 COMMIT_MIN_SEC = 8.0  # the server's STABLE_COMMIT_MIN_SEC (its default)

@@ -24,7 +24,6 @@ import asyncio
 import json
 import random
 import statistics
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,13 +31,10 @@ from pathlib import Path
 import numpy as np
 from websockets.asyncio.client import connect
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-
-from bench.bench_env import add_model_flags, bench_workspace  # noqa: E402
-from polyasr_protocol import build_frame  # noqa: E402
-from tests.audio_util import speech  # noqa: E402
-from tests.conftest import BACKEND, LiveServer  # noqa: E402
+from bench.bench_env import add_model_flags, bench_workspace
+from polyasr.live.basr.wire import build_frame
+from tests.audio_util import speech
+from tests.conftest import BACKEND, LiveServer
 
 FRAME_SEC = 0.1
 

@@ -27,7 +27,7 @@ CONTAINERS: dict[str, tuple[str, str, str, int, str, str]] = {
 
 def speech(name: str = "voice_a") -> np.ndarray:
     """A committed espeak-ng clip from tests/data as 16 kHz mono float32."""
-    from polyasr_audio import decode_audio
+    from polyasr.audio.decoding import decode_audio
 
     return decode_audio(str(DATA / f"{name}.wav"))
 

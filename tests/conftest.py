@@ -18,15 +18,14 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from polyasr_app import create_app
-from polyasr_config import Backend, Settings, load_settings
+from polyasr.api.app import create_app
+from polyasr.core.config import Backend, Settings, load_settings
 from tests.fixtures.tiny_models import TinyModels, build_tiny_models
 
 REPO = Path(__file__).resolve().parent.parent
@@ -45,22 +44,26 @@ def _detect_backend() -> Backend:
 BACKEND: Backend = _detect_backend()
 
 
-def load_entry_module(backend: str) -> ModuleType:
-    """Import a server entry point by path (``cuda`` is no package name to claim)."""
-    name = f"polyasr_entry_{backend}"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, ENTRY_POINTS[backend])
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
+KINDS = ("unit", "engine", "app", "live", "fuzz", "browser", "client")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark each test with its folder's kind, so ``-m`` selects what the folders hold."""
+    for item in items:
+        kind = Path(str(item.path)).relative_to(REPO / "tests").parts[0]
+        if kind in KINDS:
+            item.add_marker(getattr(pytest.mark, kind))
 
 
 def engine_class(backend: str) -> Any:
-    module = load_entry_module(backend)
-    return module.MlxEngine if backend == "mlx" else module.CudaEngine
+    """The engine class of a backend (each module imports its library only when an engine is built)."""
+    if backend == "mlx":
+        from polyasr.engines.mlx import MlxEngine
+
+        return MlxEngine
+    from polyasr.engines.cuda import CudaEngine
+
+    return CudaEngine
 
 
 @pytest.fixture(scope="session")
@@ -82,7 +85,7 @@ def tiny_env(tiny: TinyModels, **extra: str) -> dict[str, str]:
         "POLYASR_DTYPE": "float32",
         "HF_HUB_OFFLINE": "1",
         # Tests stop servers with clients still connected: a short drain leaves
-        # LiveServer.stop's wait room to close the archives (polyasr_drain).
+        # LiveServer.stop's wait room to close the archives (polyasr.api.drain).
         "POLYASR_SHUTDOWN_GRACE_SEC": "2",
     }
     env.update(extra)
@@ -144,7 +147,7 @@ def make_client(make_settings: Any, make_engine: Any, tmp_path: Path) -> Iterato
         settings = make_settings(**env)
         engine = SpyEngine(make_engine(settings))
         app = create_app(engine, settings, base_dir=tmp_path)
-        # An IP base URL: the Host check (polyasr_access) refuses TestClient's "testserver".
+        # An IP base URL: the Host check (polyasr.api.access) refuses TestClient's "testserver".
         client = TestClient(app, base_url=TEST_BASE_URL, raise_server_exceptions=False, client=peer)
         client.__enter__()
         clients.append(client)

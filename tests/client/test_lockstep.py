@@ -32,7 +32,8 @@ from polyasr_client import (
     messages,
 )
 
-import polyasr_protocol
+from polyasr.live import refusals
+from polyasr.live.basr import wire
 
 REPO = Path(__file__).resolve().parents[2]
 DART = REPO / "client" / "dart"
@@ -78,10 +79,10 @@ def test_every_code_the_server_sends_has_a_class() -> None:
     connection handler (unsupported_language, model_unavailable, internal_error)."""
     table = {
         value[0]
-        for value in vars(polyasr_protocol).values()
+        for value in [*vars(wire).values(), *vars(refusals).values()]
         if isinstance(value, tuple) and len(value) == 2 and all(isinstance(v, str) for v in value)
     }
-    handler = (REPO / "polyasr_ws.py").read_text()
+    handler = (REPO / "polyasr" / "live" / "basr" / "connection.py").read_text()
     raised = set(re.findall(r'(?:ProtocolError|_fail)\(\s*"(\w+)"', handler))
     assert {"unsupported_language", "model_unavailable", "internal_error"} <= raised
     assert table | raised == set(WS_ERRORS)
@@ -89,11 +90,11 @@ def test_every_code_the_server_sends_has_a_class() -> None:
 
 def test_frame_layout_matches_the_server_and_dart() -> None:
     for seq, payload in ((0, b""), (7, b"\x01\x02"), (2**40 + 3, bytes(3200))):
-        assert encode_frame(seq, payload) == polyasr_protocol.build_frame(seq, payload)
+        assert encode_frame(seq, payload) == wire.build_frame(seq, payload)
     assert (framing.MAGIC, framing.FRAMING_VERSION, framing.FRAME_TYPE_AUDIO) == (
-        polyasr_protocol.MAGIC,
-        polyasr_protocol.FRAMING_VERSION,
-        polyasr_protocol.FRAME_TYPE_AUDIO,
+        wire.MAGIC,
+        wire.FRAMING_VERSION,
+        wire.FRAME_TYPE_AUDIO,
     )
     magic = [int(b, 16) for b in re.findall(r"0x([0-9a-fA-F]+)", dart_const("basrMagic"))]
     assert bytes(magic) == framing.MAGIC
@@ -109,7 +110,7 @@ def test_frame_layout_matches_the_server_and_dart() -> None:
 
 
 def test_protocol_constants_match_dart() -> None:
-    assert int(dart_const("protocolVersion")) == messages.PROTOCOL == polyasr_protocol.PROTOCOL
+    assert int(dart_const("protocolVersion")) == messages.PROTOCOL == wire.PROTOCOL
     assert int(dart_const("controlVersion")) == messages.CONTROL
     assert dart_const("defaultUrl") == f"'{messages.DEFAULT_URL}'"
     assert dart_const("wsPath") == f"'{messages.WS_PATH}'"

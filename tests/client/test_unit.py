@@ -44,7 +44,8 @@ from polyasr_client import (
     websocket_url,
 )
 
-import polyasr_protocol
+from polyasr.live import refusals
+from polyasr.live.basr import wire
 
 # -- framing ---------------------------------------------------------------
 
@@ -217,7 +218,7 @@ def test_every_ws_error_code_has_its_own_class() -> None:
     # every code the server's wire module can send has its class in the client
     server_codes = {
         value[0]
-        for value in vars(polyasr_protocol).values()
+        for value in [*vars(wire).values(), *vars(refusals).values()]
         if isinstance(value, tuple) and len(value) == 2 and all(isinstance(v, str) for v in value)
     }
     assert server_codes and server_codes <= set(WS_ERRORS), sorted(server_codes - set(WS_ERRORS))

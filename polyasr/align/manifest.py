@@ -1,0 +1,91 @@
+"""Manifest entries: checked against the allowed roots before any audio is read, then
+decoded, all of them, before alignment starts.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from polyasr.align.data import AlignInput
+from polyasr.align.errors import AlignValueError, ManifestError, ManifestForbidden
+from polyasr.audio.decoding import AudioDecodeError, AudioTooLong, decode_audio
+
+
+@dataclass(frozen=True)
+class ManifestEntry:
+    path: Path  # resolved
+    offset: float
+    name: str  # the entry's id, else its index
+    text: str | None = None
+
+    @property
+    def label(self) -> str:
+        return f"manifest entry {self.name} ({self.path})"
+
+
+def _entry(index: int, item: Any) -> tuple[str, str, float, str | None]:
+    """``(name, path, offset, text)`` of one raw entry, or the error it deserves."""
+    if not isinstance(item, dict) or not item.get("path"):
+        raise ManifestError(f"manifest entry {index} missing 'path'")
+    name = str(item["id"]) if item.get("id") is not None else str(index)
+    path, offset, text = item["path"], item.get("offset", 0.0), item.get("text")
+    if not isinstance(path, str):
+        raise AlignValueError(f"manifest entry {name}: 'path' must be a string")
+    if isinstance(offset, bool) or not isinstance(offset, int | float) or not math.isfinite(offset):
+        raise AlignValueError(f"manifest entry {name}: 'offset' must be a number of seconds")
+    if offset < 0:
+        raise AlignValueError(f"manifest entry {name}: 'offset' must not be negative")
+    if text is not None and not isinstance(text, str):
+        raise AlignValueError(f"manifest entry {name}: 'text' must be a string")
+    return name, path, float(offset), (text.strip() or None) if text else None
+
+
+def check_manifest(raw: Any, roots: tuple[Path, ...] | None, loopback: bool) -> list[ManifestEntry]:
+    """Validate every entry before any work: shape (400/422), then who may
+    read what (403), then existence (400).
+
+    Paths are resolved (symlinks, ``..``) and must lie under one of
+    ``roots``; with no roots configured (``None``) only loopback clients may
+    use manifests, with any absolute path. The permission check comes before
+    the existence check, so a client cannot probe for files it may not read.
+    """
+    if not isinstance(raw, list) or not raw:
+        raise ManifestError("manifest must be a non-empty array")
+    parsed = [_entry(index, item) for index, item in enumerate(raw)]
+    if roots is None and not loopback:
+        raise ManifestForbidden(
+            "manifest paths are accepted only from loopback clients unless "
+            "POLYASR_MANIFEST_ROOTS names the directories they may come from"
+        )
+    entries = []
+    for name, raw_path, offset, text in parsed:
+        path = Path(raw_path)
+        if not path.is_absolute():
+            raise ManifestError(f"manifest entry {name} path must be absolute: {raw_path}")
+        resolved = path.resolve()
+        if roots is not None and not any(resolved.is_relative_to(root) for root in roots):
+            raise ManifestForbidden(f"manifest entry {name} path is outside POLYASR_MANIFEST_ROOTS")
+        entries.append(ManifestEntry(resolved, offset, name, text))
+    for entry, (_, raw_path, _, _) in zip(entries, parsed, strict=True):
+        if not entry.path.is_file():
+            raise ManifestError(f"manifest entry {entry.name} path not found: {raw_path}")
+    return entries
+
+
+def load_manifest(entries: Sequence[ManifestEntry], max_sec: float | None = None) -> list[AlignInput]:
+    """Decode every entry (all of them, before any alignment starts), each
+    capped at ``max_sec`` seconds of audio."""
+    inputs = []
+    for entry in entries:
+        try:
+            samples = decode_audio(str(entry.path), max_sec)
+        except AudioTooLong as exc:
+            raise AudioTooLong(exc.max_sec, f"manifest entry {entry.name}") from None
+        except AudioDecodeError as exc:
+            raise AudioDecodeError(f"manifest entry {entry.name}: {exc}") from None
+        inputs.append(AlignInput(samples, entry.text, entry.offset, entry.label))
+    return inputs

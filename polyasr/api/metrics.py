@@ -1,0 +1,131 @@
+"""Prometheus metrics for one app: requests, decode latency, queues, models, memory.
+
+Each app owns its own ``CollectorRegistry`` rather than the process-global one,
+so several apps in one process (the in-process tests) never collide. Counters
+and histograms are fed by events (the HTTP middleware, the WS route, the
+manager's observer hooks); queue depth and memory are read from their sources
+at scrape time, so they are never stale and cost nothing between scrapes.
+No FastAPI in here: ``polyasr.api.app`` wires it in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import psutil
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client.core import GaugeMetricFamily, Metric
+
+from polyasr.core.engine import UNITS
+from polyasr.models.scheduler import Priority
+
+MIB = 1_048_576
+# A partial on a small model takes tens of ms; a long upload on a CPU, a minute.
+DECODE_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+LOAD_BUCKETS = (0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+
+
+class _ReadAtScrape:
+    """Gauges whose truth lives elsewhere: read from the source at each scrape."""
+
+    def __init__(
+        self, queue_depth: Callable[[str], int | None], engine_memory: Callable[[], dict[str, float]]
+    ) -> None:
+        self.queue_depth = queue_depth
+        self.engine_memory = engine_memory
+        self.process = psutil.Process()
+
+    def collect(self) -> Iterator[Metric]:
+        depth = GaugeMetricFamily(
+            "polyasr_queue_depth",
+            "Jobs waiting on a unit's scheduler, not counting the running one",
+            labels=["unit"],
+        )
+        for unit in UNITS:
+            value = self.queue_depth(unit)
+            if value is not None:
+                depth.add_metric([unit], value)
+        yield depth
+        # The conventional name, from psutil so that it exists on macOS too
+        # (prometheus_client's ProcessCollector reads /proc, Linux only).
+        yield GaugeMetricFamily(
+            "process_resident_memory_bytes",
+            "Resident set size of the server process",
+            value=self.process.memory_info().rss,
+        )
+        engine = GaugeMetricFamily(
+            "polyasr_engine_memory_bytes",
+            "Accelerator memory the engine reports (MLX: active, peak, cache; CUDA: allocated, reserved)",
+            labels=["kind"],
+        )
+        for kind, mib in self.engine_memory().items():
+            engine.add_metric([kind], mib * MIB)
+        yield engine
+
+
+class Metrics:
+    """One app's metrics; also the model manager's observer."""
+
+    def __init__(
+        self, queue_depth: Callable[[str], int | None], engine_memory: Callable[[], dict[str, float]]
+    ) -> None:
+        """``engine_memory`` is the engine's :meth:`~polyasr.core.engine.Engine.memory_mib`."""
+        self.registry = CollectorRegistry()
+        reg = self.registry
+        self.requests = Counter(
+            "polyasr_http_requests",
+            "HTTP requests by route template, method and status",
+            ["route", "method", "status"],
+            registry=reg,
+        )
+        self.decode_seconds = Histogram(
+            "polyasr_decode_seconds",
+            "Engine time of one run on a unit's scheduler thread (a batch counts once), by priority",
+            ["unit", "kind"],
+            buckets=DECODE_BUCKETS,
+            registry=reg,
+        )
+        self.ws_sessions = Gauge(
+            "polyasr_ws_sessions_active", "Open dictation WebSocket connections", registry=reg
+        )
+        self.loads = Counter("polyasr_model_loads", "Model unit loads", ["unit"], registry=reg)
+        self.evictions = Counter("polyasr_model_evictions", "Model unit evictions", ["unit"], registry=reg)
+        self.load_seconds = Histogram(
+            "polyasr_model_load_seconds",
+            "Time to load a model unit",
+            ["unit"],
+            buckets=LOAD_BUCKETS,
+            registry=reg,
+        )
+        for unit in UNITS:  # every unit's series exists from the first scrape, at 0
+            self.loads.labels(unit)
+            self.evictions.labels(unit)
+        reg.register(_ReadAtScrape(queue_depth, engine_memory))
+
+    def request(self, route: str, method: str, status: int) -> None:
+        self.requests.labels(route, method, str(status)).inc()
+
+    def exposition(self) -> tuple[bytes, str]:
+        """The text format body and its content type."""
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+    # -- ManagerObserver -------------------------------------------------
+
+    def loaded(self, unit: str, seconds: float | None) -> None:
+        self.loads.labels(unit).inc()
+        if seconds is not None:
+            self.load_seconds.labels(unit).observe(seconds)
+
+    def evicted(self, unit: str) -> None:
+        self.evictions.labels(unit).inc()
+
+    def ran(self, unit: str, priority: Priority, seconds: float) -> None:
+        if priority is not Priority.CONTROL:  # loads have their own histogram
+            self.decode_seconds.labels(unit, priority.name.lower()).observe(seconds)

@@ -1,0 +1,3 @@
+"""One router per API family: OpenAI-compatible transcription, alignment, the dictation
+sockets, and operations (health, unload, metrics, the page).
+"""

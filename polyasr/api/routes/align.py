@@ -1,0 +1,87 @@
+"""Forced alignment: ``POST /v1/align`` (an upload) and ``/v1/align/manifest``
+(server-local files); the work lives in polyasr.align."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+from typing import Any
+
+from fastapi import APIRouter, File, Form, Request, UploadFile
+from pydantic import BaseModel, Field
+
+from polyasr.align.chunks import DEFAULT_CHUNK_SEC, MAX_CHUNK_SEC
+from polyasr.align.data import AlignInput
+from polyasr.align.languages import aligner_language
+from polyasr.align.manifest import check_manifest, load_manifest
+from polyasr.api.http import unless_disconnected
+from polyasr.api.services import Services, ServicesDep
+from polyasr.audio.decoding import decode_audio
+
+router = APIRouter()
+
+
+class ManifestRequest(BaseModel):
+    """Body of ``POST /v1/align/manifest``; ``manifest`` is checked by
+    :func:`check_manifest` so its errors get the contract's statuses."""
+
+    manifest: Any = None
+    language: str | None = None
+    max_chunk_seconds: int = Field(DEFAULT_CHUNK_SEC, ge=1, le=MAX_CHUNK_SEC)
+    model: Any = None
+
+
+def is_loopback(host: str | None) -> bool:
+    """Whether a client address is this machine (127.0.0.0/8, ::1, or an
+    IPv4-mapped loopback); a hostname or no address is not."""
+    try:
+        address = ipaddress.ip_address(host or "")
+    except ValueError:
+        return False
+    mapped = getattr(address, "ipv4_mapped", None)
+    return address.is_loopback or (mapped is not None and mapped.is_loopback)
+
+
+def _label(services: Services) -> str:
+    return f"{services.engine.model_id} + {services.engine.aligner_id}"
+
+
+@router.post("/v1/align")
+async def align(
+    request: Request,
+    services: ServicesDep,
+    file: UploadFile = File(...),
+    language: str | None = Form(None),
+    max_chunk_seconds: int = Form(DEFAULT_CHUNK_SEC, ge=1, le=MAX_CHUNK_SEC),
+    model: str | None = Form(None),
+    text: str | None = Form(None),
+) -> dict[str, Any]:
+    """Word and sentence times for an upload; with ``text``, of that
+    transcript (no ASR pass). ``model`` is accepted and ignored."""
+    del model
+    pinned = aligner_language(language)
+    given = text.strip() if text and text.strip() else None
+
+    async def work() -> dict[str, Any]:
+        samples = await asyncio.to_thread(decode_audio, file.file, services.settings.max_audio_sec)
+        result = await services.aligner.align([AlignInput(samples, given)], pinned, max_chunk_seconds)
+        return result.to_json(_label(services))
+
+    return await unless_disconnected(request, work())
+
+
+@router.post("/v1/align/manifest")
+async def align_manifest(body: ManifestRequest, request: Request, services: ServicesDep) -> dict[str, Any]:
+    """Align server-local files in order, each shifted by its offset, as
+    one result. Every entry is checked before any is aligned."""
+    pinned = aligner_language(body.language)
+    client = request.client.host if request.client else None
+    settings = services.settings
+    entries = check_manifest(body.manifest, settings.manifest_root_paths, is_loopback(client))
+
+    async def work() -> dict[str, Any]:
+        inputs = await asyncio.to_thread(load_manifest, entries, settings.max_audio_sec)
+        result = await services.aligner.align(inputs, pinned, body.max_chunk_seconds)
+        return result.to_json(_label(services))
+
+    return await unless_disconnected(request, work())

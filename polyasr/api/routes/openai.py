@@ -1,0 +1,222 @@
+"""OpenAI's transcription API: ``POST /v1/audio/transcriptions`` and ``GET /v1/models``.
+
+An upload is decoded piece by piece (at most ``MAX_PIECE_SEC`` each, cut at
+quiet points) and each piece is queued for the model as soon as it is
+decoded, so a long file neither waits to be decoded whole nor sits in memory
+as float32; a client that goes away cancels what is still queued. The
+answer's shapes live in polyasr.api.openai.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import tempfile
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Annotated, Any, BinaryIO
+
+from fastapi import APIRouter, Depends, File, Form, HTTPException, Request, UploadFile
+from fastapi.responses import PlainTextResponse, Response, StreamingResponse
+
+from polyasr.align.chunks import DEFAULT_CHUNK_SEC
+from polyasr.align.data import AlignInput
+from polyasr.align.errors import AlignValueError
+from polyasr.align.languages import aligner_language
+from polyasr.align.pipeline import Aligner
+from polyasr.api.http import describe, unless_disconnected
+from polyasr.api.openai import (
+    FORMATS,
+    GRANULARITIES,
+    srt,
+    sse,
+    stream_error,
+    text_delta,
+    text_done,
+    verbose_json,
+    vtt,
+)
+from polyasr.api.services import Services, ServicesDep
+from polyasr.audio.decoding import UploadAudio
+from polyasr.core.languages import normalize_language
+from polyasr.core.text import TimedText, join_text
+from polyasr.models.transcriber import MAX_PIECE_SEC, DecodeRequest, TimedPiece, Transcription
+
+router = APIRouter()
+
+
+@dataclass(frozen=True)
+class TranscriptionForm:
+    """The transcription form, checked against OpenAI's rules."""
+
+    file: UploadFile
+    response_format: str  # one of FORMATS; an unknown one falls back to json
+    granularities: frozenset[str]
+    stream: bool
+    language: str | None  # the Qwen name, None = detect
+    requested_language: str | None  # as sent (archived)
+    context: str
+
+    @property
+    def words(self) -> bool:
+        return "word" in self.granularities
+
+    @property
+    def needs_alignment(self) -> bool:
+        """srt, vtt and word times come from the forced aligner."""
+        return self.response_format in ("srt", "vtt") or self.words
+
+    @property
+    def request(self) -> DecodeRequest:
+        return DecodeRequest(language=self.language, context=self.context)
+
+
+def transcription_form(
+    file: UploadFile = File(...),
+    model: str | None = Form(None),
+    language: str | None = Form(None),
+    context: str | None = Form(None),
+    prompt: str | None = Form(None),
+    response_format: str = Form("json"),
+    stream: bool = Form(False),
+    timestamp_granularities: list[str] | None = Form(None, alias="timestamp_granularities[]"),
+) -> TranscriptionForm:
+    """``model`` is accepted and ignored; ``context`` (else ``prompt``) is the hint."""
+    del model
+    fmt = response_format.strip().lower()
+    fmt = fmt if fmt in FORMATS else "json"
+    granularities = frozenset(timestamp_granularities or ())
+    if granularities - set(GRANULARITIES):
+        raise HTTPException(400, f"timestamp_granularities must be among {', '.join(GRANULARITIES)}")
+    if granularities and fmt != "verbose_json":
+        raise HTTPException(
+            400, "timestamp_granularities is only supported with response_format verbose_json"
+        )
+    if stream and fmt not in ("json", "text"):
+        raise HTTPException(400, "stream=true is supported with response_format json or text")
+    hint = context or prompt or ""
+    return TranscriptionForm(file, fmt, granularities, stream, normalize_language(language), language, hint)
+
+
+Form_ = Annotated[TranscriptionForm, Depends(transcription_form)]
+
+
+@router.post("/v1/audio/transcriptions", response_model=None)
+async def transcriptions(request: Request, services: ServicesDep, form: Form_) -> Response | dict[str, Any]:
+    """OpenAI-compatible batch transcription (contract §3)."""
+    if form.stream:
+        return await _stream(services, form)
+    return await unless_disconnected(request, _transcribe(services, form))
+
+
+@router.get("/v1/models")
+async def models(services: ServicesDep) -> dict[str, Any]:
+    engine = services.engine
+    return {
+        "object": "list",
+        "data": [
+            {"id": model_id, "object": "model", "created": 0, "owned_by": "polyasr"}
+            for model_id in (engine.model_id, engine.aligner_id)
+        ],
+    }
+
+
+def _audio(services: Services, source: BinaryIO, keep: bool) -> UploadAudio:
+    return UploadAudio(source, services.settings.max_audio_sec, MAX_PIECE_SEC, keep=keep)
+
+
+async def _transcribe(services: Services, form: TranscriptionForm) -> Response | dict[str, Any]:
+    upload = form.file.file
+    audio = _audio(services, upload, keep=form.needs_alignment)
+    result = await services.transcriber.transcribe_stream(audio, form.request)
+    archive = services.archives.uploads
+    await asyncio.to_thread(
+        archive.record, upload, form.file.filename or "", form.requested_language, result.text
+    )
+    return await _formatted(services.aligner, form, result, audio)
+
+
+async def _formatted(
+    aligner: Aligner, form: TranscriptionForm, result: Transcription, audio: UploadAudio
+) -> Response | dict[str, Any]:
+    fmt = form.response_format
+    if fmt == "text":
+        return PlainTextResponse(result.text)
+    if fmt == "json":
+        return {"text": result.text}
+    segments = list(result.pieces)
+    if form.needs_alignment:
+        segments = await _timed_segments(aligner, audio, result) or segments
+    if fmt == "srt":
+        return PlainTextResponse(srt(segments))
+    if fmt == "vtt":
+        return PlainTextResponse(vtt(segments), media_type="text/vtt")
+    return verbose_json(result.text, result.language, audio.seconds, segments, form.words)
+
+
+async def _timed_segments(
+    aligner: Aligner, audio: UploadAudio, result: Transcription
+) -> list[TimedText] | None:
+    """Sentences with word times from the forced aligner, or ``None`` when
+    the language is not one the aligner knows."""
+    try:
+        pinned = aligner_language(result.language)
+    except AlignValueError:
+        return None
+    aligned = await aligner.align([AlignInput(audio.samples(), result.text)], pinned, DEFAULT_CHUNK_SEC)
+    return [TimedText(s.start, s.end, s.text, list(s.words)) for s in aligned.segments]
+
+
+def _spooled_copy(source: BinaryIO) -> BinaryIO:
+    source.seek(0)
+    copy = tempfile.SpooledTemporaryFile(max_size=1_048_576)  # noqa: SIM115 - closed by the stream
+    shutil.copyfileobj(source, copy)
+    copy.seek(0)
+    return copy
+
+
+async def _stream(services: Services, form: TranscriptionForm) -> StreamingResponse:
+    """OpenAI's transcript stream. The first piece is decoded before the
+    headers go out, so bad audio or an unavailable model still get their own
+    status; a failure after that ends the stream with an ``error`` event."""
+    # The stream outlives this handler (and the upload it was given): keep our own copy.
+    upload = await asyncio.to_thread(_spooled_copy, form.file.file)
+    pieces = services.transcriber.stream_pieces(_audio(services, upload, keep=False), form.request)
+    try:
+        first = await anext(pieces, None)
+    except BaseException:
+        await pieces.aclose()
+        upload.close()
+        raise
+    return StreamingResponse(_events(services, form, upload, first, pieces), media_type="text/event-stream")
+
+
+async def _events(
+    services: Services,
+    form: TranscriptionForm,
+    upload: BinaryIO,
+    first: TimedPiece | None,
+    rest: AsyncIterator[TimedPiece],
+) -> AsyncIterator[bytes]:
+    """A delta per decoded piece, then the whole text (or an ``error`` event)."""
+    text = ""
+    try:
+        piece = first
+        while piece is not None:
+            joined = join_text(text, piece.text)
+            if joined != text:
+                yield sse(text_delta(joined[len(text) :]))
+                text = joined
+            piece = await anext(rest, None)
+        services.transcriber.on_text(text)
+        archive = services.archives.uploads
+        await asyncio.to_thread(
+            archive.record, upload, form.file.filename or "", form.requested_language, text
+        )
+        yield sse(text_done(text))
+    except Exception as exc:  # noqa: BLE001 - the status line is gone: say it in the stream
+        failure = describe(exc)
+        yield sse(stream_error(failure.message, failure.code, failure.status))
+    finally:
+        await rest.aclose()
+        upload.close()

@@ -1,0 +1,3 @@
+"""What clients sent, kept on disk under the log folder: uploads, one folder per dictation
+connection, crash recovery and retention.
+"""

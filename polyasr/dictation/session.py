@@ -1,0 +1,176 @@
+"""One dictation session (contract §3): in-order audio → speech gate →
+recognizer, and exactly one final. No wire format and no FastAPI in here.
+
+The session composes the parts that each do one job — the speech gate
+(:mod:`polyasr.dictation.gate`) and a recognizer (:mod:`polyasr.dictation.recognizer`, the
+incremental pipeline or the engine's native stream) — and owns what belongs
+to the utterance as a whole: its hints (context, language), its one finalize,
+and how much audio it has heard. A wire protocol (the BASR socket in
+:mod:`polyasr.live.basr.connection`, later OpenAI Realtime) feeds it samples in order and
+forwards what it emits; the ``seq`` bookkeeping of BASR lives in the
+protocol's own frame journal, not here.
+
+No accepted speech is silently dropped: a short chunk is kept, audio that
+never filled a VAD window is decoded at stop, and only a chunk the speaker
+filter rejected is left out (and logged as such).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from polyasr.core.constants import SAMPLE_RATE
+from polyasr.dictation.gate import SpeakerGate, SpeechGate, VadStream
+from polyasr.dictation.recognizer import (
+    Emit,
+    FinalResult,
+    Hints,
+    IncrementalRecognizer,
+    NativeRecognizer,
+    Recognizer,
+    SessionDecoder,
+    StreamSettings,
+)
+
+
+def _no_log(*_args: object, **_fields: object) -> None:
+    return None
+
+
+class DictationSession:
+    """One utterance's recognition state; survives reconnects (via a resume)."""
+
+    def __init__(
+        self,
+        vad: VadStream,
+        speaker: SpeakerGate,
+        settings: StreamSettings,
+        context: str = "",
+        language: str | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.settings = settings
+        self.hints = Hints(context, language)
+        self.gate = SpeechGate(vad, speaker)
+        kind = NativeRecognizer if settings.native else IncrementalRecognizer
+        self.recognizer: Recognizer = kind(settings, self.hints, clock=clock)
+        self.heard_samples = 0
+        self._final: asyncio.Task[FinalResult] | None = None
+        self._feeding = asyncio.Lock()  # a superseded and a new connection never feed at once
+        self._log: Callable[..., None] = _no_log
+
+    # -- what the protocol attaches ------------------------------------------
+
+    @property
+    def log(self) -> Callable[..., None]:
+        return self._log
+
+    @log.setter
+    def log(self, log: Callable[..., None]) -> None:
+        self._log = self.gate.log = self.recognizer.log = log
+
+    @property
+    def emit(self) -> Emit | None:
+        return self.recognizer.emit
+
+    @emit.setter
+    def emit(self, emit: Emit | None) -> None:
+        self.recognizer.emit = emit
+
+    def detach(self) -> None:
+        """The driving connection left: events go nowhere until a resume attaches."""
+        self.log = _no_log
+        self.emit = None
+
+    @property
+    def heard_sec(self) -> float:
+        return self.heard_samples / SAMPLE_RATE
+
+    @property
+    def stable_text(self) -> str:
+        """The committed start of the final: it begins with this text, whatever comes after."""
+        return self.recognizer.stable_text
+
+    @property
+    def last_partial(self) -> str:
+        return self.recognizer.last_partial
+
+    @property
+    def finished(self) -> bool:
+        """A finalize has begun: this utterance takes no more audio."""
+        return self._final is not None
+
+    def begin_stop(self) -> None:
+        """A stop arrived: no partial is sent from now on (contract §2.10)."""
+        self.recognizer.closing = True
+
+    def reopen(self) -> None:
+        """A connection (re)attached: partials flow again, unless the utterance is finished."""
+        if not self.finished:
+            self.recognizer.closing = False
+
+    # -- audio ---------------------------------------------------------------
+
+    async def feed(self, samples: np.ndarray, is_signal: bool) -> None:
+        """Append in-order audio (float32, 16 kHz) and run the speech gate over it."""
+        async with self._feeding:
+            if self.finished:
+                return
+            self.heard_samples += len(samples)
+            self.recognizer.hear(samples, is_signal)
+            if not self.settings.native:
+                self.recognizer.accept(await self.gate.push(samples))
+
+    def schedule(self, decoder: SessionDecoder) -> None:
+        """Start the background decodes whose conditions hold (commit, partial, native feed)."""
+        self.recognizer.schedule(decoder)
+
+    # -- the one final ---------------------------------------------------------
+
+    def finalize(self, decoder: SessionDecoder) -> asyncio.Future[FinalResult]:
+        """The utterance's final, decoded once however often it is asked for.
+
+        The decode runs as a task of the session, not of the caller, so a
+        caller that goes away (a superseded connection) does not cancel it and
+        a retried stop awaits the same result.
+        """
+        if self._final is None or self._failed():
+            self.recognizer.closing = True
+            self._final = asyncio.get_running_loop().create_task(self._finalize(decoder))
+        return asyncio.shield(self._final)
+
+    def _failed(self) -> bool:
+        """The last finalize raised (e.g. the model could not load): a retried stop may try again."""
+        task = self._final
+        return task is not None and task.done() and (task.cancelled() or task.exception() is not None)
+
+    async def _finalize(self, decoder: SessionDecoder) -> FinalResult:
+        tail = None if self.settings.native else await self.gate.flush()
+        speech_seen = bool(self.gate.accepted or self.gate.rejected)
+        result = await self.recognizer.finalize(decoder, tail, speech_seen)
+        self.release_audio()
+        return result
+
+    def release_audio(self) -> None:
+        """A finished session keeps no audio while its journal waits for a resume."""
+        self.gate.release()
+        self.recognizer.release()
+
+    def cancel_work(self) -> None:
+        """Stop background decodes (the session is replaced or expired)."""
+        self.recognizer.cancel()
+        if self._final is not None and not self._final.done():
+            self._final.cancel()
+
+    def stats(self) -> dict[str, Any]:
+        """Figures for the rot detector and the logs."""
+        return {
+            "heard_sec": round(self.heard_sec, 3),
+            "signal_sec": round(self.recognizer.signal_samples / SAMPLE_RATE, 3),
+            "partials": self.recognizer.partials_sent,
+        }

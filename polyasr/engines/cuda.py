@@ -1,0 +1,269 @@
+"""The CUDA engine: qwen-asr on torch (served by ``cuda/server.py`` on port 8766).
+
+This module and its fast decode loop (:mod:`polyasr.engines.fast_decode`) are
+the only places that know torch and qwen-asr; everything a client observes
+comes from the shared app factory. The ``asr`` unit is qwen-asr's
+``Qwen3ASRModel`` (transformers by default, vLLM with ``POLYASR_BACKEND=vllm``);
+the ``align`` unit holds only the forced aligner and borrows the ``asr`` unit
+for transcription, so co-residency never holds two copies of the ASR model.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import weakref
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from polyasr.core.config import ConfigError, Settings
+from polyasr.core.constants import SAMPLE_RATE
+from polyasr.core.engine import AlignedUnit, Clip, Preempted, Transcript, rolled_back_ids
+from polyasr.engines.fast_decode import BUCKETS, EOS_IDS, FastDecoder
+
+_MB = 1_048_576
+
+
+class CudaEngine:
+    """qwen-asr on torch, on ``POLYASR_DEVICE`` (a CUDA device or ``cpu``)."""
+
+    backend = "cuda"
+    align_coverage_fallback = False  # contract §6.4: CUDA never had the net
+
+    def __init__(self, settings: Settings) -> None:
+        import torch
+
+        self._torch = torch
+        self.model_id = settings.model
+        self.aligner_id = settings.aligner_model
+        self.device = settings.device
+        self.dtype_name = settings.dtype
+        self.dtype = getattr(torch, settings.dtype)
+        self.engine_backend = settings.engine_backend
+        self.max_new_tokens = settings.max_new_tokens
+        on_gpu = self.device.startswith("cuda")
+        transformers = self.engine_backend == "transformers"
+        # POLYASR_DECODE: our static-cache loop, or transformers' generate
+        # (vLLM decodes in its own engine, which is neither).
+        self.decode = (settings.decode or ("fast" if on_gpu else "generate")) if transformers else "generate"
+        self.graphs = self.decode == "fast" and on_gpu
+        self.compile = self.decode == "fast" and settings.compile
+        # The scheduler batches up to the largest captured bucket.
+        self.max_batch = BUCKETS[-1] if self.decode == "fast" else 8
+        self._fast: weakref.WeakKeyDictionary[Any, FastDecoder] = weakref.WeakKeyDictionary()
+        if self.device.startswith("cuda") and not torch.cuda.is_available():
+            raise ConfigError(
+                f"POLYASR_DEVICE={self.device} but no CUDA device is available "
+                f"(torch {torch.__version__}, built for CUDA {torch.version.cuda or 'none'}); "
+                "set POLYASR_DEVICE=cpu to run on the CPU"
+            )
+        if self.engine_backend == "vllm":
+            if importlib.util.find_spec("vllm") is None:
+                raise ConfigError(
+                    "POLYASR_BACKEND=vllm but vllm is not installed; "
+                    'install it with: pip install "qwen-asr[vllm]"'
+                )
+            if not self.device.startswith("cuda"):
+                raise ConfigError("POLYASR_BACKEND=vllm needs a CUDA device (POLYASR_DEVICE=cuda:N)")
+
+    def load(self, unit: str) -> Any:
+        from qwen_asr import Qwen3ASRModel, Qwen3ForcedAligner
+
+        if unit == "align":
+            return Qwen3ForcedAligner.from_pretrained(
+                self.aligner_id, dtype=self.dtype, device_map=self.device
+            )
+        if self.engine_backend == "vllm":
+            return Qwen3ASRModel.LLM(
+                model=self.model_id, max_new_tokens=self.max_new_tokens, dtype=self.dtype_name
+            )
+        model = Qwen3ASRModel.from_pretrained(
+            self.model_id,
+            dtype=self.dtype,
+            device_map=self.device,
+            max_new_tokens=self.max_new_tokens,
+        )
+        if self.decode == "fast":
+            # Capture (and compile) now: the first decode after a load must not pay for it.
+            self._fast[model] = FastDecoder(
+                model, max_new_tokens=self.max_new_tokens, graphs=self.graphs, compile=self.compile
+            )
+        warm = Clip(np.zeros(SAMPLE_RATE, np.float32), language="English", max_new_tokens=4)
+        self.transcribe(model, [warm])  # first-call kernels and allocations, here rather than in a request
+        return model
+
+    @property
+    def supports_native_streaming(self) -> bool:
+        """qwen-asr streams only on its vLLM backend (it raises on transformers)."""
+        return self.engine_backend == "vllm"
+
+    def stream_open(self, model: Any, *, context: str, language: str | None, chunk_sec: float) -> Any:
+        return model.init_streaming_state(context=context, language=language, chunk_size_sec=chunk_sec)
+
+    def stream_feed(self, model: Any, state: Any, samples: Any) -> tuple[Any, str]:
+        state = model.streaming_transcribe(samples, state)
+        return state, state.text.strip()
+
+    def stream_finish(self, model: Any, state: Any) -> str:
+        return model.finish_streaming_transcribe(state).text.strip()
+
+    def empty_cache(self) -> None:
+        if self._torch.cuda.is_available():
+            self._torch.cuda.synchronize()
+            self._torch.cuda.empty_cache()
+
+    def transcribe(
+        self, model: Any, clips: list[Clip], should_stop: Callable[[], bool] | None = None
+    ) -> list[Transcript]:
+        """One decode for the whole batch, each clip with its own prompt and budget.
+
+        This is qwen-asr's own recipe (chat-template prompt, processor, greedy
+        decode, ``parse_asr_output``) with one addition its high-level
+        ``transcribe`` cannot express: a clip's prompt may end with the start
+        of the answer (a previous hypothesis minus its last tokens), so a
+        streaming partial generates only the new words. Each clip stops at its
+        own token budget (proportional to its audio, so silence cannot run
+        away) or at its end-of-answer token.
+        """
+        from qwen_asr import parse_asr_output
+
+        prefixes = [self._rolled_back(model, clip.prefix) for clip in clips]
+        prompts = [
+            model._build_text_prompt(context=clip.context, force_language=clip.language) + prefix
+            for clip, prefix in zip(clips, prefixes, strict=True)
+        ]
+        wavs = [clip.samples for clip in clips]
+        budgets = [clip.max_new_tokens for clip in clips]
+        generated = (
+            self._generate_vllm(model, prompts, wavs, max(budgets))
+            if model.backend == "vllm"
+            else self._decode_transformers(model, prompts, wavs, budgets, should_stop)
+        )
+        results = []
+        for clip, prefix, new in zip(clips, prefixes, generated, strict=True):
+            raw = prefix + new
+            language, text = parse_asr_output(raw, user_language=clip.language)
+            results.append(
+                Transcript(text=text.strip(), language=(language or "").split(",")[0] or None, raw=raw)
+            )
+        return results
+
+    @staticmethod
+    def _rolled_back(model: Any, prefix: str) -> str:
+        """``prefix`` minus its last tokens, as prompt text."""
+        if not prefix:
+            return ""
+        tokenizer = model.processor.tokenizer
+
+        def decode(ids: list[int]) -> str:
+            return tokenizer.decode(ids, skip_special_tokens=False)
+
+        ids = tokenizer.encode(prefix, add_special_tokens=False)
+        return decode(rolled_back_ids(ids, decode, prefix))
+
+    def _decode_transformers(
+        self,
+        model: Any,
+        prompts: list[str],
+        wavs: list[Any],
+        budgets: list[int],
+        should_stop: Callable[[], bool] | None,
+    ) -> list[str]:
+        inputs = model.processor(text=prompts, audio=wavs, return_tensors="pt", padding=True)
+        inputs = inputs.to(model.model.device).to(model.model.dtype)
+        ids = self.generated_ids(model, inputs, budgets, should_stop)
+        return model.processor.batch_decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+
+    def generated_ids(
+        self,
+        model: Any,
+        inputs: Any,
+        budgets: list[int],
+        should_stop: Callable[[], bool] | None = None,
+    ) -> list[list[int]]:
+        """The new token ids per clip, by the decode path in effect (the fast
+        loop, or ``generate`` when it is off or the batch does not fit it)."""
+        fast = self._fast.get(model)
+        if fast is not None and fast.fits(len(budgets), inputs["input_ids"].shape[1], max(budgets)):
+            ids = fast.decode(inputs, budgets, should_stop)
+        else:
+            ids = self._generate_ids(model, inputs, budgets, should_stop)
+        if ids is None:
+            raise Preempted("a more urgent decode is waiting")
+        return ids
+
+    def _generate_ids(
+        self,
+        model: Any,
+        inputs: Any,
+        budgets: list[int],
+        should_stop: Callable[[], bool] | None,
+    ) -> list[list[int]] | None:
+        """transformers' ``generate`` with the largest budget, each row cut at its
+        own budget and after its first stop token (the rest is padding)."""
+        torch = self._torch
+        stopped = False
+
+        def stop_now(input_ids: Any, _scores: Any, **_kw: Any) -> Any:
+            """Checked between tokens: yield the device to a waiting final."""
+            nonlocal stopped
+            stopped = stopped or (should_stop is not None and should_stop())
+            return torch.full((input_ids.shape[0],), stopped, dtype=torch.bool, device=input_ids.device)
+
+        with torch.inference_mode():
+            out = model.model.generate(**inputs, max_new_tokens=max(budgets), stopping_criteria=[stop_now])
+        if stopped:
+            return None
+        rows = out.sequences[:, inputs["input_ids"].shape[1] :].tolist()
+        return [_through_stop(row[:budget]) for row, budget in zip(rows, budgets, strict=True)]
+
+    @staticmethod
+    def _generate_vllm(model: Any, prompts: list[str], wavs: list[Any], budget: int) -> list[str]:
+        from vllm import SamplingParams
+
+        params = SamplingParams(temperature=0.0, max_tokens=budget)
+        requests = [
+            {"prompt": prompt, "multi_modal_data": {"audio": [wav]}}
+            for prompt, wav in zip(prompts, wavs, strict=True)
+        ]
+        outputs = model.model.generate(requests, sampling_params=params, use_tqdm=False)
+        return [o.outputs[0].text for o in outputs]
+
+    def align(self, model: Any, clip: Clip, text: str, language: str) -> list[AlignedUnit]:
+        (result,) = model.align(audio=(clip.samples, SAMPLE_RATE), text=text, language=language)
+        return [AlignedUnit(item.text, item.start_time, item.end_time) for item in result]
+
+    def _cuda_index(self) -> int | None:
+        return self._torch.device(self.device).index if self.device.startswith("cuda") else None
+
+    def memory_mib(self) -> dict[str, float]:
+        torch = self._torch
+        if not torch.cuda.is_available():
+            return {}
+        index = self._cuda_index()
+        return {
+            "allocated": round(torch.cuda.memory_allocated(index) / _MB, 1),
+            "reserved": round(torch.cuda.memory_reserved(index) / _MB, 1),
+        }
+
+    def info(self) -> dict[str, Any]:
+        gpu: dict[str, Any] | None = None
+        if self._torch.cuda.is_available():
+            gpu = {"device": self._torch.cuda.get_device_name(self._cuda_index())}
+            gpu.update({f"mem_{kind}_mb": mib for kind, mib in self.memory_mib().items()})
+        return {
+            "device": self.device,
+            "dtype": self.dtype_name,
+            "gpu": gpu,
+            "decode": self.decode,
+            "graphs": self.graphs,
+            "compile": self.compile,
+        }
+
+
+def _through_stop(ids: list[int]) -> list[int]:
+    """``ids`` up to and including the first stop token."""
+    ends = [i for i, token in enumerate(ids) if token in EOS_IDS]
+    return ids[: ends[0] + 1] if ends else ids
+

@@ -1,0 +1,164 @@
+"""The MLX engine (Apple Silicon; served by ``server.py`` on port 8765).
+
+This module is the only place that knows MLX. The ``asr`` unit is an
+mlx-qwen3-asr ``Session`` (decoded through the library's own building blocks,
+so a streaming partial can continue a previous answer); the ``align`` unit is
+mlx-audio's Qwen3-ForcedAligner. Everything a client observes comes from the
+shared app factory. On Linux the CPU build of MLX runs the same code (that is
+how the test suite exercises this engine without a Mac).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from polyasr.core.config import Settings
+from polyasr.core.engine import AlignedUnit, Clip, Transcript, rolled_back_ids
+
+_MB = 1_048_576
+
+
+class MlxEngine:
+    """mlx-qwen3-asr for transcription, mlx-audio for forced alignment."""
+
+    backend = "mlx"
+    align_coverage_fallback = True  # contract §6.4: MLX keeps the safety net
+    max_batch = 8  # clips per transcribe call (the scheduler's batch cap)
+
+    def __init__(self, settings: Settings) -> None:
+        import mlx.core as mx
+
+        self._mx = mx
+        self.model_id = settings.model
+        self.aligner_id = settings.aligner_model
+        self.dtype_name = settings.dtype
+        self.dtype = getattr(mx, settings.dtype)
+        self.stream_max_context_sec = settings.stream_max_context_sec
+        self.stream_finalization_mode = settings.stream_finalization_mode
+
+    # mlx-qwen3-asr's Session has its own streaming decoder (windowed re-decode
+    # with a rolled-back text prefix), available with any model.
+    supports_native_streaming = True
+
+    def stream_open(self, model: Any, *, context: str, language: str | None, chunk_sec: float) -> Any:
+        return model.init_streaming(
+            context=context,
+            language=language,
+            chunk_size_sec=chunk_sec,
+            max_context_sec=self.stream_max_context_sec,
+            finalization_mode=self.stream_finalization_mode,
+        )
+
+    def stream_feed(self, model: Any, state: Any, samples: Any) -> tuple[Any, str]:
+        state = model.feed_audio(samples, state)
+        return state, state.text.strip()
+
+    def stream_finish(self, model: Any, state: Any) -> str:
+        return model.finish_streaming(state).text.strip()
+
+    def load(self, unit: str) -> Any:
+        if unit == "align":
+            return self._load_aligner()
+        from mlx_qwen3_asr import Session
+
+        return Session(self.model_id, dtype=self.dtype)
+
+    def _load_aligner(self) -> Any:
+        """mlx-audio's Qwen3-ForcedAligner.
+
+        ``load_model`` picks the class from the checkpoint's config: a
+        ``qwen3_forced_aligner`` thinker gives a wrapper around
+        ``ForcedAlignerModel``, but an ASR checkpoint loads just as happily
+        as ``Qwen3ASRModel``, whose ``generate`` would then transcribe
+        instead of align. Refuse that here, so a misconfigured
+        ``POLYASR_ALIGNER_MODEL`` is a clear "cannot load" (503).
+        """
+        from mlx_audio.stt.models.qwen3_asr.qwen3_forced_aligner import ForcedAlignerModel
+        from mlx_audio.stt.utils import load_model
+
+        model = load_model(self.aligner_id)
+        if not isinstance(getattr(model, "_model", model), ForcedAlignerModel):
+            raise TypeError(f"{self.aligner_id} is not a Qwen3-ForcedAligner checkpoint")
+        return model
+
+    def empty_cache(self) -> None:
+        self._mx.clear_cache()
+
+    def transcribe(
+        self, model: Any, clips: list[Clip], should_stop: Callable[[], bool] | None = None
+    ) -> list[Transcript]:
+        """Decode clip by clip: MLX gains little from padding a batch on one device.
+
+        Each decode's buffers go back to the system before the next one, as
+        the library's own ``transcribe`` does after every chunk, so the MLX
+        buffer cache does not keep growing with the longest clip seen.
+        mlx-qwen3-asr offers no hook between tokens, so ``should_stop`` is not
+        polled: a partial runs to its (small) token budget.
+        """
+        results = []
+        for clip in clips:
+            results.append(self._decode(model, clip))
+            self._mx.clear_cache()
+        return results
+
+    def _decode(self, session: Any, clip: Clip) -> Transcript:
+        """One clip through mlx-qwen3-asr's per-chunk recipe, answer prefix included.
+
+        The steps are those of the library's ``transcribe`` for one chunk
+        (log-mel features, audio tower, chat-template prompt, greedy
+        ``generate_with_info``, ``parse_asr_output``), with one addition its
+        high-level ``Session.transcribe`` cannot express: the prompt may end
+        with the start of the answer (a previous raw hypothesis minus its last
+        tokens, as its own streaming decoder feeds it), so a partial
+        generates only the new words and ``raw`` is that prefix plus them.
+        The library would split audio over 30 s into chunks; clips arrive
+        already split at quiet points (``polyasr.models.transcriber.MAX_PIECE_SEC``), so
+        every clip is one chunk and has one raw answer to continue from.
+        """
+        from mlx_qwen3_asr.audio import compute_features
+        from mlx_qwen3_asr.generate import GenerationConfig, generate_with_info
+        from mlx_qwen3_asr.tokenizer import canonicalize_language, parse_asr_output
+
+        mx = self._mx
+        tokenizer = session.tokenizer
+        forced = canonicalize_language(clip.language)
+        mel, feature_lens = compute_features(clip.samples)
+        audio_features, _ = session.model.audio_tower(mel.astype(session.dtype), feature_lens)
+        prompt = tokenizer.build_prompt_tokens(
+            n_audio_tokens=int(audio_features.shape[1]), language=forced, context=clip.context
+        )
+        prefix_ids = rolled_back_ids(tokenizer.encode(clip.prefix), tokenizer.decode, clip.prefix)
+        input_ids = mx.array([prompt + prefix_ids])
+        positions = mx.arange(input_ids.shape[1])[None, :]
+        generation = generate_with_info(
+            model=session.model,
+            input_ids=input_ids,
+            audio_features=audio_features,
+            position_ids=mx.stack([positions, positions, positions], axis=1),
+            config=GenerationConfig(max_new_tokens=clip.max_new_tokens, temperature=0.0),
+        )
+        raw = tokenizer.decode(prefix_ids + generation.tokens)
+        detected, text = parse_asr_output(raw, user_language=forced)
+        language = detected.split(",")[0].strip()
+        return Transcript(text=text, language=None if language in ("", "unknown") else language, raw=raw)
+
+    def align(self, model: Any, clip: Clip, text: str, language: str) -> list[AlignedUnit]:
+        result = model.generate(clip.samples, text=text, language=language)
+        return [AlignedUnit(item.text, item.start_time, item.end_time) for item in result]
+
+    def memory_mib(self) -> dict[str, float]:
+        mx = self._mx
+        return {
+            "active": round(mx.get_active_memory() / _MB, 1),
+            "peak": round(mx.get_peak_memory() / _MB, 1),
+            "cache": round(mx.get_cache_memory() / _MB, 1),
+        }
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "device": str(self._mx.default_device()),
+            "dtype": self.dtype_name,
+            "memory_mb": self.memory_mib(),
+        }
+

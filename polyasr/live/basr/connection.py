@@ -1,0 +1,337 @@
+"""The dictation protocol on one WebSocket connection. No
+FastAPI in here: the route hands over a transport with ``receive``/``send``/``close``.
+
+A connection opens with ``start`` or ``resume`` (within ``START_TIMEOUT_SEC``),
+acknowledges every frame after archiving it and before reporting anything
+derived from it, and ends after exactly one answered ``stop`` (``final`` +
+``done``, or ``stopExpired``), a refusal (its own code; 1008, 1009 for
+oversize, 1013 when busy or shutting down), a model failure (1011), or the
+end of a shutdown drain (``server_shutting_down``, 1012: resume after the restart). The session it drives —
+journal, recognition state, stop results — belongs to the registry
+(:mod:`polyasr.live.basr.sessions`); a newer connection for the same session supersedes
+this one, which then steps aside at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from polyasr.audio.decoding import pcm16_to_float
+from polyasr.audio.speech import passes_energy_gate
+from polyasr.core.constants import BYTES_PER_SECOND
+from polyasr.core.languages import UnsupportedLanguage, normalize_language
+from polyasr.dictation.recognizer import FinalResult
+from polyasr.dictation.session import DictationSession
+from polyasr.live.basr.services import StreamServices
+from polyasr.live.basr.sessions import SessionRecord
+from polyasr.live.basr.wire import (
+    ALREADY_STARTED,
+    AUDIO_BEFORE_START,
+    SESSION_IDLE,
+    SESSION_TOO_LONG,
+    START_TIMEOUT,
+    STOP_BEFORE_START,
+    UNSUPPORTED_MESSAGE,
+    Opening,
+    Stop,
+    ack,
+    done,
+    error,
+    final,
+    opened,
+    parse_frame,
+    parse_json,
+    parse_opening,
+    parse_stop,
+    partial,
+    stop_expired,
+)
+from polyasr.live.refusals import (
+    CLOSE_INTERNAL,
+    CLOSE_NORMAL,
+    ProtocolError,
+    protocol_error,
+)
+from polyasr.live.socket import TIMEOUT, Disconnected, Driving, Inbox, Superseded, Transport
+from polyasr.models.manager import ModelBusy
+from polyasr.models.unit import ModelUnavailable
+
+log = logging.getLogger("polyasr.ws")
+
+COVERAGE_WAIT_SEC = 2.0
+RECEIVE_POLL_SEC = 0.1
+POST_DONE_PAUSE_SEC = 0.05
+
+
+def _log_final(
+    event: Callable[..., None],
+    stop: Stop,
+    result: FinalResult,
+    recognized: int | None,
+    incomplete: bool,
+    control: int,
+) -> None:
+    """The archive's record of a decoded final."""
+    native = {"native_stream": True} if result.source == "native_stream" else {}
+    event("final", text=result.text, **native)
+    event(
+        "final_sent",
+        stop_id=stop.stop_id,
+        source=result.source + ("_incomplete_audio" if incomplete else ""),
+        chars=len(result.text),
+        recognized_through_seq=recognized,
+        control_protocol=control,
+    )
+
+
+class Connection(Driving):
+    """The protocol state machine of one WebSocket connection."""
+
+    def __init__(self, services: StreamServices, transport: Transport) -> None:
+        self.services = services
+        self.limits = services.limits
+        self.transport = transport
+        self.log = services.new_log()
+        self.inbox = Inbox(transport)
+        self.control = 1
+        self.record: SessionRecord | None = None
+        self.fatal: ModelUnavailable | None = None
+        self._send_lock = asyncio.Lock()
+
+    async def run(self) -> None:
+        self.inbox.start()
+        try:
+            await self._run()
+        finally:
+            self.inbox.stop()
+            if self.record is not None:
+                self.services.registry.release(self.record, self)
+            await asyncio.to_thread(self.log.close)  # FLAC encoding is blocking work
+
+    async def _run(self) -> None:
+        try:
+            opening = await self._opening()
+            record = self._attach(opening)
+            await self.send(opened(opening, record.journal.ack_seq))
+            self.log.event(
+                "protocol_started",
+                session_id=record.session_id,
+                resume=opening.resume,
+                ack_seq=record.journal.ack_seq,
+                context_len=len(record.session.hints.context),
+            )
+            async with self.services.manager.hold("asr"):
+                await self._serve(record)
+        except ProtocolError as exc:
+            self.log.event("protocol_error", reason=exc.code, **exc.log_fields)
+            await self._fail(exc.code, exc.message, exc.close_code)
+        except (ModelUnavailable, ModelBusy) as exc:
+            self.log.event("model_unavailable", message=str(exc))
+            await self._fail("model_unavailable", str(exc), CLOSE_INTERNAL)
+        except Disconnected:
+            ack_seq = self.record.journal.ack_seq if self.record else -1
+            self.log.event("disconnect", session_id=self.record and self.record.session_id, ack_seq=ack_seq)
+        except Superseded:
+            self.log.event("superseded")
+            await self.transport.close(CLOSE_NORMAL)
+        except Exception as exc:
+            log.exception("dictation connection failed")
+            self.log.event("error", message=f"{type(exc).__name__}: {exc}")
+            await self._fail("internal_error", f"internal error: {type(exc).__name__}: {exc}", CLOSE_INTERNAL)
+
+    async def _fail(self, code: str, message: str, close_code: int) -> None:
+        try:
+            await self.send(error(code, message))
+            await self.transport.close(close_code)
+        except Exception:  # noqa: BLE001 - the socket may already be gone
+            log.debug("could not deliver error %s", code)
+
+    # -- messages ------------------------------------------------------------
+
+    async def send(self, message: dict[str, Any]) -> None:
+        async with self._send_lock:
+            await self.transport.send(message)
+
+    async def _opening(self) -> Opening:
+        message = await self.inbox.next(self.limits.start_timeout_sec)
+        if message is TIMEOUT:
+            raise protocol_error(START_TIMEOUT, timeout_sec=self.limits.start_timeout_sec)
+        if message is None:
+            raise Disconnected
+        if isinstance(message, bytes):
+            raise protocol_error(AUDIO_BEFORE_START)
+        data = parse_json(message, self.limits.max_text_bytes)
+        kind = data.get("type")
+        if kind in ("start", "resume"):
+            return parse_opening(data, self.limits)
+        if kind == "stop":
+            raise protocol_error(STOP_BEFORE_START)
+        raise protocol_error(UNSUPPORTED_MESSAGE, message_type=kind)
+
+    def _attach(self, opening: Opening) -> SessionRecord:
+        """Claim the session: resume the held one, or begin a new incarnation."""
+        try:
+            language = normalize_language(opening.language)
+        except UnsupportedLanguage as exc:
+            raise ProtocolError("unsupported_language", str(exc)) from None
+        svc = self.services
+
+        def new_session() -> DictationSession:
+            return DictationSession(svc.new_vad(), svc.new_speaker(), svc.settings, opening.context, language)
+
+        record = svc.registry.claim(opening, self, new_session)
+        self.control = opening.control
+        session = record.session
+        # ▲ a resume keeps the session's context and language unless it restates them
+        session.hints.context = opening.context or session.hints.context
+        session.hints.language = language or session.hints.language
+        session.reopen()
+        session.log = self.log.event
+        session.emit = self._emit
+        self.record = record
+        return record
+
+    async def _emit(self, kind: str, data: dict[str, Any]) -> None:
+        """Events from the session's background decodes."""
+        record = self.record
+        if record is None or not self.services.registry.drives(record, self):
+            return
+        if kind == "partial":
+            self.services.registry.touch(record)
+            await self.send(partial(record.session_id, data["text"], data["previous"]))
+        elif kind == "model_unavailable":
+            self.fatal = ModelUnavailable(data["message"])
+
+    # -- the session ---------------------------------------------------------
+
+    def _check(self, record: SessionRecord) -> None:
+        if not self.services.registry.drives(record, self):
+            raise Superseded
+        if self.fatal is not None:
+            raise self.fatal
+
+    async def _serve(self, record: SessionRecord) -> None:
+        last_frame = time.monotonic()
+        while True:
+            message = await self.inbox.next(RECEIVE_POLL_SEC)
+            self._check(record)
+            if isinstance(message, bytes):
+                await self._frame(record, message)
+                last_frame = time.monotonic()
+            elif message is None:
+                raise Disconnected
+            elif message is not TIMEOUT:
+                data = parse_json(message, self.limits.max_text_bytes)
+                kind = data.get("type")
+                if kind == "stop":
+                    await self._stop(record, parse_stop(data, self.limits))
+                    return
+                raise protocol_error(
+                    ALREADY_STARTED if kind in ("start", "resume") else UNSUPPORTED_MESSAGE, message_type=kind
+                )
+            elif time.monotonic() - last_frame > self.limits.session_idle_sec:
+                raise protocol_error(SESSION_IDLE, idle_sec=self.limits.session_idle_sec)
+            record.session.schedule(self.services.decoder)
+
+    async def _frame(self, record: SessionRecord, message: bytes) -> None:
+        seq, pcm = parse_frame(message, self.limits.max_frame_bytes)
+        journal, session = record.journal, record.session
+        if journal.is_duplicate(seq):
+            self.log.event("duplicate_audio", session_id=record.session_id, seq=seq, ack_seq=journal.ack_seq)
+            await self.send(ack(record.session_id, journal.ack_seq))
+            return
+        if session.heard_sec + len(pcm) / BYTES_PER_SECOND > self.limits.max_session_sec:
+            limit = self.limits.max_session_sec
+            raise protocol_error(SESSION_TOO_LONG, heard_sec=session.heard_sec, limit=limit)
+        ready = journal.accept(seq, pcm)
+        self.services.manager.touch("asr")
+        for payload in ready:
+            await self.log.audio(payload)  # archived before it is acknowledged
+        await self.send(ack(record.session_id, journal.ack_seq))
+        self.services.registry.touch(record)
+        for payload in ready:
+            samples = pcm16_to_float(payload)
+            await session.feed(samples, passes_energy_gate(samples))
+
+    async def _stop(self, record: SessionRecord, stop: Stop) -> None:
+        registry, session = self.services.registry, record.session
+        session.begin_stop()
+        self.log.event(
+            "stop_requested",
+            session_id=record.session_id,
+            stop_id=stop.stop_id,
+            ack_seq=record.journal.ack_seq,
+            final_captured_seq=stop.captured,
+            control_protocol=self.control,
+        )
+        answered = registry.replay_stop(record, stop.stop_id)
+        if answered is not None:
+            if registry.is_fresh(answered):
+                self.log.event("stop_result_replayed", stop_id=stop.stop_id)
+                await self._answer(record, stop.stop_id, answered.text or "", answered.recognized_through)
+            else:
+                self.log.event("stop_result_expired", stop_id=stop.stop_id, ttl_sec=registry.stop_ttl)
+                await self._expired(record, stop.stop_id, "stop_result_expired")
+            return
+        if stop.captured is not None and stop.captured > 0 and not record.journal.has_audio:
+            self.log.event("stop_session_lost", stop_id=stop.stop_id, want_through_seq=stop.captured)
+            await self._expired(record, stop.stop_id, "session_not_held")
+            return
+        incomplete = stop.captured is not None and not await self._await_coverage(record, stop.captured)
+        if incomplete:
+            self.log.event(
+                "stop_audio_incomplete",
+                stop_id=stop.stop_id,
+                have_through_seq=record.journal.ack_seq + 1,
+                want_through_seq=stop.captured,
+            )
+        result = await self.inbox.until(session.finalize(self.services.decoder))
+        self._check(record)
+        record.journal.forget_ahead()
+        recognized = record.journal.ack_seq + 1 if result.decoded and not incomplete else None
+        registry.record_stop(record, stop.stop_id, result.text, recognized)
+        _log_final(self.log.event, stop, result, recognized, incomplete, self.control)
+        self._session_ended(session, result.text)
+        await self._answer(record, stop.stop_id, result.text, recognized)
+
+    def _session_ended(self, session: DictationSession, text: str) -> None:
+        """Tell the rot detector; its failure must not cost the user the final."""
+        stats = session.stats()
+        try:
+            self.services.on_session_end(stats["signal_sec"], text, stats["partials"])
+        except Exception:  # a broken detector must not fail the dictation
+            log.exception("on_session_end hook failed")
+
+    async def _await_coverage(self, record: SessionRecord, captured: int) -> bool:
+        """Wait up to 2 s for frames ``0..captured-1``, still acking (and keeping) audio."""
+        deadline = time.monotonic() + COVERAGE_WAIT_SEC
+        while record.journal.ack_seq < captured - 1:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            message = await self.inbox.next(remaining)
+            if message is None:
+                raise Disconnected
+            if isinstance(message, bytes):
+                await self._frame(record, message)
+            # text messages during the wait are dropped (contract §2.9 step 4)
+        return True
+
+    async def _answer(self, record: SessionRecord, stop_id: str, text: str, recognized: int | None) -> None:
+        through = recognized if self.control >= 2 else None
+        await self.send(final(record.session_id, stop_id, text, through))
+        await self.send(done(record.session_id, stop_id))
+        self.log.event("done", stop_id=stop_id)
+        await self._end()
+
+    async def _expired(self, record: SessionRecord, stop_id: str, reason: str) -> None:
+        await self.send(stop_expired(record.session_id, stop_id, reason))
+        await self._end()
+
+    async def _end(self) -> None:
+        await asyncio.sleep(POST_DONE_PAUSE_SEC)
+        await self.transport.close(CLOSE_NORMAL)

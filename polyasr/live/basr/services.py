@@ -1,0 +1,43 @@
+"""What a live connection needs from the process: one instance per app, shared by the BASR
+and Realtime sockets.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from polyasr.archive.connection import ConnectionArchive
+from polyasr.dictation.gate import SpeakerGate, VadStream
+from polyasr.dictation.recognizer import SessionDecoder, StreamSettings
+from polyasr.live.basr.sessions import SessionRegistry
+from polyasr.live.basr.wire import (
+    WsLimits,
+)
+
+
+class Manager(Protocol):
+    def hold(self, name: str) -> Any: ...
+
+    def touch(self, name: str) -> None: ...
+
+
+def _no_session_end(signal_sec: float, final_text: str, partials: int) -> None:
+    return None
+
+
+@dataclass
+class StreamServices:
+    """What a connection needs from the process (one instance per app)."""
+
+    registry: SessionRegistry
+    decoder: SessionDecoder
+    manager: Manager
+    settings: StreamSettings
+    new_vad: Callable[[], VadStream]
+    new_speaker: Callable[[], SpeakerGate]
+    new_log: Callable[[], ConnectionArchive]
+    limits: WsLimits = field(default_factory=WsLimits)
+    # Once per decoded stop (not replays): (signal seconds, final text, partials sent).
+    on_session_end: Callable[[float, str, int], None] = _no_session_end

@@ -1,0 +1,222 @@
+"""The dictation sessions of the process (contract §2.8–2.9, issue 8 §1).
+
+A session outlives connections: the registry keeps, per ``sessionId``, the
+frame journal, the recognition state and which connection drives it, until
+``RESUME_TTL_SEC`` after its last update. Its rules, in one place:
+
+* A ``start`` begins a new *incarnation* of the session; only a ``resume``
+  continues one. Stop results belong to their incarnation, so a reused
+  ``sessionId`` + ``stopId`` after a new ``start`` decodes the new audio.
+* One connection drives a session at a time: claiming it supersedes the
+  previous driver, which stops touching the session at once.
+* An incarnation is finalized once; any later stop of it replays that result.
+* At most ``POLYASR_MAX_SESSIONS`` sessions are driven at once; beyond that a
+  ``start``/``resume`` is refused with ``server_busy``. A connection that
+  drives no resumable session (an OpenAI Realtime socket) is *admitted* as a
+  guest: it counts toward that limit, is refused while draining and is told
+  to shut down like the drivers.
+* Once the process drains for shutdown (polyasr.api.drain), every ``start``/``resume``
+  is refused with ``server_shutting_down``, and after the grace the drivers
+  still live are told to shut down.
+
+Answered stops are kept in the :class:`StopStore` (SQLite) so they survive a
+restart. The connection reaches all of this through the methods below, never
+through the dictionaries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from polyasr.core.config import Settings
+from polyasr.dictation.session import DictationSession
+from polyasr.live.basr.journal import FrameJournal
+from polyasr.live.basr.stopstore import StopRecord, StopStore
+from polyasr.live.basr.wire import Opening
+from polyasr.live.refusals import SERVER_BUSY, SHUTTING_DOWN, protocol_error
+
+PRUNE_INTERVAL_SEC = 5.0
+
+
+class Driver(Protocol):
+    """A connection that may drive a session."""
+
+    def supersede(self) -> None:
+        """A newer connection took the session over."""
+
+    def shut_down(self) -> None:
+        """The process is going down: tell the client to resume after the restart."""
+
+
+@dataclass
+class SessionRecord:
+    """What the process holds for one ``sessionId``."""
+
+    session_id: str
+    incarnation: str
+    journal: FrameJournal
+    session: DictationSession
+    updated_at: float
+    owner: Driver | None = None
+    result: StopRecord | None = None  # this incarnation's final, once answered
+
+
+@dataclass
+class SessionRegistry:
+    """Session records and answered stops, behind claim / release / record / replay."""
+
+    resume_ttl: float
+    stop_ttl: float
+    max_sessions: int = 64
+    reorder_window: int = 256
+    store: StopStore = field(default_factory=lambda: StopStore(None, 10_000))
+    clock: Callable[[], float] = time.time
+    draining: bool = False
+    _records: dict[str, SessionRecord] = field(default_factory=dict)
+    _guests: set[Driver] = field(default_factory=set)
+
+    @classmethod
+    def from_settings(cls, settings: Settings, log_root: Path | None) -> SessionRegistry:
+        """The registry a server runs with: its limits and a stop store under ``log_root``."""
+        return cls(
+            resume_ttl=settings.resume_ttl_sec,
+            stop_ttl=settings.stop_result_ttl_sec,
+            max_sessions=settings.max_sessions,
+            reorder_window=settings.reorder_window,
+            store=StopStore.under(log_root, settings.stop_store_max),
+        )
+
+    # -- sessions ------------------------------------------------------------
+
+    def held(self, session_id: str) -> SessionRecord | None:
+        record = self._records.get(session_id)
+        if record is not None and record.owner is None and self._expired(record):
+            self._drop(session_id)
+            return None
+        return record
+
+    def driven(self) -> int:
+        """Sessions a connection is driving now (guests included)."""
+        return sum(record.owner is not None for record in self._records.values()) + len(self._guests)
+
+    def admit(self, guest: Driver) -> None:
+        """Count a connection without a resumable session, or refuse it (busy, draining)."""
+        if self.draining:
+            raise protocol_error(SHUTTING_DOWN)
+        if self.driven() >= self.max_sessions:
+            raise protocol_error(SERVER_BUSY, sessions=self.driven())
+        self._guests.add(guest)
+
+    def dismiss(self, guest: Driver) -> None:
+        self._guests.discard(guest)
+
+    def claim(
+        self, opening: Opening, owner: Driver, new_session: Callable[[], DictationSession]
+    ) -> SessionRecord:
+        """Attach ``owner`` to the session ``opening`` names (a start replaces it)."""
+        if self.draining:
+            raise protocol_error(SHUTTING_DOWN)
+        held = self.held(opening.session_id)
+        if (held is None or held.owner is None) and self.driven() >= self.max_sessions:
+            raise protocol_error(SERVER_BUSY, sessions=self.driven())
+        now = self.clock()
+        if opening.resume and held is not None:
+            record = held
+        else:
+            if held is not None:
+                self._drop(opening.session_id)
+            incarnation = self.store.incarnation(opening.session_id) if opening.resume else None
+            if incarnation is None:
+                incarnation = secrets.token_hex(8)
+                self.store.begin(opening.session_id, incarnation, now)
+            record = SessionRecord(
+                opening.session_id, incarnation, FrameJournal(self.reorder_window), new_session(), now
+            )
+            self._records[opening.session_id] = record
+        previous, record.owner = record.owner, owner
+        if previous is not None and previous is not owner:
+            previous.supersede()
+        record.updated_at = now
+        return record
+
+    def drives(self, record: SessionRecord, owner: Driver) -> bool:
+        return record.owner is owner and self._records.get(record.session_id) is record
+
+    def touch(self, record: SessionRecord) -> None:
+        """The journal changed (a frame, a partial): its resume window starts again."""
+        record.updated_at = self.clock()
+
+    def release(self, record: SessionRecord, owner: Driver) -> None:
+        """``owner`` is done with the session; it stays resumable until it expires."""
+        if record.owner is owner:
+            record.owner = None
+            record.session.detach()
+            record.updated_at = self.clock()
+
+    def stop_admitting(self) -> None:
+        """Shutdown began: no new driver from now on."""
+        self.draining = True
+
+    def shut_down_all(self) -> int:
+        """Tell every driver still live that the process goes down; how many there were."""
+        owners = [record.owner for record in self._records.values() if record.owner is not None]
+        owners += list(self._guests)
+        for owner in owners:
+            owner.shut_down()
+        return len(owners)
+
+    def _expired(self, record: SessionRecord) -> bool:
+        return self.clock() - record.updated_at > self.resume_ttl
+
+    def _drop(self, session_id: str) -> None:
+        record = self._records.pop(session_id, None)
+        if record is None:
+            return
+        record.session.cancel_work()
+        if record.owner is not None:
+            record.owner.supersede()
+
+    # -- stops ----------------------------------------------------------------
+
+    def replay_stop(self, record: SessionRecord, stop_id: str) -> StopRecord | None:
+        """The answer already given to this stop of this incarnation, if any.
+
+        A stop of an older incarnation is not an answer: the new audio is
+        decoded. A finished incarnation answers any further stop with its one
+        result (and remembers the new ``stopId`` for it).
+        """
+        found = self.store.get(record.session_id, stop_id, self.clock())
+        if found is not None and found.incarnation == record.incarnation:
+            return found
+        if record.result is not None:
+            self.store.put(record.session_id, stop_id, record.result)
+            return record.result
+        return None
+
+    def record_stop(self, record: SessionRecord, stop_id: str, text: str, recognized: int | None) -> None:
+        result = StopRecord(record.incarnation, text, recognized, self.clock())
+        record.result = result
+        self.store.put(record.session_id, stop_id, result)
+
+    def is_fresh(self, stop: StopRecord) -> bool:
+        return stop.text is not None and self.clock() - stop.at <= self.stop_ttl
+
+    # -- expiry ---------------------------------------------------------------
+
+    def prune(self) -> None:
+        """Expire journals and stop texts on a timer, not only on the next start."""
+        for session_id, record in list(self._records.items()):
+            if record.owner is None and self._expired(record):
+                self._drop(session_id)
+        self.store.prune(self.clock(), self.stop_ttl)
+
+    async def prune_forever(self) -> None:
+        while True:
+            await asyncio.sleep(PRUNE_INTERVAL_SEC)
+            self.prune()

@@ -1,0 +1,271 @@
+"""Honest health (contract §4.1.1): ``status`` is derived from evidence.
+
+Three reasons make ``/health`` say ``degraded``: the ASR weights no longer
+resolve from local storage (checked on its own timer, at start-up and after
+any failed load, whether or not the model is resident); the streaming probe —
+the project's own speech clip decoded through the live ``asr`` unit — came
+back empty several times in a row; or there is no recent evidence at all that
+the resident model produces text. The probe runs only in idle gaps, never
+counts as use (idle eviction wins) and never reloads an evicted unit.
+
+Live rot detection watches real dictation instead: a model that has rotted
+still answers finals but stops producing partials, so sessions with speech, a
+final and no partial are witnesses, and enough of them in a row reload the
+``asr`` unit at the next idle gap. That evidence means something only when
+partials are on: with ``POLYASR_PARTIALS_ENABLED=0`` (the MLX default) every
+session has zero partials, so the detector stays off rather than reloading
+after every second dictation (contract wart 17).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from polyasr.core.config import Settings
+from polyasr.core.engine import Preempted, Transcript
+from polyasr.core.weights import check_weights
+from polyasr.models.manager import AsrModelManager
+from polyasr.models.scheduler import DecodeTimeout
+from polyasr.models.transcriber import DecodeRequest
+from polyasr.models.unit import ModelUnavailable, NotResident
+
+log = logging.getLogger("polyasr.health")
+
+
+@dataclass
+class ProbeState:
+    consecutive_failures: int = 0
+    ok: bool | None = None
+    last_ok: float | None = None  # monotonic time of the last good evidence
+    last_text: str = ""
+    reloads: int = 0
+    runs: int = 0
+
+
+@dataclass
+class LiveState:
+    witnesses: int = 0  # consecutive sessions with speech, a final and no partial
+    reload_requested: bool = False
+    reloads: int = 0
+
+
+Transcribe = Callable[..., Awaitable[Transcript]]
+# How often a requested live reload looks for an idle gap.
+LIVE_IDLE_POLL_SEC = 0.5
+
+
+class HealthMonitor:
+    """Weights checks, the streaming probe, and the derived ``status``."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        manager: AsrModelManager,
+        model_id: str,
+        probe_clip: np.ndarray | None,
+        exit_process: Callable[[int], None] = os._exit,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.settings = settings
+        self.manager = manager
+        self.model_id = model_id
+        self.probe_clip = probe_clip
+        self.exit_process = exit_process
+        self.clock = clock
+        self.weights_present = True
+        self.weights_detail = ""
+        self.probe = ProbeState()
+        self.live = LiveState()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._transcribe: Transcribe | None = None
+
+    @property
+    def probe_enabled(self) -> bool:
+        return self.settings.streaming_probe and self.probe_clip is not None
+
+    @property
+    def live_enabled(self) -> bool:
+        """Zero partials is evidence only where partials are produced at all."""
+        return self.settings.live_rot_detect and self.settings.partials_enabled
+
+    # -- evidence ----------------------------------------------------------
+
+    def record_text(self, text: str) -> None:
+        """Real traffic that produced text is good evidence (a busy server is not stale)."""
+        if text.strip():
+            self.probe.last_ok = self.clock()
+
+    def record_session(self, signal_sec: float, final_text: str, partials: int) -> None:
+        """A dictation stop was answered: ``signal_sec`` of speech went in,
+        ``final_text`` came out, after ``partials`` partials (contract §4.1.1).
+
+        A session with a partial resets the count; one with at least
+        ``LIVE_MIN_SPEECH_SEC`` of speech, a non-empty final and no partial is
+        a witness; any other is inconclusive. ``LIVE_RELOAD_WITNESSES`` in a
+        row request a reload, run at the next idle gap.
+        """
+        if not self.live_enabled:
+            return
+        live = self.live
+        if partials > 0:
+            live.witnesses = 0
+            return
+        if signal_sec < self.settings.live_min_speech_sec or not final_text.strip():
+            return
+        live.witnesses += 1
+        log.warning(
+            "live rot witness: %.1f s of speech, a final and no partial (%d)", signal_sec, live.witnesses
+        )
+        if live.witnesses >= self.settings.live_reload_witnesses and not live.reload_requested:
+            live.reload_requested = True
+            self._tasks = [task for task in self._tasks if not task.done()]
+            self._tasks.append(asyncio.get_running_loop().create_task(self._live_reload()))
+
+    async def _live_reload(self) -> None:
+        """Reload ``asr`` once nothing uses it (never mid-session); an eviction
+        in the meantime satisfies the request (the next load is fresh anyway)."""
+        live = self.live
+        try:
+            while self.manager.is_resident("asr"):
+                if not self.manager.is_busy("asr") and await self.manager.reload("asr"):
+                    live.reloads += 1
+                    log.warning("live rot: asr reloaded after %d witness sessions", live.witnesses)
+                    break
+                await asyncio.sleep(LIVE_IDLE_POLL_SEC)
+        finally:
+            live.reload_requested = False
+            live.witnesses = 0
+
+    async def check_weights_now(self) -> None:
+        """Re-resolve the weights, bounded in time (a wedged volume must not hang)."""
+        try:
+            present, detail = await asyncio.wait_for(
+                asyncio.to_thread(check_weights, self.model_id), timeout=30
+            )
+        except TimeoutError:
+            present, detail = False, "weights check timed out after 30 s"
+        if present != self.weights_present:
+            log.warning("weights for %s present=%s (%s)", self.model_id, present, detail)
+        self.weights_present, self.weights_detail = present, detail
+
+    def on_load_failure(self, unit: str, reason: str) -> None:
+        """A real load failed: re-check the weights right away."""
+        asyncio.get_running_loop().create_task(self.check_weights_now())
+
+    async def run_probe(self) -> None:
+        """Decode the probe clip through the live asr unit, if it is resident."""
+        assert self._transcribe is not None and self.probe_clip is not None
+        try:
+            # The clip is English speech; pinning that keeps the probe about
+            # "does the model produce text", not about language detection.
+            result = await self._transcribe(self.probe_clip, DecodeRequest(language="English", probe=True))
+        except (NotResident, Preempted):
+            return  # evicted (never reload to probe), or real work needed the device
+        except (ModelUnavailable, DecodeTimeout) as exc:
+            log.warning("streaming probe: %s", exc)
+            text = ""
+        else:
+            text = result.text.strip()
+        state = self.probe
+        state.runs += 1
+        if text:
+            state.ok, state.consecutive_failures = True, 0
+            state.last_ok, state.last_text = self.clock(), text[:80]
+            return
+        state.ok = False
+        state.consecutive_failures += 1
+        log.warning("streaming probe returned no text (%d in a row)", state.consecutive_failures)
+        await self._self_heal()
+
+    async def _self_heal(self) -> None:
+        failures = self.probe.consecutive_failures
+        reload_at = self.settings.probe_fail_reload
+        if reload_at and failures == reload_at and await self.manager.reload("asr"):
+            self.probe.reloads += 1
+        if (
+            self.settings.probe_fail_exit
+            and failures >= self.settings.probe_fail_exit
+            and self.weights_present
+        ):
+            log.critical("streaming probe failed %d times; exiting for the supervisor", failures)
+            self.exit_process(3)
+
+    # -- loops -------------------------------------------------------------
+
+    async def start(self, transcribe: Transcribe) -> None:
+        """Check weights and probe once now, then keep doing so on timers."""
+        self._transcribe = transcribe
+        await self.check_weights_now()
+        loop = asyncio.get_running_loop()
+        if self.settings.weights_check_interval_sec > 0:
+            self._tasks.append(loop.create_task(self._weights_loop()))
+        if self.probe_enabled:
+            await self.run_probe()
+            if self.settings.keepwarm_interval_sec > 0:
+                self._tasks.append(loop.create_task(self._keepwarm_loop()))
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        self._tasks.clear()
+
+    async def _weights_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.weights_check_interval_sec)
+            await self.check_weights_now()
+
+    async def _keepwarm_loop(self) -> None:
+        interval = self.settings.keepwarm_interval_sec
+        while True:
+            await asyncio.sleep(interval)
+            idle = self.manager.idle_for("asr")
+            # Only in idle gaps: a unit in use is already proving itself.
+            if idle is None or idle < interval or self.manager.is_busy("asr"):
+                continue
+            try:
+                await self.run_probe()
+            except Exception:
+                log.exception("streaming probe crashed")
+
+    # -- report ------------------------------------------------------------
+
+    def reasons(self) -> list[str]:
+        reasons = []
+        if not self.weights_present:
+            reasons.append("weights_missing")
+        if self.probe_enabled and self.manager.is_resident("asr"):
+            threshold = self.settings.probe_fail_reload
+            if threshold > 0 and self.probe.consecutive_failures >= threshold:
+                reasons.append("streaming_probe_failing")
+            window = self.settings.probe_stale_window_sec
+            last_ok = self.probe.last_ok
+            if window is not None and (last_ok is None or self.clock() - last_ok > window):
+                reasons.append("streaming_probe_stale")
+        return reasons
+
+    def probe_block(self, reasons: list[str]) -> dict[str, Any]:
+        state = self.probe
+        age = None if state.last_ok is None else round(self.clock() - state.last_ok, 1)
+        return {
+            "enabled": self.probe_enabled,
+            "healthy": not {"streaming_probe_failing", "streaming_probe_stale"} & set(reasons),
+            "ok": state.ok,
+            "consecutive_failures": state.consecutive_failures,
+            "last_ok_age_sec": age,
+            "reloads": state.reloads,
+            "last_text": state.last_text,
+            "live": {
+                "enabled": self.live_enabled,
+                "witnesses": self.live.witnesses,
+                "reload_requested": self.live.reload_requested,
+                "reloads": self.live.reloads,
+            },
+        }

@@ -1,0 +1,356 @@
+"""One model unit: its model, leases, idle clock, load, eviction and scheduler thread.
+
+The manager decides *which* units may be resident; a unit knows how to be
+one. Every call on the model runs on the unit's scheduler thread and is bound
+to the model that was resident when it was queued: an eviction (idle sweep,
+``POST /model/unload``, a reload) takes the model away from new work at once
+but frees it only after the work bound to it has finished, and new work
+waits for that before loading a fresh copy — so work is never pulled from
+under a decode, and two copies never sit in memory together.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import gc
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any, Protocol
+
+from polyasr.core.engine import Engine
+from polyasr.models.scheduler import DEFAULT_MAX_BATCH, BatchFn, Priority, UnitScheduler
+
+log = logging.getLogger("polyasr.manager")
+
+
+class ModelUnavailable(RuntimeError):
+    """A unit cannot be loaded (weights gone, OOM, load timed out)."""
+
+
+class NotResident(RuntimeError):
+    """A resident-only lease found the unit evicted (probes never reload)."""
+
+
+class UnitObserver(Protocol):
+    """Told about loads, evictions and every run on a unit's thread (metrics)."""
+
+    def loaded(self, unit: str, seconds: float | None) -> None:
+        """``seconds`` is None for a timed-out load adopted after it finished."""
+
+    def evicted(self, unit: str) -> None: ...
+
+    def ran(self, unit: str, priority: Priority, seconds: float) -> None: ...
+
+
+def _trim_heap() -> None:
+    """Hand freed C-heap pages back to the OS (glibc only; a no-op elsewhere)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+class UnitUsage:
+    """Who holds a unit and since when it is idle: its leases and its idle clock.
+
+    A lease that counts as *use* (not a health probe) stops the idle clock;
+    the clock starts again when the last such lease ends.
+    """
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self.clock = clock
+        self.leases = 0
+        self.uses = 0  # leases that count as use
+        self.last_used: float | None = None
+        self.waiters: list[asyncio.Event] = []
+
+    def acquire(self, use: bool) -> None:
+        self.leases += 1
+        self.uses += use
+
+    def release(self, use: bool) -> None:
+        """End one lease; the idle clock starts from here, waiters may proceed."""
+        self.leases -= 1
+        self.uses -= use
+        if use:
+            self.touch()
+        if self.leases == 0:
+            for event in self.waiters:
+                event.set()
+
+    def touch(self) -> None:
+        self.last_used = self.clock()
+
+    async def wait_unleased(self, deadline: float) -> bool:
+        """Wait until no lease is held, until ``deadline`` (on the clock)."""
+        while self.leases > 0:
+            remaining = deadline - self.clock()
+            if remaining <= 0:
+                return False
+            event = asyncio.Event()
+            self.waiters.append(event)
+            try:
+                await asyncio.wait_for(event.wait(), remaining)
+            except TimeoutError:
+                pass
+            finally:
+                self.waiters.remove(event)
+        return True
+
+    def idle_for(self) -> float | None:
+        if self.last_used is None:
+            return None
+        return 0.0 if self.uses else round(self.clock() - self.last_used, 1)
+
+    def idle_expired(self, idle_seconds: float) -> bool:
+        """Unleased and unused for ``idle_seconds``."""
+        return (
+            self.leases == 0 and self.last_used is not None and self.clock() - self.last_used >= idle_seconds
+        )
+
+
+class ModelUnit:
+    """A model unit's state and the only way to run work on its model."""
+
+    def __init__(
+        self,
+        name: str,
+        engine: Engine,
+        observer: UnitObserver,
+        clock: Callable[[], float],
+        *,
+        load_timeout: float,
+        decode_timeout: float | None = None,
+        max_queued: int | None = None,
+        preflight: Callable[[], str | None] = lambda: None,
+        before_load: Callable[[ModelUnit], Awaitable[None]] | None = None,
+        on_load_failure: Callable[[str, str], None] | None = None,
+    ) -> None:
+        self.name = name
+        self.engine = engine
+        self.observer = observer
+        self.clock = clock
+        self.load_timeout = load_timeout
+        self.max_queued = max_queued
+        self.preflight = preflight  # why a load is bound to fail (weights unreachable), if it is
+        self.before_load = before_load  # residency policy: make room for this unit
+        self.on_load_failure = on_load_failure
+        # The engine says how many clips one decode call takes well (the CUDA
+        # engine's largest captured bucket); engines that do not say get the default.
+        self.worker = UnitScheduler(
+            name,
+            max_batch=getattr(engine, "max_batch", DEFAULT_MAX_BATCH),
+            on_run=lambda priority, sec: observer.ran(name, priority, sec),
+            run_timeout=decode_timeout,
+        )
+        self.model: Any = None
+        self.usage = UnitUsage(clock)
+        self.loading: asyncio.Task[None] | None = None
+        self.stuck_load: asyncio.Future[Any] | None = None
+        self.evicting: asyncio.Task[None] | None = None
+        self.bound: set[asyncio.Future[Any]] = set()  # queued or running work on ``model``
+        self.last_error: str | None = None
+        self.loads = 0
+        self.evictions = 0
+        self.load_seconds: float | None = None
+
+    # -- leases ----------------------------------------------------------
+
+    @asynccontextmanager
+    async def lease(self, *, use: bool = True, resident_only: bool = False) -> AsyncIterator[None]:
+        """Hold the unit resident for the block, loading it first if needed.
+
+        ``use=False`` leaves the idle clock alone (health probes are not use);
+        ``resident_only`` raises :class:`NotResident` instead of loading.
+        """
+        if resident_only and self.model is None:
+            raise NotResident(self.name)
+        self.usage.acquire(use)
+        try:
+            if not resident_only:
+                await self.ensure()
+            if use:
+                self.usage.touch()
+            yield
+        finally:
+            self.usage.release(use)
+
+    @asynccontextmanager
+    async def hold(self) -> AsyncIterator[None]:
+        """Keep the unit from idle eviction for the block without loading it
+        (a live dictation: the first decode that needs the unit loads it)."""
+        self.usage.acquire(use=True)
+        try:
+            yield
+        finally:
+            self.usage.release(use=True)
+
+    # -- work --------------------------------------------------------------
+
+    async def run(self, fn: Callable[[Any], Any], priority: Priority, **lease: bool) -> Any:
+        """Run ``fn(model)`` on the unit's thread under a lease."""
+        async with self.lease(**lease):
+            model = await self._model_for_work(priority, lease.get("resident_only", False), shed=False)
+            return await self._bind(self.worker.submit(lambda: fn(model), priority))
+
+    async def run_batched(
+        self,
+        key: str,
+        batch_fn: Callable[[Any, list[Any], Callable[[], bool] | None], list[Any]],
+        payload: Any,
+        priority: Priority,
+        replace_key: str | None = None,
+        **lease: bool,
+    ) -> Any:
+        """Queue ``payload`` for ``batch_fn(model, payloads, should_stop)``,
+        batched with other queued payloads of the same key and priority (see
+        :meth:`UnitScheduler.submit_batched` for ``replace_key``). Work below
+        commit priority (partials, probes) is preemptible: ``should_stop``
+        tells the engine that something more urgent waits. Batches and commits
+        yield to a waiting final and then run again from the queue."""
+        requeue = priority in (Priority.BATCH, Priority.COMMIT)
+        stop = self.worker.stop_check(priority)
+        async with self.lease(**lease):
+            model = await self._model_for_work(priority, lease.get("resident_only", False), shed=True)
+            run: BatchFn = lambda payloads: batch_fn(model, payloads, stop)  # noqa: E731
+            submitted = self.worker.submit_batched(key, run, payload, priority, replace_key, requeue)
+            return await self._bind(submitted)
+
+    async def _model_for_work(self, priority: Priority, resident_only: bool, shed: bool) -> Any:
+        """The model new work binds to, loading it if an eviction took it since
+        the lease began; admission to a full queue is decided here."""
+        while self.model is None:
+            if resident_only:
+                raise NotResident(self.name)
+            await self.ensure()
+        if self.max_queued is not None:
+            self.worker.admit(priority, self.max_queued, shed)
+        return self.model
+
+    def _bind(self, future: asyncio.Future[Any]) -> asyncio.Future[Any]:
+        self.bound.add(future)
+        future.add_done_callback(self.bound.discard)
+        return future
+
+    # -- loading -----------------------------------------------------------
+
+    async def ensure(self) -> None:
+        """Make the model resident: wait out an eviction, then load (once)."""
+        while self.model is None:
+            if self.evicting is not None:
+                await asyncio.shield(self.evicting)
+                continue
+            if self.loading is None:
+                if self.stuck_load is not None:
+                    self._adopt_stuck_load()
+                    continue
+                self.loading = asyncio.get_running_loop().create_task(self._load())
+            await asyncio.shield(self.loading)
+
+    def _adopt_stuck_load(self) -> None:
+        """A load that outlived its timeout: use its model if it finished since."""
+        stuck = self.stuck_load
+        assert stuck is not None
+        if not stuck.done():
+            raise ModelUnavailable(
+                f"{self.name} model unavailable: an earlier load has not finished "
+                f"after {self.load_timeout:g} s"
+            )
+        self.stuck_load = None
+        if stuck.cancelled() or stuck.exception() is not None:
+            return
+        self.model = stuck.result()
+        self.loads += 1
+        self.observer.loaded(self.name, None)
+
+    async def _load(self) -> None:
+        try:
+            reason = await asyncio.to_thread(self.preflight)
+            if reason is not None:
+                self._failed(reason)
+            if self.before_load is not None:
+                await self.before_load(self)
+            started = self.clock()
+            future = self.worker.submit(lambda: self.engine.load(self.name), Priority.CONTROL)
+            try:
+                model = await asyncio.wait_for(asyncio.shield(future), self.load_timeout)
+            except TimeoutError:
+                self.stuck_load = future
+                self._failed(f"load did not finish within {self.load_timeout:g} s")
+            except Exception as exc:  # noqa: BLE001 - any loader failure is "unavailable"
+                self._failed(f"{type(exc).__name__}: {exc}")
+            self.model = model
+            self.loads += 1
+            self.load_seconds = round(self.clock() - started, 3)
+            self.last_error = None
+            self.usage.touch()
+            self.observer.loaded(self.name, self.load_seconds)
+            log.info("loaded %s in %.2f s", self.name, self.load_seconds)
+        finally:
+            self.loading = None
+
+    def _failed(self, reason: str) -> None:
+        """Record and raise a failed load; the log gets each new reason once
+        (every request retries the load, and an offline server sees many)."""
+        if reason != self.last_error:
+            log.error("loading %s failed: %s", self.name, reason)
+        self.last_error = reason
+        if self.on_load_failure is not None:
+            self.on_load_failure(self.name, reason)
+        raise ModelUnavailable(f"{self.name} model unavailable: {reason}")
+
+    # -- eviction ----------------------------------------------------------
+
+    async def evict(self) -> bool:
+        """Take the model from new work now; free it once its bound work is done.
+
+        Returns whether this call evicted a resident model. Waits for the
+        eviction (this one or one already under way) to finish.
+        """
+        if self.model is None:
+            if self.evicting is not None:
+                await asyncio.shield(self.evicting)
+            return False
+        holder, self.model = [self.model], None
+        self.usage.last_used = None
+        self.evictions += 1
+        self.observer.evicted(self.name)
+        self.evicting = asyncio.get_running_loop().create_task(self._free(holder, set(self.bound)))
+        await asyncio.shield(self.evicting)
+        return True
+
+    async def _free(self, holder: list[Any], bound: set[asyncio.Future[Any]]) -> None:
+        """After the work bound to the old model: drop it on the unit's thread."""
+        try:
+            if bound:
+                await asyncio.wait(bound)
+
+            def release() -> None:
+                holder.clear()
+                gc.collect()
+                self.engine.empty_cache()
+                _trim_heap()
+
+            await self.worker.submit(release, Priority.CONTROL)
+            log.info("evicted %s", self.name)
+        finally:
+            self.evicting = None
+
+    # -- status --------------------------------------------------------------
+
+    def idle_for(self) -> float | None:
+        return None if self.model is None else self.usage.idle_for()
+
+    def state(self) -> dict[str, Any]:
+        """This unit's detail for ``/health``'s ``manager.unit_state``."""
+        return {
+            "resident": self.model is not None,
+            "leases": self.usage.leases,
+            "idle_for": self.idle_for(),
+            "loads": self.loads,
+            "evictions": self.evictions,
+            "load_seconds": self.load_seconds,
+            "queue_depth": self.worker.depth(),
+            "last_error": self.last_error,
+        }
