@@ -1,5 +1,4 @@
-"""What can go wrong in an alignment request; the HTTP layer maps each class to its status.
-"""
+"""What can go wrong in an alignment request; the HTTP layer maps each class to its status."""
 
 from __future__ import annotations
 

@@ -25,7 +25,7 @@ from polyasr.core.languages import ALIGNER_NAMES
 from polyasr.core.text import join_texts
 from polyasr.models.manager import AsrModelManager, ModelBusy
 from polyasr.models.scheduler import DecodeTimeout, Priority, ServerBusy
-from polyasr.models.transcriber import DecodeRequest, Transcriber
+from polyasr.models.transcriber import Transcriber, TranscribeRequest
 from polyasr.models.unit import ModelUnavailable
 
 T = TypeVar("T")
@@ -142,7 +142,9 @@ class Aligner:
         async with self.manager.lease("asr"):
             results = await _all(
                 [
-                    _named(c.label, self.transcriber.transcribe(c.samples, DecodeRequest(language=language)))
+                    _named(
+                        c.label, self.transcriber.transcribe(c.samples, TranscribeRequest(language=language))
+                    )
                     for c in chunks
                 ]
             )

@@ -2,8 +2,9 @@
 
 ``create_app(engine, settings, base_dir)`` builds the FastAPI app that both
 entry points (``server.py`` for MLX, ``cuda/server.py`` for CUDA) serve. It
-only wires: the service objects are built in the lifespan
-(polyasr.api.services), each API family is a router (polyasr_routes_*), and
+only wires: the service objects are built first, in dependency order, and
+started in the lifespan
+(polyasr.api.services), each API family is a router (polyasr.api.routes), and
 what every request shares — access checks, upload limit, metrics, error
 mapping — is one middleware or handler each (polyasr.api.access, polyasr.api.http).
 """
@@ -24,7 +25,6 @@ from starlette.middleware.cors import CORSMiddleware
 from polyasr.api.access import AccessGuard, AccessPolicy, KeyGuard, cors_options, warn_if_open
 from polyasr.api.drain import Drain, DrainGuard, DrainingServer
 from polyasr.api.http import RequestMetrics, UploadLimit, install_error_handlers
-from polyasr.api.metrics import Metrics
 from polyasr.api.routes import align, dictation, openai, ops
 from polyasr.api.routes.ops import VERSION, web_assets
 from polyasr.api.services import build_services
@@ -39,18 +39,11 @@ FAMILIES = (ops, openai, align, dictation)
 def create_app(engine: Engine, settings: Settings, base_dir: Path) -> FastAPI:
     """The whole HTTP and WebSocket contract around ``engine``."""
 
-    def queue_depth(unit: str) -> int | None:
-        services = getattr(app.state, "services", None)
-        return None if services is None else services.manager.queue_depth(unit)
-
-    metrics = Metrics(queue_depth=queue_depth, engine_memory=engine.memory_mib)
-    drain = Drain(settings.shutdown_grace_sec)
+    services = build_services(engine, settings, base_dir)
+    drain = Drain(settings.shutdown_grace_sec, services.live.registry)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        services = await build_services(engine, settings, base_dir, metrics)
-        app.state.services = services
-        drain.sessions = services.stream.registry
         await services.start()
         try:
             yield
@@ -58,6 +51,7 @@ def create_app(engine: Engine, settings: Settings, base_dir: Path) -> FastAPI:
             await services.close()
 
     app = FastAPI(title=f"polyasr ({engine.backend.upper()})", version=VERSION, lifespan=lifespan)
+    app.state.services = services
     app.state.drain = drain
     install_error_handlers(app)
     for family in FAMILIES:
@@ -75,7 +69,7 @@ def create_app(engine: Engine, settings: Settings, base_dir: Path) -> FastAPI:
     app.add_middleware(KeyGuard, policy=policy)
     app.add_middleware(CORSMiddleware, **cors_options(policy))
     app.add_middleware(AccessGuard, policy=policy)
-    app.add_middleware(RequestMetrics, metrics=metrics, routes=templated)
+    app.add_middleware(RequestMetrics, metrics=services.metrics, routes=templated)
     return app
 
 

@@ -56,11 +56,11 @@ class Sessions(Protocol):
 class Drain:
     """Whether the process is draining, and what is still in flight."""
 
-    def __init__(self, grace_sec: float) -> None:
+    def __init__(self, grace_sec: float, sessions: Sessions) -> None:
         self.grace_sec = grace_sec
+        self.sessions = sessions
         self.draining = False
         self.requests = 0  # HTTP requests admitted and not yet answered
-        self.sessions: Sessions | None = None  # set once the lifespan built them
 
     @property
     def retry_after(self) -> int:
@@ -69,22 +69,20 @@ class Drain:
 
     def begin(self) -> None:
         self.draining = True
-        if self.sessions is not None:
-            self.sessions.stop_admitting()
+        self.sessions.stop_admitting()
 
     def busy(self) -> bool:
-        return self.requests > 0 or (self.sessions is not None and self.sessions.driven() > 0)
+        return self.requests > 0 or self.sessions.driven() > 0
 
     async def run(self) -> None:
         """Begin, wait for the work in flight (up to the grace), then cut live sessions."""
         self.begin()
         log.info("draining: up to %gs for finals and running requests", self.grace_sec)
         await self._wait(self.grace_sec)
-        if self.sessions is not None:
-            cut = self.sessions.shut_down_all()
-            if cut:
-                log.info("draining: %d live session(s) told to resume after the restart", cut)
-                await self._wait(CLOSE_WAIT_SEC)
+        cut = self.sessions.shut_down_all()
+        if cut:
+            log.info("draining: %d live session(s) told to resume after the restart", cut)
+            await self._wait(CLOSE_WAIT_SEC)
         log.info("drained")
 
     async def _wait(self, seconds: float) -> None:

@@ -25,6 +25,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 
 from polyasr.core.engine import UNITS
 from polyasr.models.scheduler import Priority
+from polyasr.models.unit import UnitObserver
 
 MIB = 1_048_576
 # A partial on a small model takes tens of ms; a long upload on a CPU, a minute.
@@ -70,8 +71,8 @@ class _ReadAtScrape:
         yield engine
 
 
-class Metrics:
-    """One app's metrics; also the model manager's observer."""
+class Metrics(UnitObserver):
+    """One app's metrics; subscribed to the model units as their observer."""
 
     def __init__(
         self, queue_depth: Callable[[str], int | None], engine_memory: Callable[[], dict[str, float]]
@@ -116,7 +117,7 @@ class Metrics:
         """The text format body and its content type."""
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
 
-    # -- ManagerObserver -------------------------------------------------
+    # -- UnitObserver ----------------------------------------------------
 
     def loaded(self, unit: str, seconds: float | None) -> None:
         self.loads.labels(unit).inc()

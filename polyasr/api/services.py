@@ -26,13 +26,13 @@ from polyasr.audio.decoding import AudioDecodeError, decode_audio
 from polyasr.audio.speech import SpeakerGate, shared_speaker_filter, shared_vad
 from polyasr.core.config import Settings, settings_view
 from polyasr.core.engine import Engine
-from polyasr.dictation.recognizer import StreamSettings
-from polyasr.live.basr.services import StreamServices
+from polyasr.dictation.recognizer import DictationSettings
+from polyasr.live.basr.services import LiveServices
 from polyasr.live.basr.sessions import SessionRegistry
 from polyasr.live.basr.wire import WsLimits
 from polyasr.models.health import HealthMonitor
 from polyasr.models.manager import AsrModelManager, ModelBusy
-from polyasr.models.transcriber import StreamDecoder, Transcriber
+from polyasr.models.transcriber import DictationDecoder, Transcriber
 from polyasr.models.unit import ModelUnavailable
 
 log = logging.getLogger("polyasr")
@@ -52,21 +52,29 @@ class Services:
     transcriber: Transcriber
     aligner: Aligner
     archives: Archives
-    stream: StreamServices
+    live: LiveServices
+    probe_clip: Any
     _tasks: list[asyncio.Task[Any]] = field(default_factory=list, init=False)
 
     async def start(self) -> None:
-        """Preload the asr unit (a failure only degrades), start the probe,
+        """Load VAD and the speaker encoder (cheap to fail on, unlike a model),
+        preload the asr unit (a failure only degrades), then start the probe,
         the idle sweep, the session pruner and the archives (recovery, retention)."""
+        await asyncio.to_thread(shared_vad)
+        speaker = await asyncio.to_thread(shared_speaker_filter)
+        if self.probe_clip is not None:
+            # The first embedding pays one-off costs (JIT-compiled resampling in
+            # Resemblyzer's preprocessing): pay them now, not in a user's first stop.
+            await asyncio.to_thread(speaker.embed, self.probe_clip)
         try:
             async with self.manager.lease("asr"):
                 pass
         except (ModelUnavailable, ModelBusy) as exc:
             log.error("preloading asr failed; serving degraded: %s", exc)
-        await self.health.start(self.transcriber.transcribe)
+        await self.health.start()
         self.manager.start()
         loop = asyncio.get_running_loop()
-        self._tasks.append(loop.create_task(self.stream.registry.prune_forever()))
+        self._tasks.append(loop.create_task(self.live.registry.prune_forever()))
         await self.archives.start()
 
     async def close(self) -> None:
@@ -90,38 +98,30 @@ def build_archives(settings: Settings, engine: Engine, base_dir: Path) -> Archiv
     return Archives(settings.log_root(base_dir), engine.backend, engine.model_id, settings)
 
 
-def stream_settings(settings: Settings, engine: Engine) -> StreamSettings:
+def dictation_settings(settings: Settings, engine: Engine) -> DictationSettings:
     """Dictation knobs; native streaming only where the engine can do it."""
     if settings.native_streaming and not engine.supports_native_streaming:
         log.warning("POLYASR_NATIVE_STREAMING is set but this engine cannot stream natively; ignored")
     native = settings.native_streaming and engine.supports_native_streaming
-    return settings_view(StreamSettings, settings, native=native)
+    return settings_view(DictationSettings, settings, native=native)
 
 
-async def build_stream_services(
+def build_live_services(
     settings: Settings,
     engine: Engine,
-    manager: AsrModelManager,
     transcriber: Transcriber,
     archives: Archives,
     health: HealthMonitor,
-    probe_clip: Any,
-) -> StreamServices:
-    """What dictation connections need. VAD and speaker encoder load here,
-    before any model: they are cheap to fail on, unlike a model load."""
-    vad = await asyncio.to_thread(shared_vad)
-    speaker = await asyncio.to_thread(shared_speaker_filter)
-    if probe_clip is not None:
-        # The first embedding pays one-off costs (JIT-compiled resampling in
-        # Resemblyzer's preprocessing): pay them now, not in a user's first stop.
-        await asyncio.to_thread(speaker.embed, probe_clip)
-    return StreamServices(
+) -> LiveServices:
+    """What live connections need. The VAD and the speaker encoder are
+    process-wide and load once, when :meth:`Services.start` first asks."""
+    return LiveServices(
         registry=SessionRegistry.from_settings(settings, archives.root),
-        decoder=StreamDecoder(transcriber),
-        manager=manager,
-        settings=stream_settings(settings, engine),
-        new_vad=vad.new_stream,
-        new_speaker=lambda: SpeakerGate(speaker),
+        decoder=DictationDecoder(transcriber),
+        manager=transcriber.manager,
+        settings=dictation_settings(settings, engine),
+        new_vad=lambda: shared_vad().new_stream(),
+        new_speaker=lambda: SpeakerGate(shared_speaker_filter()),
         new_log=archives.new_connection,
         limits=WsLimits.from_settings(settings),
         on_session_end=health.record_session,
@@ -137,9 +137,13 @@ def load_probe_clip() -> Any:
         return None
 
 
-async def build_services(engine: Engine, settings: Settings, base_dir: Path, metrics: Metrics) -> Services:
-    """Every service object of one app, wired together (nothing started yet)."""
-    health: HealthMonitor
+def build_services(engine: Engine, settings: Settings, base_dir: Path) -> Services:
+    """Every service object of one app, built in dependency order (nothing started yet).
+
+    Observers subscribe themselves as they are built: the metrics and the
+    health monitor to the model units, the health monitor to the texts the
+    transcriber produces.
+    """
     manager = AsrModelManager(
         engine,
         coload=settings.coload,
@@ -147,12 +151,12 @@ async def build_services(engine: Engine, settings: Settings, base_dir: Path, met
         load_timeout=settings.load_timeout_sec,
         decode_timeout=settings.decode_timeout_sec,
         max_queued=settings.max_queued_decodes,
-        on_load_failure=lambda unit, reason: health.on_load_failure(unit, reason),
-        observer=metrics,
     )
+    metrics = Metrics(queue_depth=manager.queue_depth, engine_memory=engine.memory_mib)
+    manager.observers.subscribe(metrics)
+    transcriber = Transcriber(engine, manager, settings)
     probe_clip = load_probe_clip()
-    health = HealthMonitor(settings, manager, engine.model_id, probe_clip)
-    transcriber = Transcriber(engine, manager, settings, on_text=health.record_text)
+    health = HealthMonitor(settings, manager, transcriber, engine.model_id, probe_clip)
     archives = build_archives(settings, engine, base_dir)
     return Services(
         settings=settings,
@@ -163,7 +167,6 @@ async def build_services(engine: Engine, settings: Settings, base_dir: Path, met
         transcriber=transcriber,
         aligner=Aligner(engine, manager, transcriber),
         archives=archives,
-        stream=await build_stream_services(
-            settings, engine, manager, transcriber, archives, health, probe_clip
-        ),
+        live=build_live_services(settings, engine, transcriber, archives, health),
+        probe_clip=probe_clip,
     )

@@ -17,6 +17,7 @@ from typing import Protocol
 
 import numpy as np
 
+from polyasr.audio.speech import SpeakerDecision, VadStream
 from polyasr.core.constants import COMMIT_SILENCE_WINDOWS, SAMPLE_RATE, VAD_THRESHOLD, WINDOW_SAMPLES
 
 MIN_SPEAKER_CHECK_SEC = 0.3
@@ -25,19 +26,11 @@ MIN_SPEAKER_CHECK_SEC = 0.3
 MAX_CHUNK_WINDOWS = round(30.0 * SAMPLE_RATE / WINDOW_SAMPLES)
 
 
-class VadStream(Protocol):
-    def window_probs(self, samples: np.ndarray) -> list[float]: ...
+class SpeakerCheck(Protocol):
+    """What the gate asks of a speaker filter: one session's :class:`SpeakerGate`,
+    or a Realtime connection's gate shared by its turns."""
 
-
-class SpeakerVerdict(Protocol):
-    accepted: bool
-    similarity: float | None
-    enrolled: bool
-    embedded: bool
-
-
-class SpeakerGate(Protocol):
-    def check(self, samples: np.ndarray) -> SpeakerVerdict: ...
+    def check(self, samples: np.ndarray) -> SpeakerDecision: ...
 
 
 @dataclass
@@ -95,7 +88,7 @@ class SpeechGate:
     """VAD windows → chunks → speaker filter, for one session."""
 
     vad: VadStream
-    speaker: SpeakerGate
+    speaker: SpeakerCheck
     log: Callable[..., None] = _no_log
     windows: VadWindows = field(init=False)
     pending: list[np.ndarray] = field(default_factory=list)

@@ -33,8 +33,8 @@ from polyasr.core.constants import SAMPLE_RATE
 from polyasr.core.engine import Preempted, Transcript
 from polyasr.core.text import join_text
 from polyasr.dictation.gate import Chunk
-from polyasr.models.scheduler import Priority
-from polyasr.models.transcriber import DecodeRequest
+from polyasr.models.scheduler import JobSlot, Priority
+from polyasr.models.transcriber import TranscribeRequest
 from polyasr.models.unit import ModelUnavailable
 
 MIN_DECODE_SEC = 0.3  # shorter raw audio is not worth a fallback decode
@@ -51,9 +51,7 @@ Emit = Callable[[str, dict[str, Any]], Awaitable[None]]
 class SessionDecoder(Protocol):
     """How a session reaches the model (the scheduler, in production)."""
 
-    async def decode(self, samples: np.ndarray, request: DecodeRequest) -> Transcript: ...
-
-    def is_queued(self, replace_key: str) -> bool: ...
+    async def decode(self, samples: np.ndarray, request: TranscribeRequest) -> Transcript: ...
 
     async def native_open(self, *, context: str, language: str | None, chunk_sec: float) -> Any: ...
 
@@ -63,7 +61,7 @@ class SessionDecoder(Protocol):
 
 
 @dataclass(frozen=True)
-class StreamSettings:
+class DictationSettings:
     partials_enabled: bool = False
     partial_interval_sec: float = 0.6
     partial_min_delta_sec: float = 0.5
@@ -133,15 +131,15 @@ class Hints:
     context: str = ""
     language: str | None = None
 
-    def request(self, priority: Priority, **steer: Any) -> DecodeRequest:
-        return DecodeRequest(language=self.language, context=self.context, priority=priority, **steer)
+    def request(self, priority: Priority, **steer: Any) -> TranscribeRequest:
+        return TranscribeRequest(language=self.language, context=self.context, priority=priority, **steer)
 
 
 @dataclass
 class RecognizerBase:
     """What both recognizers share: the raw tail, partial bookkeeping, the fallbacks."""
 
-    settings: StreamSettings
+    settings: DictationSettings
     hints: Hints
     clock: Callable[[], float] = time.monotonic
     log: Callable[..., None] = _no_log
@@ -209,6 +207,10 @@ class IncrementalRecognizer(RecognizerBase):
     partial_done_at: float = 0.0
     partial_task: asyncio.Task[None] | None = None
     commit_task: asyncio.Task[None] | None = None
+    # This session's places in the unit's queue: a newer partial replaces a
+    # queued older one, and each slot says whether its job still waits.
+    partial_slot: JobSlot = field(default_factory=JobSlot)
+    commit_slot: JobSlot = field(default_factory=JobSlot)
     commit_failures: int = 0
     commit_retry_at: float = 0.0
 
@@ -229,25 +231,19 @@ class IncrementalRecognizer(RecognizerBase):
 
     # -- stable prefix -----------------------------------------------------
 
-    def _commit_key(self) -> str:
-        return f"commit:{id(self)}"
-
-    def _partial_key(self) -> str:
-        return f"partial:{id(self)}"
-
     def _maybe_commit(self, decoder: SessionDecoder) -> None:
         if self.commit_task is not None or self.clock() < self.commit_retry_at:
             return
         chunks = list(self.uncommitted)
         if sum(c.seconds for c in chunks) < self.settings.stable_commit_min_sec:
             return
-        self._drop_queued_partial(decoder)  # it would run after the commit, re-hearing what it covers
+        self._drop_queued_partial()  # it would run after the commit, re-hearing what it covers
         self.commit_task = asyncio.get_running_loop().create_task(self._commit(decoder, chunks))
 
     async def _commit(self, decoder: SessionDecoder, chunks: list[Chunk]) -> None:
         started = self.clock()
         try:
-            request = self.hints.request(Priority.COMMIT, replace_key=self._commit_key())
+            request = self.hints.request(Priority.COMMIT, slot=self.commit_slot)
             result = await decoder.decode(glue(chunks), request)
         except asyncio.CancelledError:
             return  # the stop came first: the final decodes these chunks itself
@@ -294,7 +290,7 @@ class IncrementalRecognizer(RecognizerBase):
             return
         s = self.settings
         in_flight = self.partial_task is not None and not self.partial_task.done()
-        if in_flight and not decoder.is_queued(self._partial_key()):
+        if in_flight and not self.partial_slot.queued:
             return  # one is being decoded; a queued one could be replaced instead
         if (self.signal_samples - self.partial_signal_mark) < s.partial_min_delta_sec * SAMPLE_RATE:
             return
@@ -312,14 +308,19 @@ class IncrementalRecognizer(RecognizerBase):
         # With a prefix only the new audio (plus the rolled-back words) is written out.
         budget_sec = min(seconds, new_sec + 1.0) if prefix else seconds
         request = self.hints.request(
-            Priority.PARTIAL, prefix=prefix, replace_key=self._partial_key(), budget_sec=budget_sec
+            Priority.PARTIAL, prefix=prefix, slot=self.partial_slot, budget_sec=budget_sec
         )
         self.partial_task = asyncio.get_running_loop().create_task(
             self._partial(decoder, audio, request, self.stable_text, self.stable_end)
         )
 
     async def _partial(
-        self, decoder: SessionDecoder, audio: np.ndarray, request: DecodeRequest, stable: str, tail_start: int
+        self,
+        decoder: SessionDecoder,
+        audio: np.ndarray,
+        request: TranscribeRequest,
+        stable: str,
+        tail_start: int,
     ) -> None:
         seconds = round(len(audio) / SAMPLE_RATE, 3)
         if self.closing:  # scheduled just before the stop: the device is the final's now
@@ -359,7 +360,7 @@ class IncrementalRecognizer(RecognizerBase):
             self.uncommitted.append(tail)
         commit = self.commit_task
         if commit is not None:
-            if decoder.is_queued(self._commit_key()):
+            if self.commit_slot.queued:
                 commit.cancel()  # not started: one final decode is cheaper than two in a row
             with contextlib.suppress(Exception, asyncio.CancelledError):
                 await commit
@@ -390,12 +391,12 @@ class IncrementalRecognizer(RecognizerBase):
                 await partial
             return
         self.log("final_skip_partial")
-        self._drop_queued_partial(decoder)
+        self._drop_queued_partial()
 
-    def _drop_queued_partial(self, decoder: SessionDecoder) -> None:
+    def _drop_queued_partial(self) -> None:
         """Cancel the partial if it has not started decoding: the commit or the
         final about to be queued runs before it and covers its audio anyway."""
-        if self.partial_task is not None and decoder.is_queued(self._partial_key()):
+        if self.partial_task is not None and self.partial_slot.queued:
             self.partial_task.cancel()
 
     def cancel(self) -> None:

@@ -24,9 +24,11 @@ from typing import Any
 
 import numpy as np
 
+from polyasr.audio.speech import VadStream
 from polyasr.core.constants import SAMPLE_RATE
-from polyasr.dictation.gate import SpeakerGate, SpeechGate, VadStream
+from polyasr.dictation.gate import SpeakerCheck, SpeechGate
 from polyasr.dictation.recognizer import (
+    DictationSettings,
     Emit,
     FinalResult,
     Hints,
@@ -34,7 +36,6 @@ from polyasr.dictation.recognizer import (
     NativeRecognizer,
     Recognizer,
     SessionDecoder,
-    StreamSettings,
 )
 
 
@@ -48,8 +49,8 @@ class DictationSession:
     def __init__(
         self,
         vad: VadStream,
-        speaker: SpeakerGate,
-        settings: StreamSettings,
+        speaker: SpeakerCheck,
+        settings: DictationSettings,
         context: str = "",
         language: str | None = None,
         clock: Callable[[], float] = time.monotonic,

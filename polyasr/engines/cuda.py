@@ -266,4 +266,3 @@ def _through_stop(ids: list[int]) -> list[int]:
     """``ids`` up to and including the first stop token."""
     ends = [i for i, token in enumerate(ids) if token in EOS_IDS]
     return ids[: ends[0] + 1] if ends else ids
-

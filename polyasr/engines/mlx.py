@@ -161,4 +161,3 @@ class MlxEngine:
             "dtype": self.dtype_name,
             "memory_mb": self.memory_mib(),
         }
-

@@ -24,6 +24,8 @@ class ProtocolError(Exception):
         self.message = message
         self.log_fields = log_fields
         self.close_code = CLOSE_CODES.get(code, CLOSE_PROTOCOL)
+
+
 SERVER_BUSY = ("server_busy", "too many live ASR sessions; retry later")
 # ▲ shutdown drain (issue 8 §6): refused at start (1013), or cut after the grace (1012)
 SHUTTING_DOWN = ("server_shutting_down", "the server is shutting down; resume after it restarts")

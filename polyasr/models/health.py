@@ -23,19 +23,19 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from polyasr.core.config import Settings
-from polyasr.core.engine import Preempted, Transcript
+from polyasr.core.engine import Preempted
 from polyasr.core.weights import check_weights
 from polyasr.models.manager import AsrModelManager
 from polyasr.models.scheduler import DecodeTimeout
-from polyasr.models.transcriber import DecodeRequest
-from polyasr.models.unit import ModelUnavailable, NotResident
+from polyasr.models.transcriber import Transcriber, TranscribeRequest
+from polyasr.models.unit import ModelUnavailable, NotResident, UnitObserver
 
 log = logging.getLogger("polyasr.health")
 
@@ -57,18 +57,18 @@ class LiveState:
     reloads: int = 0
 
 
-Transcribe = Callable[..., Awaitable[Transcript]]
 # How often a requested live reload looks for an idle gap.
 LIVE_IDLE_POLL_SEC = 0.5
 
 
-class HealthMonitor:
+class HealthMonitor(UnitObserver):
     """Weights checks, the streaming probe, and the derived ``status``."""
 
     def __init__(
         self,
         settings: Settings,
         manager: AsrModelManager,
+        transcriber: Transcriber,
         model_id: str,
         probe_clip: np.ndarray | None,
         exit_process: Callable[[int], None] = os._exit,
@@ -76,6 +76,7 @@ class HealthMonitor:
     ) -> None:
         self.settings = settings
         self.manager = manager
+        self.transcriber = transcriber
         self.model_id = model_id
         self.probe_clip = probe_clip
         self.exit_process = exit_process
@@ -85,7 +86,8 @@ class HealthMonitor:
         self.probe = ProbeState()
         self.live = LiveState()
         self._tasks: list[asyncio.Task[None]] = []
-        self._transcribe: Transcribe | None = None
+        manager.observers.subscribe(self)  # load failures
+        transcriber.listeners.append(self.record_text)
 
     @property
     def probe_enabled(self) -> bool:
@@ -156,17 +158,19 @@ class HealthMonitor:
             log.warning("weights for %s present=%s (%s)", self.model_id, present, detail)
         self.weights_present, self.weights_detail = present, detail
 
-    def on_load_failure(self, unit: str, reason: str) -> None:
+    def load_failed(self, unit: str, reason: str) -> None:
         """A real load failed: re-check the weights right away."""
         asyncio.get_running_loop().create_task(self.check_weights_now())
 
     async def run_probe(self) -> None:
         """Decode the probe clip through the live asr unit, if it is resident."""
-        assert self._transcribe is not None and self.probe_clip is not None
+        assert self.probe_clip is not None
         try:
             # The clip is English speech; pinning that keeps the probe about
             # "does the model produce text", not about language detection.
-            result = await self._transcribe(self.probe_clip, DecodeRequest(language="English", probe=True))
+            result = await self.transcriber.transcribe(
+                self.probe_clip, TranscribeRequest(language="English", probe=True)
+            )
         except (NotResident, Preempted):
             return  # evicted (never reload to probe), or real work needed the device
         except (ModelUnavailable, DecodeTimeout) as exc:
@@ -200,9 +204,8 @@ class HealthMonitor:
 
     # -- loops -------------------------------------------------------------
 
-    async def start(self, transcribe: Transcribe) -> None:
+    async def start(self) -> None:
         """Check weights and probe once now, then keep doing so on timers."""
-        self._transcribe = transcribe
         await self.check_weights_now()
         loop = asyncio.get_running_loop()
         if self.settings.weights_check_interval_sec > 0:

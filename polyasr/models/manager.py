@@ -19,7 +19,7 @@ from typing import Any
 from polyasr.core.engine import UNITS, Engine
 from polyasr.core.weights import unfetchable
 from polyasr.models.scheduler import Priority
-from polyasr.models.unit import ModelUnavailable, ModelUnit, UnitObserver
+from polyasr.models.unit import ModelUnavailable, ModelUnit, UnitObservers
 
 log = logging.getLogger("polyasr.manager")
 
@@ -30,24 +30,11 @@ BUSY_WAIT_SEC = 10.0
 # The setting that names each unit's model, for the "where are the weights" hint.
 MODEL_SETTINGS = {"asr": "POLYASR_MODEL", "align": "POLYASR_ALIGNER_MODEL"}
 
-ManagerObserver = UnitObserver
-
 
 class ModelBusy(RuntimeError):
     """One-resident mode and another unit is in use; retry shortly."""
 
     retry_after = 5
-
-
-class _Unobserved:
-    def loaded(self, unit: str, seconds: float | None) -> None:
-        pass
-
-    def evicted(self, unit: str) -> None:
-        pass
-
-    def ran(self, unit: str, priority: Priority, seconds: float) -> None:
-        pass
 
 
 class AsrModelManager:
@@ -62,27 +49,26 @@ class AsrModelManager:
         load_timeout: float,
         decode_timeout: float | None = None,
         max_queued: int | None = None,
-        on_load_failure: Callable[[str, str], None] | None = None,
-        observer: ManagerObserver | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.engine = engine
         self.coload = coload
         self.idle_seconds = idle_seconds
         self.clock = clock
+        # Metrics and health subscribe themselves here once they are built.
+        self.observers = UnitObservers()
         model_ids = {"asr": engine.model_id, "align": engine.aligner_id}
         self._units = {
             name: ModelUnit(
                 name,
                 engine,
-                observer or _Unobserved(),
+                self.observers,
                 clock,
                 load_timeout=load_timeout,
                 decode_timeout=decode_timeout,
                 max_queued=max_queued,
                 preflight=lambda name=name: unfetchable(model_ids[name], MODEL_SETTINGS[name]),
                 before_load=None if coload else self._make_room,
-                on_load_failure=on_load_failure,
             )
             for name in UNITS
         }
@@ -125,9 +111,6 @@ class AsrModelManager:
     def unit(self, name: str) -> ModelUnit:
         """The unit itself, for batched work (:meth:`ModelUnit.run_batched`)."""
         return self._units[name]
-
-    def is_queued(self, name: str, replace_key: str) -> bool:
-        return self._units[name].worker.is_queued(replace_key)
 
     # -- residency policy ------------------------------------------------
 

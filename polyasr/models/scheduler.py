@@ -76,12 +76,26 @@ def _as_exception(exc: BaseException) -> Exception:
     return wrapped
 
 
+class JobSlot:
+    """A caller's standing place in a unit's queue, one per kind of work it
+    repeats (a dictation session's partials, its commits): a newer job in the
+    slot replaces a queued older one, and :attr:`queued` says whether one
+    still waits. The caller holds the slot; the scheduler keeps the count."""
+
+    def __init__(self) -> None:
+        self.waiting = 0  # jobs of this slot in the queue (changed under the scheduler's lock)
+
+    @property
+    def queued(self) -> bool:
+        return self.waiting > 0
+
+
 @dataclass(order=True)
 class _Job:
     priority: int
     seq: int
     batch_key: str | None = field(compare=False)
-    replace_key: str | None = field(compare=False)
+    slot: JobSlot | None = field(compare=False)
     run: Callable[..., Any] = field(compare=False)
     payload: Any = field(compare=False)
     future: concurrent.futures.Future[Any] = field(compare=False)
@@ -144,20 +158,20 @@ class UnitScheduler:
         batch_fn: BatchFn,
         payload: Any,
         priority: Priority,
-        replace_key: str | None = None,
+        slot: JobSlot | None = None,
         requeue: bool = False,
     ) -> asyncio.Future[Any]:
         """Queue ``payload``; queued payloads with the same key and priority go
         to one ``batch_fn(payloads)`` call, which returns one result each.
 
-        A job with a ``replace_key`` cancels any still-queued job with the same
-        key: a newer partial of a session makes its older, unstarted one stale.
+        A job in a ``slot`` cancels any still-queued job of the same slot: a
+        newer partial of a session makes its older, unstarted one stale.
         With ``requeue``, a batch that raises :class:`Preempted` (it yielded to
         a final, see :meth:`final_waiting`) is queued again in its old place
         instead of failing; the second run is not preempted, so a stream of
         finals cannot starve it.
         """
-        return self._push(priority, key, replace_key, batch_fn, payload, requeue)
+        return self._push(priority, key, slot, batch_fn, payload, requeue)
 
     def urgent_waiting(self) -> bool:
         """Whether more urgent work waits behind the running job (a final behind
@@ -199,11 +213,6 @@ class UnitScheduler:
                 and self._heap[0].priority == Priority.FINAL < self._running
             )
 
-    def is_queued(self, replace_key: str) -> bool:
-        """Whether a job with ``replace_key`` waits (submitted, not yet started)."""
-        with self._cv:
-            return any(j.replace_key == replace_key for j in self._heap)
-
     def close(self) -> None:
         with self._cv:
             self._closed = True
@@ -213,23 +222,25 @@ class UnitScheduler:
         self,
         priority: Priority,
         key: str | None,
-        replace_key: str | None,
+        slot: JobSlot | None,
         run: Callable[..., Any],
         payload: Any,
         requeue: bool = False,
     ) -> asyncio.Future[Any]:
         future: concurrent.futures.Future[Any] = concurrent.futures.Future()
-        job = _Job(int(priority), next(self._seq), key, replace_key, run, payload, future, requeue)
+        job = _Job(int(priority), next(self._seq), key, slot, run, payload, future, requeue)
         with self._cv:
             if self._closed:
                 raise RuntimeError(f"scheduler {self.name} is closed")
-            if replace_key is not None:
-                stale = [j for j in self._heap if j.replace_key == replace_key]
+            if slot is not None:
+                stale = [j for j in self._heap if j.slot is slot]
                 if stale:
-                    self._heap = [j for j in self._heap if j.replace_key != replace_key]
+                    self._heap = [j for j in self._heap if j.slot is not slot]
                     heapq.heapify(self._heap)
+                    slot.waiting -= len(stale)
                     for old in stale:
                         old.future.cancel()
+                slot.waiting += 1
             heapq.heappush(self._heap, job)
             self._cv.notify()
         return asyncio.wrap_future(future)
@@ -253,6 +264,9 @@ class UnitScheduler:
                     self._heap = [j for j in self._heap if id(j) not in taken]
                     heapq.heapify(self._heap)
                     jobs.extend(same)
+            for job in jobs:
+                if job.slot is not None:
+                    job.slot.waiting -= 1
             return jobs
 
     def _loop(self, generation: int) -> None:
@@ -298,6 +312,8 @@ class UnitScheduler:
         with self._cv:
             for job in jobs:
                 job.retried = True
+                if job.slot is not None:
+                    job.slot.waiting += 1
                 heapq.heappush(self._heap, job)
             self._cv.notify()
 

@@ -23,7 +23,7 @@ from polyasr.core.constants import SAMPLE_RATE
 from polyasr.core.engine import Clip, Engine, Transcript
 from polyasr.core.text import TimedText, join_texts
 from polyasr.models.manager import AsrModelManager
-from polyasr.models.scheduler import Priority
+from polyasr.models.scheduler import JobSlot, Priority
 
 T = TypeVar("T")
 
@@ -55,14 +55,15 @@ PIECES_IN_FLIGHT = 16
 
 
 @dataclass(frozen=True)
-class DecodeRequest:
+class TranscribeRequest:
     """Everything that steers one decode besides its audio, passed through whole.
 
     ``probe`` marks the health probe: lowest priority, not counted as use,
     and never loads an evicted unit. ``prefix`` (a previous raw answer for
     the same audio) and ``budget_sec`` (the seconds of audio still to be
     written out) let a streaming partial generate only what is new;
-    ``replace_key`` lets a newer partial replace a queued older one.
+    ``slot`` (the session's partials or commits) lets a newer job replace a
+    queued older one and tells the session whether one still waits.
     """
 
     language: str | None = None  # Qwen name; None = auto-detect
@@ -70,7 +71,7 @@ class DecodeRequest:
     priority: Priority = Priority.BATCH
     prefix: str = ""
     budget_sec: float | None = None
-    replace_key: str | None = None
+    slot: JobSlot | None = None
     probe: bool = False
 
 
@@ -121,31 +122,36 @@ class Transcriber:
         engine: Engine,
         manager: AsrModelManager,
         settings: Settings,
-        on_text: Callable[[str], None],
     ) -> None:
         self.engine = engine
         self.manager = manager
         self.settings = settings
-        self.on_text = on_text
+        # Told every text real traffic produced (the health monitor subscribes).
+        self.listeners: list[Callable[[str], None]] = []
         self.faults = FaultHook(settings.fault_counts)
 
+    def heard(self, text: str) -> None:
+        """Real traffic produced ``text`` (probes do not count)."""
+        for listener in self.listeners:
+            listener(text)
+
     async def transcribe(
-        self, samples: np.ndarray, request: DecodeRequest = DecodeRequest()
+        self, samples: np.ndarray, request: TranscribeRequest = TranscribeRequest()
     ) -> Transcription:
         """Decode ``samples`` (16 kHz mono float32) as one text."""
         return await self._joined(self.pieces(samples, request), request)
 
     async def transcribe_stream(
-        self, cuts: AsyncIterable[np.ndarray], request: DecodeRequest = DecodeRequest()
+        self, cuts: AsyncIterable[np.ndarray], request: TranscribeRequest = TranscribeRequest()
     ) -> Transcription:
         """Decode audio that arrives as pieces (an upload being decoded) as one text."""
         return await self._joined(self.stream_pieces(cuts, request), request)
 
-    async def _joined(self, pieces: AsyncIterator[TimedPiece], request: DecodeRequest) -> Transcription:
+    async def _joined(self, pieces: AsyncIterator[TimedPiece], request: TranscribeRequest) -> Transcription:
         timed = [piece async for piece in pieces]
         text = join_texts([t.text for t in timed])
         if not request.probe:
-            self.on_text(text)
+            self.heard(text)
         detected = next((t.language for t in timed if t.language), None)
         raw = timed[0].raw if len(timed) == 1 else ""
         return Transcription(
@@ -155,7 +161,7 @@ class Transcriber:
             pieces=tuple(TimedText(t.start, t.end, t.text) for t in timed),
         )
 
-    async def pieces(self, samples: np.ndarray, request: DecodeRequest) -> AsyncIterator[TimedPiece]:
+    async def pieces(self, samples: np.ndarray, request: TranscribeRequest) -> AsyncIterator[TimedPiece]:
         """The pieces of ``samples`` as they are decoded, in order.
 
         All pieces are queued at once (so the engine gets them as one batch);
@@ -172,7 +178,7 @@ class Transcriber:
             yield piece
 
     async def stream_pieces(
-        self, cuts: AsyncIterable[np.ndarray], request: DecodeRequest
+        self, cuts: AsyncIterable[np.ndarray], request: TranscribeRequest
     ) -> AsyncIterator[TimedPiece]:
         """Like :meth:`pieces` for audio that arrives piece by piece: each
         piece is queued as it arrives (queued pieces still batch), and a
@@ -181,7 +187,9 @@ class Transcriber:
         async for piece in self._in_order(cuts, request, single=False, window=PIECES_IN_FLIGHT):
             yield piece
 
-    def _queue(self, piece: np.ndarray, request: DecodeRequest, single: bool) -> asyncio.Future[Transcript]:
+    def _queue(
+        self, piece: np.ndarray, request: TranscribeRequest, single: bool
+    ) -> asyncio.Future[Transcript]:
         priority = Priority.PROBE if request.probe else request.priority
         lease = {"use": False, "resident_only": True} if request.probe else {}
         budget_sec = request.budget_sec if single and request.budget_sec is not None else None
@@ -195,12 +203,16 @@ class Transcriber:
         )
         transcribe = self.faults.guard(f"decode:{priority.name.lower()}", self.engine.transcribe)
         run = self.manager.unit("asr").run_batched(
-            "transcribe", transcribe, clip, priority, request.replace_key, **lease
+            "transcribe", transcribe, clip, priority, request.slot, **lease
         )
         return asyncio.ensure_future(run)
 
     async def _in_order(
-        self, cuts: AsyncIterable[np.ndarray], request: DecodeRequest, single: bool, window: int | None = None
+        self,
+        cuts: AsyncIterable[np.ndarray],
+        request: TranscribeRequest,
+        single: bool,
+        window: int | None = None,
     ) -> AsyncIterator[TimedPiece]:
         """Queue each piece of ``cuts`` as it comes (at most ``window`` not yet
         yielded); yield results in order."""
@@ -248,18 +260,15 @@ async def _first(work: Awaitable[T], feeder: asyncio.Future[None]) -> T:
             job.cancel()
 
 
-class StreamDecoder:
+class DictationDecoder:
     """The dictation sessions' way to the ``asr`` unit: the same decode path,
     with the session's priority, answer prefix and partial replacement."""
 
     def __init__(self, transcriber: Transcriber) -> None:
         self.transcriber = transcriber
 
-    async def decode(self, samples: np.ndarray, request: DecodeRequest) -> Transcript:
+    async def decode(self, samples: np.ndarray, request: TranscribeRequest) -> Transcript:
         return await self.transcriber.transcribe(samples, request)
-
-    def is_queued(self, replace_key: str) -> bool:
-        return self.transcriber.manager.is_queued("asr", replace_key)
 
     # Native streaming: the engine's own incremental decoder, on the asr
     # unit's thread like every other model call.
@@ -286,5 +295,5 @@ class StreamDecoder:
     async def native_finish(self, state: Any) -> str:
         engine = self.transcriber.engine
         text = await self._native("finish", lambda model: engine.stream_finish(model, state), Priority.FINAL)
-        self.transcriber.on_text(text)
+        self.transcriber.heard(text)
         return text

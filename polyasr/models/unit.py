@@ -18,10 +18,10 @@ import gc
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Any, Protocol
+from typing import Any
 
 from polyasr.core.engine import Engine
-from polyasr.models.scheduler import DEFAULT_MAX_BATCH, BatchFn, Priority, UnitScheduler
+from polyasr.models.scheduler import DEFAULT_MAX_BATCH, BatchFn, JobSlot, Priority, UnitScheduler
 
 log = logging.getLogger("polyasr.manager")
 
@@ -34,15 +34,50 @@ class NotResident(RuntimeError):
     """A resident-only lease found the unit evicted (probes never reload)."""
 
 
-class UnitObserver(Protocol):
-    """Told about loads, evictions and every run on a unit's thread (metrics)."""
+class UnitObserver:
+    """Told about loads, load failures, evictions and every run on a unit's
+    thread; each method does nothing unless a subscriber (metrics, health)
+    overrides it."""
 
     def loaded(self, unit: str, seconds: float | None) -> None:
         """``seconds`` is None for a timed-out load adopted after it finished."""
 
-    def evicted(self, unit: str) -> None: ...
+    def load_failed(self, unit: str, reason: str) -> None:
+        """A real load failed (not a refusal before loading)."""
 
-    def ran(self, unit: str, priority: Priority, seconds: float) -> None: ...
+    def evicted(self, unit: str) -> None:
+        """The unit's model was dropped."""
+
+    def ran(self, unit: str, priority: Priority, seconds: float) -> None:
+        """One run on the unit's thread took ``seconds``."""
+
+
+class UnitObservers(UnitObserver):
+    """Everyone who subscribed, told in the order they subscribed. Each
+    subscriber subscribes itself when it is built, after the units it
+    watches: the wiring follows the order things are built in."""
+
+    def __init__(self) -> None:
+        self.subscribers: list[UnitObserver] = []
+
+    def subscribe(self, observer: UnitObserver) -> None:
+        self.subscribers.append(observer)
+
+    def loaded(self, unit: str, seconds: float | None) -> None:
+        for observer in self.subscribers:
+            observer.loaded(unit, seconds)
+
+    def load_failed(self, unit: str, reason: str) -> None:
+        for observer in self.subscribers:
+            observer.load_failed(unit, reason)
+
+    def evicted(self, unit: str) -> None:
+        for observer in self.subscribers:
+            observer.evicted(unit)
+
+    def ran(self, unit: str, priority: Priority, seconds: float) -> None:
+        for observer in self.subscribers:
+            observer.ran(unit, priority, seconds)
 
 
 def _trim_heap() -> None:
@@ -125,7 +160,6 @@ class ModelUnit:
         max_queued: int | None = None,
         preflight: Callable[[], str | None] = lambda: None,
         before_load: Callable[[ModelUnit], Awaitable[None]] | None = None,
-        on_load_failure: Callable[[str, str], None] | None = None,
     ) -> None:
         self.name = name
         self.engine = engine
@@ -135,7 +169,6 @@ class ModelUnit:
         self.max_queued = max_queued
         self.preflight = preflight  # why a load is bound to fail (weights unreachable), if it is
         self.before_load = before_load  # residency policy: make room for this unit
-        self.on_load_failure = on_load_failure
         # The engine says how many clips one decode call takes well (the CUDA
         # engine's largest captured bucket); engines that do not say get the default.
         self.worker = UnitScheduler(
@@ -200,12 +233,12 @@ class ModelUnit:
         batch_fn: Callable[[Any, list[Any], Callable[[], bool] | None], list[Any]],
         payload: Any,
         priority: Priority,
-        replace_key: str | None = None,
+        slot: JobSlot | None = None,
         **lease: bool,
     ) -> Any:
         """Queue ``payload`` for ``batch_fn(model, payloads, should_stop)``,
         batched with other queued payloads of the same key and priority (see
-        :meth:`UnitScheduler.submit_batched` for ``replace_key``). Work below
+        :meth:`UnitScheduler.submit_batched` for ``slot``). Work below
         commit priority (partials, probes) is preemptible: ``should_stop``
         tells the engine that something more urgent waits. Batches and commits
         yield to a waiting final and then run again from the queue."""
@@ -214,7 +247,7 @@ class ModelUnit:
         async with self.lease(**lease):
             model = await self._model_for_work(priority, lease.get("resident_only", False), shed=True)
             run: BatchFn = lambda payloads: batch_fn(model, payloads, stop)  # noqa: E731
-            submitted = self.worker.submit_batched(key, run, payload, priority, replace_key, requeue)
+            submitted = self.worker.submit_batched(key, run, payload, priority, slot, requeue)
             return await self._bind(submitted)
 
     async def _model_for_work(self, priority: Priority, resident_only: bool, shed: bool) -> Any:
@@ -296,8 +329,7 @@ class ModelUnit:
         if reason != self.last_error:
             log.error("loading %s failed: %s", self.name, reason)
         self.last_error = reason
-        if self.on_load_failure is not None:
-            self.on_load_failure(self.name, reason)
+        self.observer.load_failed(self.name, reason)
         raise ModelUnavailable(f"{self.name} model unavailable: {reason}")
 
     # -- eviction ----------------------------------------------------------

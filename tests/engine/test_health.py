@@ -14,7 +14,7 @@ from polyasr.core.engine import Transcript
 from polyasr.core.weights import check_weights
 from polyasr.models.health import HealthMonitor
 from polyasr.models.manager import AsrModelManager
-from polyasr.models.transcriber import DecodeRequest, Transcriber
+from polyasr.models.transcriber import Transcriber, TranscribeRequest
 from tests.audio_util import speech
 
 
@@ -37,8 +37,8 @@ async def stack(
     settings: Any, engine: Any, **monitor: Any
 ) -> tuple[AsrModelManager, HealthMonitor, Transcriber]:
     mgr = AsrModelManager(engine, coload=True, idle_seconds=settings.idle_evict_seconds, load_timeout=60)
-    mon = HealthMonitor(settings, mgr, engine.model_id, speech("voice_a")[: 16000 * 3], **monitor)
-    tx = Transcriber(engine, mgr, settings, on_text=mon.record_text)
+    tx = Transcriber(engine, mgr, settings)
+    mon = HealthMonitor(settings, mgr, tx, engine.model_id, speech("voice_a")[: 16000 * 3], **monitor)
     async with mgr.lease("asr"):
         pass
     return mgr, mon, tx
@@ -47,11 +47,11 @@ async def stack(
 async def test_probe_ok_then_stale_then_refreshed_by_real_text(make_settings: Any, make_engine: Any) -> None:
     settings = make_settings(POLYASR_PROBE_STALE_AFTER_SEC="0.5", POLYASR_KEEPWARM_INTERVAL_SEC="0")
     mgr, mon, tx = await stack(settings, make_engine(settings))
-    await mon.start(tx.transcribe)
+    await mon.start()
     assert mon.probe.ok is True and mon.reasons() == []
     await asyncio.sleep(0.7)
     assert mon.reasons() == ["streaming_probe_stale"]
-    result = await tx.transcribe(speech()[:32000], DecodeRequest(language="English"))
+    result = await tx.transcribe(speech()[:32000], TranscribeRequest(language="English"))
     assert result.text
     assert mon.reasons() == []
     await mon.close()
@@ -62,8 +62,8 @@ async def test_evicted_model_is_never_stale_and_never_reloaded_by_the_probe(
     make_settings: Any, make_engine: Any
 ) -> None:
     settings = make_settings(POLYASR_PROBE_STALE_AFTER_SEC="0.2", POLYASR_KEEPWARM_INTERVAL_SEC="0")
-    mgr, mon, tx = await stack(settings, make_engine(settings))
-    await mon.start(tx.transcribe)
+    mgr, mon, _tx = await stack(settings, make_engine(settings))
+    await mon.start()
     await mgr.unload_all()
     await asyncio.sleep(0.3)
     assert mon.reasons() == []  # evicted with weights present: ok
@@ -76,8 +76,8 @@ async def test_evicted_model_is_never_stale_and_never_reloaded_by_the_probe(
 
 async def test_keepwarm_probe_does_not_count_as_use(make_settings: Any, make_engine: Any) -> None:
     settings = make_settings(POLYASR_KEEPWARM_INTERVAL_SEC="0.2", POLYASR_IDLE_EVICT_SECONDS="100")
-    mgr, mon, tx = await stack(settings, make_engine(settings))
-    await mon.start(tx.transcribe)
+    mgr, mon, _tx = await stack(settings, make_engine(settings))
+    await mon.start()
     idle_before = mgr.idle_for("asr")
     await asyncio.sleep(2.0)
     for _ in range(600):  # on a loaded machine each probe decode may take a while
@@ -97,8 +97,8 @@ async def test_blank_probes_degrade_reload_and_exit(make_settings: Any, make_eng
     settings = make_settings(POLYASR_KEEPWARM_INTERVAL_SEC="0")
     engine = RottedEngine(make_engine(settings))
     exits: list[int] = []
-    mgr, mon, tx = await stack(settings, engine, exit_process=exits.append)
-    await mon.start(tx.transcribe)  # failure 1
+    mgr, mon, _tx = await stack(settings, engine, exit_process=exits.append)
+    await mon.start()  # failure 1
     await mon.run_probe()  # 2: hysteresis, still ok
     assert mon.reasons() == [] or mon.reasons() == ["streaming_probe_stale"]
     assert "streaming_probe_failing" not in mon.reasons()
@@ -121,8 +121,8 @@ async def test_weights_recheck_on_a_timer(
     model_dir = tmp_path / "asr-copy"
     shutil.copytree(tiny.asr, model_dir)
     settings = make_settings(POLYASR_MODEL=str(model_dir), POLYASR_WEIGHTS_CHECK_INTERVAL_SEC="0.2")
-    mgr, mon, tx = await stack(settings, make_engine(settings))
-    await mon.start(tx.transcribe)
+    mgr, mon, _tx = await stack(settings, make_engine(settings))
+    await mon.start()
     assert mon.weights_present
     shutil.rmtree(model_dir)
     await asyncio.sleep(0.6)

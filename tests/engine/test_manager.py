@@ -11,7 +11,7 @@ import pytest
 
 from polyasr.models.manager import AsrModelManager, ModelBusy
 from polyasr.models.scheduler import Priority
-from polyasr.models.unit import ModelUnavailable
+from polyasr.models.unit import ModelUnavailable, UnitObserver
 
 
 class FakeClock:
@@ -146,7 +146,13 @@ async def test_failed_load_is_reported_and_retried(
 ) -> None:
     engine = make_engine(make_settings(POLYASR_MODEL=str(tmp_path / "nowhere")))
     failures: list[str] = []
-    mgr = manager_for(engine, on_load_failure=lambda unit, reason: failures.append(unit))
+
+    class Failures(UnitObserver):
+        def load_failed(self, unit: str, reason: str) -> None:
+            failures.append(unit)
+
+    mgr = manager_for(engine)
+    mgr.observers.subscribe(Failures())
     for _ in range(2):
         with pytest.raises(ModelUnavailable, match="asr model unavailable"):
             async with mgr.lease("asr"):

@@ -22,7 +22,7 @@ import pytest
 
 from polyasr.audio.decoding import AudioTooLong, decoded_blocks, quiet_pieces, split_at_quiet
 from polyasr.core.constants import SAMPLE_RATE
-from polyasr.models.transcriber import MAX_PIECE_SEC, PIECES_IN_FLIGHT, DecodeRequest
+from polyasr.models.transcriber import MAX_PIECE_SEC, PIECES_IN_FLIGHT, TranscribeRequest
 from tests.audio_util import encode, speech
 from tests.conftest import LOOPBACK
 from tests.live.test_metrics import scrape, value
@@ -92,7 +92,7 @@ def test_an_upload_is_decoded_while_its_file_is_still_being_read(make_client: An
             await more.wait()  # the rest of the file is "still decoding"
             yield voice
 
-        pieces = transcriber.stream_pieces(source(), DecodeRequest())
+        pieces = transcriber.stream_pieces(source(), TranscribeRequest())
         first = await anext(pieces)
         decoded_before_more = len(spy.batches)
         more.set()
@@ -121,7 +121,7 @@ def test_a_long_upload_is_never_queued_whole(make_client: Any) -> None:
                 pulled += 1
                 yield second
 
-        pieces = transcriber.stream_pieces(source(), DecodeRequest())
+        pieces = transcriber.stream_pieces(source(), TranscribeRequest())
         await anext(pieces)
         ahead = pulled
         return ahead, 1 + len([piece async for piece in pieces])

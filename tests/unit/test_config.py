@@ -73,7 +73,7 @@ def test_token_budget_is_proportional_and_clamped() -> None:
 def test_views_take_each_knob_from_its_setting() -> None:
     from types import SimpleNamespace
 
-    from polyasr.api.services import stream_settings
+    from polyasr.api.services import dictation_settings
     from polyasr.live.basr.wire import WsLimits
 
     env = {
@@ -87,7 +87,7 @@ def test_views_take_each_knob_from_its_setting() -> None:
     limits = WsLimits.from_settings(settings)
     assert (limits.max_frame_bytes, limits.max_session_sec) == (4096, 60.0)
     assert limits.max_text_bytes == settings.ws_max_text_bytes
-    knobs = stream_settings(settings, SimpleNamespace(supports_native_streaming=False))  # type: ignore[arg-type]
+    knobs = dictation_settings(settings, SimpleNamespace(supports_native_streaming=False))  # type: ignore[arg-type]
     assert (knobs.partial_window_sec, knobs.stream_chunk_sec) == (7.0, 1.5)
     assert knobs.partials_enabled is True  # the CUDA default
     assert knobs.native is False  # asked for, but this engine cannot stream natively

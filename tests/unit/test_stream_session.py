@@ -17,13 +17,13 @@ import pytest
 from polyasr.audio.speech import SpeakerGate, passes_energy_gate, shared_speaker_filter, shared_vad
 from polyasr.core.engine import Transcript
 from polyasr.dictation.gate import SpeechGate
-from polyasr.dictation.recognizer import StreamSettings
+from polyasr.dictation.recognizer import DictationSettings
 from polyasr.dictation.session import DictationSession
 from polyasr.live.basr.journal import FrameJournal
 from polyasr.live.basr.wire import partial
 from polyasr.live.refusals import ProtocolError
 from polyasr.models.scheduler import Priority
-from polyasr.models.transcriber import DecodeRequest
+from polyasr.models.transcriber import TranscribeRequest
 from tests.audio_util import speech
 
 SR = 16000
@@ -50,7 +50,7 @@ class ScriptedDecoder:
     calls: list[Call] = field(default_factory=list)
     delay: float = 0.0  # latency of partial decodes
 
-    async def decode(self, samples: np.ndarray, request: DecodeRequest) -> Transcript:
+    async def decode(self, samples: np.ndarray, request: TranscribeRequest) -> Transcript:
         self.calls.append(Call(request.priority, len(samples) / SR, request.prefix))
         if self.delay and request.priority == Priority.PARTIAL:
             await asyncio.sleep(self.delay)
@@ -60,9 +60,6 @@ class ScriptedDecoder:
         text = ("" if self.cjk else " ").join(words)
         return Transcript(text=text, raw=f"raw:{text}")
 
-    def is_queued(self, key: str) -> bool:
-        return False
-
     def by(self, priority: Priority) -> list[Call]:
         return [c for c in self.calls if c.priority == priority]
 
@@ -71,7 +68,7 @@ def session(**settings: Any) -> DictationSession:
     return DictationSession(
         vad=shared_vad().new_stream(),
         speaker=SpeakerGate(shared_speaker_filter()),
-        settings=StreamSettings(**settings),
+        settings=DictationSettings(**settings),
     )
 
 
@@ -252,27 +249,25 @@ async def test_a_partial_scheduled_just_before_the_stop_is_not_decoded() -> None
 
 class OneDevice(ScriptedDecoder):
     """A device other sessions may hold (``free`` clear): decodes wait for it,
-    and a waiting one is ``is_queued``; a commit then takes 0.3 s."""
+    and a waiting one counts in its job slot as the scheduler counts it; a
+    commit then takes 0.3 s."""
 
     def __init__(self) -> None:
         super().__init__()
         self.free = asyncio.Event()
         self.free.set()
-        self.waiting: set[str] = set()
 
-    async def decode(self, samples: np.ndarray, request: DecodeRequest) -> Transcript:
-        assert request.replace_key is not None
-        self.waiting.add(request.replace_key)
+    async def decode(self, samples: np.ndarray, request: TranscribeRequest) -> Transcript:
+        slot = request.slot
+        assert slot is not None
+        slot.waiting += 1
         try:
             await self.free.wait()
         finally:
-            self.waiting.discard(request.replace_key)
+            slot.waiting -= 1
         if request.priority == Priority.COMMIT:
             await asyncio.sleep(0.3)
         return await super().decode(samples, request)
-
-    def is_queued(self, key: str) -> bool:
-        return key in self.waiting
 
 
 async def test_no_partial_waits_behind_its_own_commit() -> None:
@@ -315,7 +310,7 @@ class FailingDecoder(ScriptedDecoder):
     failures: int = 1_000_000
     native_fed: list[float] = field(default_factory=list)
 
-    async def decode(self, samples: np.ndarray, request: DecodeRequest) -> Transcript:
+    async def decode(self, samples: np.ndarray, request: TranscribeRequest) -> Transcript:
         if request.priority == Priority.COMMIT and self.failures > 0:
             self.failures -= 1
             self.calls.append(Call(request.priority, len(samples) / SR, request.prefix))

@@ -13,9 +13,9 @@ import numpy as np
 
 from polyasr.archive.connection import ConnectionArchive
 from polyasr.audio.speech import SpeakerGate, shared_speaker_filter, shared_vad
-from polyasr.dictation.recognizer import StreamSettings
+from polyasr.dictation.recognizer import DictationSettings
 from polyasr.live.basr.connection import Connection
-from polyasr.live.basr.services import StreamServices
+from polyasr.live.basr.services import LiveServices
 from polyasr.live.basr.sessions import SessionRegistry
 from polyasr.live.basr.wire import build_frame
 from polyasr.live.socket import RECEIVE_QUEUE, Inbox
@@ -66,19 +66,19 @@ class FakeTransport:
         self.closed = code
 
 
-def services(registry: SessionRegistry, manager: FakeManager | None = None) -> StreamServices:
-    return StreamServices(
+def services(registry: SessionRegistry, manager: FakeManager | None = None) -> LiveServices:
+    return LiveServices(
         registry=registry,
         decoder=ScriptedDecoder(),
         manager=manager or FakeManager(),
-        settings=StreamSettings(),
+        settings=DictationSettings(),
         new_vad=shared_vad().new_stream,
         new_speaker=lambda: SpeakerGate(shared_speaker_filter()),
         new_log=lambda: ConnectionArchive(None, backend="test", model="test"),
     )
 
 
-async def connect(svc: StreamServices, messages: list[Any]) -> FakeTransport:
+async def connect(svc: LiveServices, messages: list[Any]) -> FakeTransport:
     transport = FakeTransport(messages)
     await asyncio.wait_for(Connection(svc, transport).run(), 30)
     return transport

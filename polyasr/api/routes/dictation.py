@@ -45,7 +45,7 @@ async def dictation(websocket: WebSocket, services: ServicesDep) -> None:
     """Streaming dictation, one connection at a time per socket."""
     await websocket.accept(subprotocol=chosen_subprotocol(websocket.scope))
     with services.metrics.ws_sessions.track_inprogress():
-        await Connection(services.stream, SocketTransport(websocket)).run()
+        await Connection(services.live, SocketTransport(websocket)).run()
 
 
 @router.websocket("/v1/realtime")
@@ -55,4 +55,4 @@ async def realtime(websocket: WebSocket, services: ServicesDep) -> None:
     await websocket.accept(subprotocol=chosen_subprotocol(websocket.scope, REALTIME_SUBPROTOCOL))
     with services.metrics.ws_sessions.track_inprogress():
         model = services.engine.model_id
-        await RealtimeConnection(services.stream, SocketTransport(websocket), model).run()
+        await RealtimeConnection(services.live, SocketTransport(websocket), model).run()

@@ -40,7 +40,7 @@ from polyasr.api.services import Services, ServicesDep
 from polyasr.audio.decoding import UploadAudio
 from polyasr.core.languages import normalize_language
 from polyasr.core.text import TimedText, join_text
-from polyasr.models.transcriber import MAX_PIECE_SEC, DecodeRequest, TimedPiece, Transcription
+from polyasr.models.transcriber import MAX_PIECE_SEC, TimedPiece, TranscribeRequest, Transcription
 
 router = APIRouter()
 
@@ -67,8 +67,8 @@ class TranscriptionForm:
         return self.response_format in ("srt", "vtt") or self.words
 
     @property
-    def request(self) -> DecodeRequest:
-        return DecodeRequest(language=self.language, context=self.context)
+    def request(self) -> TranscribeRequest:
+        return TranscribeRequest(language=self.language, context=self.context)
 
 
 def transcription_form(
@@ -208,7 +208,7 @@ async def _events(
                 yield sse(text_delta(joined[len(text) :]))
                 text = joined
             piece = await anext(rest, None)
-        services.transcriber.on_text(text)
+        services.transcriber.heard(text)
         archive = services.archives.uploads
         await asyncio.to_thread(
             archive.record, upload, form.file.filename or "", form.requested_language, text

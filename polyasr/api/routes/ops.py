@@ -39,7 +39,7 @@ async def get_health(services: ServicesDep) -> dict[str, Any]:
     """Liveness, the models, the manager block and the streaming probe (contract §4.1)."""
     monitor, engine = services.health, services.engine
     reasons = monitor.reasons()
-    if services.stream.registry.draining:  # SIGTERM: new work is refused (polyasr.api.drain)
+    if services.live.registry.draining:  # SIGTERM: new work is refused (polyasr.api.drain)
         reasons = [*reasons, "draining"]
     body: dict[str, Any] = {
         "status": "ok" if not reasons else "degraded",

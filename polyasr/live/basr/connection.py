@@ -26,7 +26,7 @@ from polyasr.core.constants import BYTES_PER_SECOND
 from polyasr.core.languages import UnsupportedLanguage, normalize_language
 from polyasr.dictation.recognizer import FinalResult
 from polyasr.dictation.session import DictationSession
-from polyasr.live.basr.services import StreamServices
+from polyasr.live.basr.services import LiveServices
 from polyasr.live.basr.sessions import SessionRecord
 from polyasr.live.basr.wire import (
     ALREADY_STARTED,
@@ -91,7 +91,7 @@ def _log_final(
 class Connection(Driving):
     """The protocol state machine of one WebSocket connection."""
 
-    def __init__(self, services: StreamServices, transport: Transport) -> None:
+    def __init__(self, services: LiveServices, transport: Transport) -> None:
         self.services = services
         self.limits = services.limits
         self.transport = transport

@@ -9,8 +9,9 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from polyasr.archive.connection import ConnectionArchive
-from polyasr.dictation.gate import SpeakerGate, VadStream
-from polyasr.dictation.recognizer import SessionDecoder, StreamSettings
+from polyasr.audio.speech import VadStream
+from polyasr.dictation.gate import SpeakerCheck
+from polyasr.dictation.recognizer import DictationSettings, SessionDecoder
 from polyasr.live.basr.sessions import SessionRegistry
 from polyasr.live.basr.wire import (
     WsLimits,
@@ -28,15 +29,15 @@ def _no_session_end(signal_sec: float, final_text: str, partials: int) -> None:
 
 
 @dataclass
-class StreamServices:
+class LiveServices:
     """What a connection needs from the process (one instance per app)."""
 
     registry: SessionRegistry
     decoder: SessionDecoder
     manager: Manager
-    settings: StreamSettings
+    settings: DictationSettings
     new_vad: Callable[[], VadStream]
-    new_speaker: Callable[[], SpeakerGate]
+    new_speaker: Callable[[], SpeakerCheck]
     new_log: Callable[[], ConnectionArchive]
     limits: WsLimits = field(default_factory=WsLimits)
     # Once per decoded stop (not replays): (signal seconds, final text, partials sent).

@@ -42,13 +42,13 @@ from typing import Any
 
 import numpy as np
 
-from polyasr.audio.speech import passes_energy_gate
+from polyasr.audio.speech import SpeakerDecision, passes_energy_gate
 from polyasr.core.constants import SAMPLE_RATE, WINDOW_SAMPLES
 from polyasr.core.text import join_texts
-from polyasr.dictation.gate import SpeakerGate, SpeakerVerdict, VadWindows
+from polyasr.dictation.gate import SpeakerCheck, VadWindows
 from polyasr.dictation.recognizer import SessionDecoder
 from polyasr.dictation.session import DictationSession
-from polyasr.live.basr.services import StreamServices
+from polyasr.live.basr.services import LiveServices
 from polyasr.live.realtime.audio import InputAudio
 from polyasr.live.realtime.events import (
     CLOSE_POLICY,
@@ -95,11 +95,11 @@ class LockedSpeaker:
     """The connection's main-speaker filter, shared by its turns: enrolled once,
     checked by one turn at a time (a finishing turn and the next may overlap)."""
 
-    def __init__(self, speaker: SpeakerGate) -> None:
+    def __init__(self, speaker: SpeakerCheck) -> None:
         self._speaker = speaker
         self._lock = threading.Lock()
 
-    def check(self, samples: np.ndarray) -> SpeakerVerdict:
+    def check(self, samples: np.ndarray) -> SpeakerDecision:
         with self._lock:
             return self._speaker.check(samples)
 
@@ -215,7 +215,7 @@ class Items:
 class RealtimeConnection(Driving):
     """The Realtime protocol state machine of one WebSocket connection."""
 
-    def __init__(self, services: StreamServices, transport: Transport, model: str) -> None:
+    def __init__(self, services: LiveServices, transport: Transport, model: str) -> None:
         self.services = services
         self.limits = services.limits
         # base64 takes 4 bytes per 3; an append of a whole frame's audio must fit
