@@ -57,7 +57,7 @@ venvs: $(MLX_VENV)/.dev-installed $(CUDA_VENV)/.dev-installed
 lint: $(CUDA_VENV)/.dev-installed
 	$(CUDA_VENV)/bin/ruff check .
 
-# Debian's Chromium for tests/test_browser.py and systemd-analyze for the unit
+# Debian's Chromium for tests/browser/test_browser.py and systemd-analyze for the unit
 # check; installed as root where apt-get exists (CI), else those tests skip.
 test-system-deps:
 	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \

@@ -18,9 +18,9 @@ as the parameter and buffer bytes of the models actually loaded (tiny
 checkpoints here, so the absolute numbers are small), and computed from the
 architectures for the real Qwen3-ASR-1.7B + Qwen3-ForcedAligner-0.6B in bf16.
 
-    .venv-cuda/bin/python bench/align_bench.py            # CUDA engine (on CPU here)
-    .venv-mlx/bin/python bench/align_bench.py --backend mlx --minutes 3
-    .venv-cuda/bin/python bench/align_bench.py --model ASR_DIR --aligner ALIGNER_DIR   # on POLYASR_DEVICE
+    .venv-cuda/bin/python -m bench.align_bench            # CUDA engine (on CPU here)
+    .venv-mlx/bin/python -m bench.align_bench --backend mlx --minutes 3
+    .venv-cuda/bin/python -m bench.align_bench --model ASR_DIR --aligner ALIGNER_DIR   # on POLYASR_DEVICE
 
 Random weights make the text gibberish and generation always runs to its
 token budget, so the ASR share of the time is an upper bound.

@@ -7,8 +7,8 @@ budget, so the difference is what the service adds: upload, PyAV decoding,
 scheduling, JSON. Prints audio-seconds per second for both and their ratio
 (server ÷ direct); the target for 30 s clips is ≥ 0.9.
 
-    .venv-cuda/bin/python bench/batch_bench.py            # CUDA engine (on CPU here)
-    .venv-mlx/bin/python bench/batch_bench.py --backend mlx
+    .venv-cuda/bin/python -m bench.batch_bench            # CUDA engine (on CPU here)
+    .venv-mlx/bin/python -m bench.batch_bench --backend mlx
 
 With no ``--model`` it builds the tiny random-weight checkpoints of the test
 suite (on the CPU, float32); pass ``--model DIR`` to measure a real checkpoint

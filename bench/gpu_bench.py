@@ -23,9 +23,9 @@ bound; the server prices tokens at ``--tokens-per-sec`` per audio second
 (6 by default, about what real speech costs). Writes ``--out`` (JSON) and
 prints a short table.
 
-    python bench/gpu_bench.py                      # H100/H200: 0.6B
-    python bench/gpu_bench.py --sizes 0.6B,1.7B
-    .venv-cuda/bin/python bench/gpu_bench.py --cpu-rehearsal --no-compile   # same path, tiny, CPU
+    python -m bench.gpu_bench                      # H100/H200: 0.6B
+    python -m bench.gpu_bench --sizes 0.6B,1.7B
+    .venv-cuda/bin/python -m bench.gpu_bench --cpu-rehearsal --no-compile   # same path, tiny, CPU
 
 ``--cpu-rehearsal`` runs every step on the tiny checkpoints on the CPU (float32,
 shorter utterances, 2x replay); CPU timings say nothing about a GPU. The

@@ -19,7 +19,7 @@ bench)
     pipi .whl2/*.whl
     out=${OUT:-.}
     nvidia-smi -L
-    PYTHONPATH=$site PYTHONUNBUFFERED=1 python3 bench/gpu_bench.py --out "$out/gpu_bench.json" "$@" \
+    PYTHONPATH=$site PYTHONUNBUFFERED=1 python3 -m bench.gpu_bench --out "$out/gpu_bench.json" "$@" \
         >"$out/gpu_bench.log" 2>&1 || { tail -50 "$out/gpu_bench.log"; exit 1; }
     grep -v "pad_token_id" "$out/gpu_bench.log" | tail -40
     ;;

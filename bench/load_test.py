@@ -22,9 +22,9 @@ acknowledged frame; where the server does not recover archives it says
 A table goes to stdout and the figures to ``bench/out/load_test-<time>.json``.
 The exit status is 1 when any check failed.
 
-    .venv-cuda/bin/python bench/load_test.py                     # 50 + 20 for 60 s
-    .venv-cuda/bin/python bench/load_test.py --quick             # 5 + 2 for 15 s smoke run
-    .venv-mlx/bin/python bench/load_test.py --backend mlx
+    .venv-cuda/bin/python -m bench.load_test                     # 50 + 20 for 60 s
+    .venv-cuda/bin/python -m bench.load_test --quick             # 5 + 2 for 15 s smoke run
+    .venv-mlx/bin/python -m bench.load_test --backend mlx
 """
 
 from __future__ import annotations
@@ -274,7 +274,7 @@ class Archived:
 
 
 def archives_by_session(logs: Path) -> dict[str, list[Archived]]:
-    """Client sessionId → the archive folders of its connections (contract §9)."""
+    """Client sessionId → the archive folders of its connections."""
     found: dict[str, list[Archived]] = {}
     for events_path in logs.glob("sessions/*/*/events.jsonl"):
         events = [json.loads(line) for line in events_path.read_text().splitlines() if line.strip()]
@@ -368,7 +368,7 @@ async def load_phase(server: LiveServer, args: argparse.Namespace) -> dict[str, 
     archives = archives_by_session(server.logs)
     verdicts = Counter(check_archive(r, archives.get(r.sid, [])) for r in runs)
     summary = summarize_load(runs, posts, verdicts, sampler, rss_before, wall)
-    summary["upload_sidecars"] = len(list(server.logs.glob("http/*/*.json")))  # one per 200 (contract §9)
+    summary["upload_sidecars"] = len(list(server.logs.glob("http/*/*.json")))  # one per 200
     summary["server_events"] = event_counts(
         server.logs, ("partial_begin", "partial_done", "stable_prefix_committed")
     )

@@ -14,9 +14,9 @@ pace, 100 ms per message, in three ways, one after the other:
   → ``committed`` (the turn detector's wait, about ``silence_duration_ms``) and
   ``committed`` → ``completed`` (the final decode, comparable to ``basr``).
 
-    .venv-cuda/bin/python bench/realtime_bench.py                 # CUDA engine (CPU here)
-    .venv-mlx/bin/python bench/realtime_bench.py --backend mlx
-    .venv-cuda/bin/python bench/realtime_bench.py --rounds 10 --sessions 4
+    .venv-cuda/bin/python -m bench.realtime_bench                 # CUDA engine (CPU here)
+    .venv-mlx/bin/python -m bench.realtime_bench --backend mlx
+    .venv-cuda/bin/python -m bench.realtime_bench --rounds 10 --sessions 4
 """
 
 from __future__ import annotations

@@ -5,13 +5,13 @@ clip, 1 s gaps) to a real server process as fast as the server recognizes it
 (many times real time: the sender only waits when the stable prefix falls more
 than two commits behind, read from the session's archived events, so what is
 measured is what a session keeps, not a backlog of undecoded audio), and the
-server's resident memory (VmRSS) is sampled as the audio goes in. The target
-(issue 8 §2): RSS after 1 h of dictation ≤ 1.2 × RSS after 1 min. At the end
+server's resident memory (VmRSS) is sampled as the audio goes in. The target:
+RSS after 1 h of dictation ≤ 1.2 × RSS after 1 min. At the end
 the session is stopped and the final's latency printed.
 
-    .venv-cuda/bin/python bench/session_memory.py                 # CUDA engine (CPU here)
-    .venv-mlx/bin/python bench/session_memory.py --backend mlx
-    .venv-cuda/bin/python bench/session_memory.py --minutes 60 --frame-sec 1.0
+    .venv-cuda/bin/python -m bench.session_memory                 # CUDA engine (CPU here)
+    .venv-mlx/bin/python -m bench.session_memory --backend mlx
+    .venv-cuda/bin/python -m bench.session_memory --minutes 60 --frame-sec 1.0
 
 With no ``--model`` the tiny random-weight checkpoints of the test suite are
 used: text is gibberish, but every part of the pipeline (archive, VAD, speaker

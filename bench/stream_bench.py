@@ -8,9 +8,9 @@ a ratio near 1 (target ≤ 1.5). It also runs the same lengths with a single
 session, so the side-by-side ratio (N sessions ÷ 1 session) shows whether a
 final waits behind other sessions' partials (the scheduler runs finals first).
 
-    .venv-cuda/bin/python bench/stream_bench.py                  # CUDA engine (CPU here)
-    .venv-mlx/bin/python bench/stream_bench.py --backend mlx
-    .venv-cuda/bin/python bench/stream_bench.py --sessions 8 --lengths 5,30,120
+    .venv-cuda/bin/python -m bench.stream_bench                  # CUDA engine (CPU here)
+    .venv-mlx/bin/python -m bench.stream_bench --backend mlx
+    .venv-cuda/bin/python -m bench.stream_bench --sessions 8 --lengths 5,30,120
 
 With no ``--model`` the tiny random-weight checkpoints of the test suite are
 used: their text is gibberish, but every decode runs to its token budget, so

@@ -44,7 +44,7 @@ class Segment:
 
 @dataclass(frozen=True)
 class Alignment:
-    """The response of both align endpoints (contract §4.4)."""
+    """The response of both align endpoints."""
 
     text: str
     language: str | None

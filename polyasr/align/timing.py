@@ -19,7 +19,7 @@ from polyasr.core.text import is_cjk
 # How many text characters ahead an aligner unit that does not match at the
 # cursor may be found (a word the aligner skipped); beyond that it is dropped.
 RESYNC_CHARS = 32
-COVERAGE = 0.85  # contract §6.4
+COVERAGE = 0.85
 TERMINATORS = "。！？!?"
 # Closing quotes and brackets stay with the sentence they close.
 CLOSERS = "\"'”’」』）)]】"

@@ -1,4 +1,4 @@
-"""Shutdown drain (issue 8 §6): SIGTERM lets answers in flight finish first.
+"""Shutdown drain: SIGTERM lets answers in flight finish first.
 
 uvicorn on its own stops listening at the first SIGTERM, fails every open
 WebSocket with 1012 at once and gives HTTP requests only

@@ -1,7 +1,7 @@
 """What every HTTP route shares, each in one place: the upload limit, request
 metrics, the error mapping, and giving up on work nobody waits for.
 
-Error statuses follow contract §4.7: undecodable or empty audio and bad
+Error statuses (README, "Errors"): undecodable or empty audio and bad
 manifests 400, a manifest path the client may not read 403, an oversized
 upload or overlong audio 413, bad values 422, a model that cannot load or a
 full queue 503 (with Retry-After when retrying helps), and 500 only for

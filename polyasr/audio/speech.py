@@ -1,4 +1,4 @@
-"""Speech detection for streaming dictation (contract §3.1–3.3): the energy
+"""Speech detection for streaming dictation: the energy
 gate, the Silero VAD gate and the Resemblyzer main-speaker filter.
 
 Models are loaded once per process and shared; whatever changes while a

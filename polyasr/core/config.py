@@ -1,7 +1,7 @@
-"""Settings from the environment (contract §8), validated once at start-up.
+"""Settings from the environment, validated once at start-up.
 
 Each setting ``NAME`` is read from ``POLYASR_NAME``, falling back to the
-legacy ``ASR_NAME``. ▲ An explicitly set empty ``POLYASR_*`` counts as set
+legacy ``ASR_NAME``. An explicitly set empty ``POLYASR_*`` counts as set
 (so ``POLYASR_LOG_DIR=`` disables logging), and flags are false for
 ``0/false/no/off`` (and empty). Values that do not parse stop start-up with a
 message naming the variable, instead of surfacing later as odd behaviour.
@@ -147,7 +147,7 @@ class Settings(BaseModel):
     decode_timeout_sec: float = _env("DECODE_TIMEOUT_SEC", default=300.0, gt=0)
     shutdown_grace_sec: float = _env("SHUTDOWN_GRACE_SEC", default=10.0, ge=0)
 
-    # Live rot detection (contract §4.1.1).
+    # Live rot detection.
     live_rot_detect: bool = _env("LIVE_ROT_DETECT", default=True)
     live_min_speech_sec: float = _env("LIVE_MIN_SPEECH_SEC", default=2.0, ge=0)
     live_reload_witnesses: int = _env("LIVE_RELOAD_WITNESSES", default=2, ge=1)
@@ -170,7 +170,7 @@ class Settings(BaseModel):
     decode: Literal["fast", "generate"] | None = _env("DECODE", default=None)
     compile: bool = _env("COMPILE", default=False)
 
-    # Test hook (issue 8: every fault driven on a real server): the next
+    # Test hook (so every fault can be driven through a real server): the next
     # <count> engine calls at each listed site raise. Unset = off; never in production.
     faults: str | None = _env("FAULTS", default=None)
 
@@ -263,7 +263,7 @@ class Settings(BaseModel):
 def _lookup(environ: Mapping[str, str], names: list[str]) -> tuple[str, str] | None:
     """The first set variable among ``POLYASR_<n>`` / ``ASR_<n>`` for each name.
 
-    ▲ A set ``POLYASR_*`` wins even when empty; ``ASR_*`` is the legacy fallback.
+    A set ``POLYASR_*`` wins even when empty; ``ASR_*`` is the legacy fallback.
     """
     for name in names:
         for var in (f"POLYASR_{name}", f"ASR_{name}"):

@@ -12,7 +12,7 @@ SAMPLE_RATE = 16_000  # Hz, mono: what the models hear and the WS protocol carri
 BYTES_PER_SAMPLE = 2  # PCM16 on the wire and in the archives
 BYTES_PER_SECOND = SAMPLE_RATE * BYTES_PER_SAMPLE
 
-# Silero VAD, as both dictation and alignment use it (contract §3.2).
+# Silero VAD, as both dictation and alignment use it.
 WINDOW_SAMPLES = 2560  # 160 ms: the unit the VAD gate decides on
 SUB_CHUNK = 512  # the only input size Silero accepts at 16 kHz
 VAD_THRESHOLD = 0.5  # a window is speech when its peak probability reaches this

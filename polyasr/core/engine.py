@@ -85,7 +85,7 @@ class Engine(Protocol):
     model_id: str  # the ASR model (id or local dir)
     aligner_id: str  # the forced aligner (id or local dir)
     # Replace a chunk's segments by one whole-chunk segment when grouping
-    # covers too little of its text (contract §6.4; the MLX safety net).
+    # covers too little of its text (the MLX backend's safety net).
     align_coverage_fallback: bool
     # Most clips one ``transcribe`` call should get: the scheduler batches up to this.
     max_batch: int

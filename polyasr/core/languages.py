@@ -9,7 +9,7 @@ rather than surfacing as a 500 from deep inside a decode.
 
 from __future__ import annotations
 
-# The 30 languages Qwen3-ASR recognizes (contract §7), keyed by lower-case code.
+# The 30 languages Qwen3-ASR recognizes, keyed by lower-case code.
 CODE_TO_NAME: dict[str, str] = {
     "zh": "Chinese",
     "zh-cn": "Chinese",
@@ -42,7 +42,7 @@ CODE_TO_NAME: dict[str, str] = {
     "ro": "Romanian",
     "hu": "Hungarian",
     "mk": "Macedonian",
-    # ▲ Filipino is supported by the model but missing upstream.
+    # Filipino is supported by the model but missing from the upstream list.
     "fil": "Filipino",
     "tl": "Filipino",
 }
@@ -50,7 +50,7 @@ CODE_TO_NAME: dict[str, str] = {
 SUPPORTED_NAMES: tuple[str, ...] = tuple(sorted(set(CODE_TO_NAME.values())))
 _NAME_BY_LOWER = {name.lower(): name for name in SUPPORTED_NAMES}
 
-# The forced aligner's 11 languages (contract §6.5).
+# The forced aligner's 11 languages.
 ALIGNER_NAMES: tuple[str, ...] = (
     "Cantonese",
     "Chinese",

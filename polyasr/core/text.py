@@ -1,4 +1,4 @@
-"""Joining recognized text pieces (contract §3.5 join rule).
+"""Joining recognized text pieces.
 
 Used wherever audio is decoded in pieces and the texts are put back together:
 long batch uploads split at quiet points, the stable prefix of a dictation,

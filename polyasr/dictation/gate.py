@@ -1,4 +1,4 @@
-"""The speech gate of one dictation session (contract §3.2–3.3): in-order
+"""The speech gate of one dictation session: in-order
 audio in, speaker-checked chunks of speech out.
 
 Silero decides speech per 160 ms window; four quiet windows close a chunk; the

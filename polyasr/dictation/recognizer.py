@@ -1,5 +1,4 @@
-"""Recognizers of one dictation session: audio in, partials and one final out
-(contract §3.4–3.6, §2.9 step 5).
+"""Recognizers of one dictation session: audio in, partials and one final out.
 
 Two recognizers share one interface, so a session (and any wire protocol on
 top of it) does not care which one runs:

@@ -1,4 +1,4 @@
-"""One dictation session (contract §3): in-order audio → speech gate →
+"""One dictation session: in-order audio → speech gate →
 recognizer, and exactly one final. No wire format and no FastAPI in here.
 
 The session composes the parts that each do one job — the speech gate
@@ -107,7 +107,7 @@ class DictationSession:
         return self._final is not None
 
     def begin_stop(self) -> None:
-        """A stop arrived: no partial is sent from now on (contract §2.10)."""
+        """A stop arrived: no partial is sent from now on."""
         self.recognizer.closing = True
 
     def reopen(self) -> None:

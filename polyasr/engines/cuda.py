@@ -29,7 +29,7 @@ class CudaEngine:
     """qwen-asr on torch, on ``POLYASR_DEVICE`` (a CUDA device or ``cpu``)."""
 
     backend = "cuda"
-    align_coverage_fallback = False  # contract §6.4: CUDA never had the net
+    align_coverage_fallback = False  # CUDA never had the net
 
     def __init__(self, settings: Settings) -> None:
         import torch

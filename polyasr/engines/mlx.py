@@ -23,7 +23,7 @@ class MlxEngine:
     """mlx-qwen3-asr for transcription, mlx-audio for forced alignment."""
 
     backend = "mlx"
-    align_coverage_fallback = True  # contract §6.4: MLX keeps the safety net
+    align_coverage_fallback = True  # MLX keeps the safety net
     max_batch = 8  # clips per transcribe call (the scheduler's batch cap)
 
     def __init__(self, settings: Settings) -> None:

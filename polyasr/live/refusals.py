@@ -27,7 +27,7 @@ class ProtocolError(Exception):
 
 
 SERVER_BUSY = ("server_busy", "too many live ASR sessions; retry later")
-# ▲ shutdown drain (issue 8 §6): refused at start (1013), or cut after the grace (1012)
+# Shutdown drain: refused at start (1013), or cut after the grace (1012)
 SHUTTING_DOWN = ("server_shutting_down", "the server is shutting down; resume after it restarts")
 
 # Close codes other than 1008 (protocol error): oversize messages and a busy server.

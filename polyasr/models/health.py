@@ -1,4 +1,4 @@
-"""Honest health (contract §4.1.1): ``status`` is derived from evidence.
+"""Honest health: ``status`` is derived from evidence.
 
 Three reasons make ``/health`` say ``degraded``: the ASR weights no longer
 resolve from local storage (checked on its own timer, at start-up and after
@@ -107,7 +107,7 @@ class HealthMonitor(UnitObserver):
 
     def record_session(self, signal_sec: float, final_text: str, partials: int) -> None:
         """A dictation stop was answered: ``signal_sec`` of speech went in,
-        ``final_text`` came out, after ``partials`` partials (contract §4.1.1).
+        ``final_text`` came out, after ``partials`` partials.
 
         A session with a partial resets the count; one with at least
         ``LIVE_MIN_SPEECH_SEC`` of speech, a non-empty final and no partial is

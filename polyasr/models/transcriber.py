@@ -2,7 +2,7 @@
 
 Every transcription — batch uploads now, dictation partials and finals later,
 the health probe — goes through :class:`Transcriber`, so each decode gets a
-token budget proportional to its audio (contract §3.7) and long audio is cut
+token budget proportional to its audio and long audio is cut
 at quiet points into pieces the engine decodes as one batch.
 """
 

@@ -1,4 +1,4 @@
-"""Health honesty (contract §4.1.1) on the real engine: derived status, the
+"""Health honesty on the real engine: derived status, the
 streaming probe, staleness, self-heal, weights re-checks, idle eviction wins."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Property-based fuzzing of the dictation wire (contract §2, issue 8 §2).
+"""Property-based fuzzing of the dictation wire.
 
 Two surfaces that survive any restructuring of the server behind them:
 
@@ -45,7 +45,7 @@ FRAME_BYTES = 3200  # 100 ms of PCM16 at 16 kHz
 SPEECH_PCM = (np.clip(speech("voice_a"), -1, 1) * 32767).astype("<i2").tobytes()
 REPLY_TIMEOUT = 30.0  # a loaded 2-core machine decodes slowly; a hang still fails
 
-# Close codes by error class (contract §2.11, issue 8 §2 and §6).
+# Close codes by error class.
 CLOSE_NORMAL, CLOSE_PROTOCOL, CLOSE_TOO_BIG, CLOSE_INTERNAL, CLOSE_RESTART, CLOSE_BUSY = (
     1000,
     1008,
@@ -107,7 +107,7 @@ def test_any_bytes_give_a_frame_or_the_unframed_error(data: bytes) -> None:
     try:
         seq, payload = parse_frame(data)
     except ProtocolError as exc:
-        if exc.code == "invalid_frame":  # issue 8 §2: an odd-length payload may be refused here
+        if exc.code == "invalid_frame":  # an odd-length payload may be refused here
             assert _is_valid_frame(data) and len(data) % 2 == 1, data[:16]
             return
         assert not _is_valid_frame(data), data[:16]
@@ -140,7 +140,7 @@ def test_valid_frames_round_trip_and_reserved_bytes_are_ignored(
 @pytest.fixture(scope="module")
 def server(tiny: Any, backend: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     # Hundreds of short sessions: journals expire fast, and no admission cap
-    # (issue 8 §2) turns a fuzz case into a refusal.
+    # turns a fuzz case into a refusal.
     with serving(
         backend,
         tiny,
@@ -629,7 +629,7 @@ def test_any_message_sequence_gets_well_formed_replies_and_a_documented_close(
             assert wire.close_code == CLOSE_NORMAL
 
 
-# -- what the hardening issue changes (issue 8 §2) -------------------------
+# -- limits: every one a refusal with its own code -------------------------
 
 
 @fuzz(6, shrink=False)

@@ -1,5 +1,5 @@
 """Property-based fuzzing of WS /v1/realtime against a real server process
-(issue 11, held to issue 8's rule that bad input gets a clear error and the
+(held to the rule that bad input gets a clear error and the
 server keeps serving).
 
 Each case opens a connection, sends a short sequence of events drawn from

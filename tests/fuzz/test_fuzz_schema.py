@@ -1,4 +1,4 @@
-"""Schemathesis against a live server's own OpenAPI schema (issue 8, tests).
+"""Schemathesis against a live server's own OpenAPI schema.
 
 Requests are generated from ``/openapi.json`` as the running server publishes
 it, both inside the schema (positive) and outside it (negative), and sent over
@@ -176,7 +176,7 @@ ROOT_FILES = ["speech.wav", "notes.txt", "noise.wav", "empty.wav", "folder.wav",
 @st.composite
 def manifests(draw: st.DrawFn, root: Path) -> dict[str, Any]:
     """Manifest bodies: entries naming files in and out of the root, with odd
-    offsets and ids, next to odd top-level fields (contract §4.5)."""
+    offsets and ids, next to odd top-level fields."""
     in_root = st.sampled_from(ROOT_FILES).map(lambda name: str(root / name))
     path = (
         st.just(str(root / "speech.wav"))

@@ -1,4 +1,4 @@
-"""Who may talk to the service (issue 8 §4): the API key on HTTP and on the
+"""Who may talk to the service: the API key on HTTP and on the
 socket (header or subprotocol), the Origin and Host checks, the public
 health check, the warning for an open listener, error ids and the metrics
 method label — over a real server process where a real socket matters."""

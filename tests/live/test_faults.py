@@ -1,4 +1,4 @@
-"""Faults around the model units (issue 8 §3 and the decode queue bound of §2),
+"""Faults around the model units,
 on the real engine with tiny checkpoints: an unload never pulls a model from
 under queued work, a decode deadline fails its own request alone, an engine
 raising anything never kills a unit's thread, a full queue refuses batch work

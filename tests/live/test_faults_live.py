@@ -1,4 +1,4 @@
-"""Dictation faults on a real server process (issue 8 §3), injected with the
+"""Dictation faults on a real server process, injected with the
 ``POLYASR_FAULTS`` test hook (polyasr.models.transcriber.FaultHook: the engine call
 itself raises on the unit's thread, the code path is the production one):
 a failing stable-prefix commit backs off 0.5 s, 1 s, 2 s … and the final

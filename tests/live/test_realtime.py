@@ -1,4 +1,4 @@
-"""WS /v1/realtime end to end (issue 11): the official ``openai`` SDK's
+"""WS /v1/realtime end to end: the official ``openai`` SDK's
 realtime client against a real server process on the tiny checkpoints of
 this run's backend. Random weights write gibberish, so the assertions are
 about structure: which events come, in which order per item, that deltas

@@ -1,5 +1,5 @@
-"""WS /v1/realtime under the service's limits and faults (issue 11, as issue 8
-asks of /ws/transcribe): admission, idleness, session length, SIGTERM drain
+"""WS /v1/realtime under the service's limits and faults (as
+for /ws/transcribe): admission, idleness, session length, SIGTERM drain
 and crash recovery, each driven through a real server process."""
 
 from __future__ import annotations

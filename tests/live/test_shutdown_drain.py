@@ -1,4 +1,4 @@
-"""The shutdown drain of a real server process (issue 8 §6, polyasr.api.drain).
+"""The shutdown drain of a real server process.
 
 On SIGTERM the server refuses new work (503 / 1013 ``server_shutting_down``),
 lets a stop in flight and a running upload answer, cuts the live sessions with
@@ -134,7 +134,7 @@ def test_sigterm_drains_then_exits_with_complete_archives(server: LiveServer) ->
     kinds = [m["type"] for m in answered]
     assert kinds[-2:] == ["final", "done"] and code == 1000, answered
 
-    late.send(json.dumps({"type": "stop", "stopId": "s2"}))  # ▲ a stop during the grace is answered
+    late.send(json.dumps({"type": "stop", "stopId": "s2"}))  # a stop during the grace is answered
     answered, code = messages_until_closed(late, 30)
     assert [m["type"] for m in answered][-2:] == ["final", "done"] and code == 1000, answered
 

@@ -1,4 +1,4 @@
-"""Uploads whatever a client sends (issue 8 §2/§3): decoded duration capped
+"""Uploads whatever a client sends: decoded duration capped
 (413 naming the limit) for transcriptions, /v1/align and manifest entries;
 long uploads decoded and queued piece by piece; a client that leaves
 cancels its queued work; a stream that fails after its 200 ends with an

@@ -1,4 +1,4 @@
-"""WS /ws/transcribe under hostile or careless clients (issue 8 §1–2), end to
+"""WS /ws/transcribe under hostile or careless clients, end to
 end: a real server process with small limits, raw sockets, the real engine of
 this run on tiny checkpoints. Every refusal has its own code and close code,
 and the server keeps serving after it."""

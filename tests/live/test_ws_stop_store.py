@@ -1,4 +1,4 @@
-"""Stop results over real server processes (issue 8 §1): one utterance, one
+"""Stop results over real server processes: one utterance, one
 result — across a new ``start`` with reused ids, a stop retried on a second
 connection, and a restart of the service on the same ``POLYASR_LOG_DIR``."""
 

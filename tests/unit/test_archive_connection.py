@@ -1,4 +1,4 @@
-"""The dictation-connection archive (contract §9): layout, event lines, a folder
+"""The dictation-connection archive: layout, event lines, a folder
 complete once its ``close`` line is there, writes off the event loop and in
 order, best effort."""
 

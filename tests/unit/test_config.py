@@ -25,7 +25,7 @@ def test_legacy_asr_fallback_and_polyasr_precedence() -> None:
 
 
 def test_explicit_empty_polyasr_counts_as_set() -> None:
-    # ▲ An empty POLYASR_LOG_DIR disables logging even when ASR_LOG_DIR is set.
+    # An empty POLYASR_LOG_DIR disables logging even when ASR_LOG_DIR is set.
     settings = load_settings("cuda", {"POLYASR_LOG_DIR": "", "ASR_LOG_DIR": "/var/log/x"})
     assert settings.log_dir == ""
     assert settings.log_root(__import__("pathlib").Path("/repo")) is None

@@ -1,4 +1,4 @@
-"""Language normalization (contract §7 with the ▲ choices)."""
+"""Language normalization."""
 
 from __future__ import annotations
 

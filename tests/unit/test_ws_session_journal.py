@@ -99,7 +99,7 @@ async def test_resume_keeps_context_language_and_audio() -> None:
     resumed = await connect(svc, [{"type": "resume", "protocol": 1, "sessionId": "j"}, None])
     assert resumed.sent[0] == {"type": "resumed", "protocol": 1, "sessionId": "j", "ackSeq": 2}
     hints = held.session.hints
-    assert hints.context == "Zhang Wei" and hints.language == "Chinese"  # ▲ kept across the resume
+    assert hints.context == "Zhang Wei" and hints.language == "Chinese"  # kept across the resume
 
 
 async def test_journal_is_pruned_on_a_timer_and_stops_stay_recognized() -> None:

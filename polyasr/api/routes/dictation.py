@@ -1,4 +1,4 @@
-"""Dictation sockets: ``/ws/transcribe`` (contract §2, protocol in polyasr.live.basr.connection)
+"""Dictation sockets: ``/ws/transcribe`` (polyasr.live.basr.connection)
 and OpenAI Realtime transcription ``/v1/realtime`` (polyasr.live.realtime.connection). Access
 (key, Origin, Host) is checked before a socket gets here."""
 

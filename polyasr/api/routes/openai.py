@@ -103,7 +103,7 @@ Form_ = Annotated[TranscriptionForm, Depends(transcription_form)]
 
 @router.post("/v1/audio/transcriptions", response_model=None)
 async def transcriptions(request: Request, services: ServicesDep, form: Form_) -> Response | dict[str, Any]:
-    """OpenAI-compatible batch transcription (contract §3)."""
+    """OpenAI-compatible batch transcription."""
     if form.stream:
         return await _stream(services, form)
     return await unless_disconnected(request, _transcribe(services, form))

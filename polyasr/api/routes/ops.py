@@ -36,7 +36,7 @@ async def get_metrics(services: ServicesDep) -> Response:
 
 @router.get("/health")
 async def get_health(services: ServicesDep) -> dict[str, Any]:
-    """Liveness, the models, the manager block and the streaming probe (contract §4.1)."""
+    """Liveness, the models, the manager block and the streaming probe."""
     monitor, engine = services.health, services.engine
     reasons = monitor.reasons()
     if services.live.registry.draining:  # SIGTERM: new work is refused (polyasr.api.drain)

@@ -186,7 +186,7 @@ class Connection(Driving):
         record = svc.registry.claim(opening, self, new_session)
         self.control = opening.control
         session = record.session
-        # ▲ a resume keeps the session's context and language unless it restates them
+        # a resume keeps the session's context and language unless it restates them
         session.hints.context = opening.context or session.hints.context
         session.hints.language = language or session.hints.language
         session.reopen()
@@ -318,7 +318,7 @@ class Connection(Driving):
                 raise Disconnected
             if isinstance(message, bytes):
                 await self._frame(record, message)
-            # text messages during the wait are dropped (contract §2.9 step 4)
+            # text messages during the wait are dropped
         return True
 
     async def _answer(self, record: SessionRecord, stop_id: str, text: str, recognized: int | None) -> None:

@@ -1,4 +1,4 @@
-"""The frame journal of one BASR dictation session (contract §2.4): which
+"""The frame journal of one BASR dictation session: which
 ``seq`` numbers arrived, the contiguous frontier ``ackSeq``, and the frames
 that arrived ahead of a gap.
 

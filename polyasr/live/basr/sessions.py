@@ -1,4 +1,4 @@
-"""The dictation sessions of the process (contract §2.8–2.9, issue 8 §1).
+"""The dictation sessions of the process.
 
 A session outlives connections: the registry keeps, per ``sessionId``, the
 frame journal, the recognition state and which connection drives it, until

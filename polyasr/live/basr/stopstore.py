@@ -1,4 +1,4 @@
-"""Answered stops, kept across restarts (contract §2.9 steps 1–2, issue 8 §1).
+"""Answered stops, kept across restarts.
 
 A client that retries its ``stop`` (same ``sessionId``, same ``stopId``) must
 get the same ``final`` — or ``stopExpired`` — never a second, different

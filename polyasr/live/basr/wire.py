@@ -22,7 +22,7 @@ HEADER = struct.Struct(">4sBBHQ")  # magic, version, type, reserved, seq (big-en
 PROTOCOL = 1
 
 
-# ▲ machine codes next to the upstream human strings (contract §2.11)
+# Machine codes next to the human error strings (docs/protocol.md, "Errors and close codes")
 AUDIO_BEFORE_START = ("audio_before_start", "ASR protocol start required before audio")
 UNFRAMED_AUDIO = ("unframed_audio", "unframed ASR audio is not accepted")
 UNSUPPORTED_VERSION = ("unsupported_version", "unsupported ASR protocol version")
@@ -35,7 +35,7 @@ UNSUPPORTED_AUDIO = (
     "unsupported_audio_format",
     "only 16000 Hz, 1 channel, pcm16le audio is accepted",
 )
-# ▲ limits (issue 8 §2): every one a refusal with its own code
+# Limits: every one a refusal with its own code
 TEXT_TOO_LARGE = ("text_too_large", "ASR protocol message exceeds the size limit")
 FRAME_TOO_LARGE = ("frame_too_large", "ASR audio frame exceeds the size limit")
 ID_TOO_LONG = ("id_too_long", "sessionId or stopId exceeds the length limit")
@@ -119,7 +119,7 @@ class Opening:
 
 
 def parse_opening(msg: dict[str, Any], limits: WsLimits = WsLimits()) -> Opening:
-    """Validate a ``start``/``resume`` message (contract §2.5, §2.2)."""
+    """Validate a ``start``/``resume`` message."""
     if msg.get("protocol") != PROTOCOL or isinstance(msg.get("protocol"), bool):
         raise protocol_error(UNSUPPORTED_VERSION, protocol=msg.get("protocol"))
     raw_id = msg.get("sessionId")
