@@ -57,12 +57,14 @@ venvs: $(MLX_VENV)/.dev-installed $(CUDA_VENV)/.dev-installed
 lint: $(CUDA_VENV)/.dev-installed
 	$(CUDA_VENV)/bin/ruff check .
 
-# Debian's Chromium for tests/browser/test_browser.py and systemd-analyze for the unit
-# check; installed as root where apt-get exists (CI), else those tests skip.
+# Debian's Chromium for tests/browser/test_browser.py, systemd-analyze for the unit
+# check and bubblewrap to run the unit under its own file-system restrictions
+# (tests/live/test_service_sandbox.py); installed as root where apt-get exists
+# (CI), else those tests skip.
 test-system-deps:
 	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
-		! { command -v chromium && command -v systemd-analyze; } >/dev/null; then \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium fonts-dejavu-core systemd; \
+		! { command -v chromium && command -v systemd-analyze && command -v bwrap; } >/dev/null; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium fonts-dejavu-core systemd bubblewrap; \
 	fi
 
 test: venvs lint test-system-deps

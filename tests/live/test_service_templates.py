@@ -23,6 +23,7 @@ VALUES = {
     "__GROUP__": "asr",
     "__HF_HOME__": "/var/lib/polyasr/hf",
     "__LOG_DIR__": "/var/log/polyasr",
+    "__CACHE_DIR__": "/Users/asr/Library/Caches/polyasr",
 }
 
 
@@ -39,7 +40,11 @@ def test_launchd_plist() -> None:
     assert plist["Label"] == "io.zigzag.polyasr"
     assert plist["ProgramArguments"] == ["/opt/polyasr/.venv-mlx/bin/python", "/opt/polyasr/server.py"]
     assert plist["KeepAlive"] is True and plist["ThrottleInterval"] == 10
-    assert plist["EnvironmentVariables"]["POLYASR_LOG_DIR"] == "/var/log/polyasr"
+    env = plist["EnvironmentVariables"]
+    assert env["POLYASR_LOG_DIR"] == "/var/log/polyasr"
+    # library caches in one known place, never in the repository or the virtualenv
+    assert env["XDG_CACHE_HOME"] == "/Users/asr/Library/Caches/polyasr"
+    assert env["NUMBA_CACHE_DIR"] == "/Users/asr/Library/Caches/polyasr/numba"
     assert plist["Umask"] == 0o077  # archives readable by the user only
     assert plist["ExitTimeOut"] == 30  # drain + FLAC conversion before SIGKILL
 
