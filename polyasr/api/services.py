@@ -69,7 +69,10 @@ class Services:
         try:
             async with self.manager.lease("asr"):
                 pass
-        except (ModelUnavailable, ModelBusy) as exc:
+        except ModelUnavailable:
+            # The unit logged why as the one error line; /health says degraded.
+            log.info("serving degraded: the asr unit did not load")
+        except ModelBusy as exc:
             log.error("preloading asr failed; serving degraded: %s", exc)
         await self.health.start()
         self.manager.start()

@@ -34,6 +34,7 @@ BACKEND_DEFAULTS: dict[Backend, dict[str, Any]] = {
         "port": 8765,
         "aligner_model": "mlx-community/Qwen3-ForcedAligner-0.6B-4bit",
         "dtype": "float16",
+        "device": "gpu",
         "partials_enabled": False,
     },
     "cuda": {

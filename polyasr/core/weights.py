@@ -2,9 +2,10 @@
 
 Two questions, both answered without downloading anything: are the weights
 here now (``/health``'s ``weights_missing``), and, when they are not, can a
-load fetch them at all. The second one lets a load on a machine that cannot
-reach the hub fail at once with one line that says what to do, instead of
-the loaders' minute of retries and tracebacks.
+load get them at all. The second one lets a load that is bound to fail (a
+local path with a typo, a folder without the model in it, a hub id on a
+machine that cannot reach the hub) fail at once with one line that says what
+to do, instead of the loaders' retries, tracebacks and guesses.
 """
 
 from __future__ import annotations
@@ -20,7 +21,10 @@ HUB_CONNECT_TIMEOUT_SEC = 3.0
 
 
 def _is_path(model_id: str) -> bool:
-    return Path(model_id).expanduser().is_absolute() or model_id.startswith((".", "~"))
+    """A value that means a place on disk, never a hub id: absolute, ``./x``,
+    ``../x``, ``~/x``, or a folder that exists."""
+    path = Path(model_id).expanduser()
+    return path.is_absolute() or model_id.startswith((".", "~")) or path.is_dir()
 
 
 def check_weights(model_id: str) -> tuple[bool, str]:
@@ -32,7 +36,7 @@ def check_weights(model_id: str) -> tuple[bool, str]:
             return True, str(path)
         return False, f"{path} has no config.json"
     if _is_path(model_id):
-        return False, f"{model_id} does not exist"
+        return False, f"{model_id} is not a folder" if path.exists() else f"{model_id} does not exist"
     from huggingface_hub import snapshot_download
 
     try:
@@ -59,15 +63,23 @@ def _hub_unreachable() -> str | None:
         return f"the hub ({constants.ENDPOINT}) is unreachable: {exc.strerror or type(exc).__name__}"
 
 
-def unfetchable(model_id: str, setting: str) -> str | None:
-    """Why loading the hub model ``model_id`` is bound to fail, or None.
+def cannot_load(model_id: str, setting: str) -> str | None:
+    """Why loading ``model_id`` is bound to fail, or None.
 
-    Only a hub id that is missing from the local cache while the hub cannot
-    be reached fails here; a local path, a cached snapshot or a reachable hub
-    is left to the loader (which gives its own error for a bad folder).
-    ``setting`` names the variable that chose the model, for the hint.
+    A value that looks like a path is checked as a path before anything
+    else: it must be a folder with a ``config.json`` (the loaders would
+    otherwise take it for a hub id, or guess a model type from a parent
+    folder, and fail with a wall of text). A hub id fails here only when it is
+    missing from the local cache while the hub cannot be reached; a cached
+    snapshot or a reachable hub is left to the loader. ``setting`` names the
+    variable that chose the model, for the hint.
     """
-    if _is_path(model_id) or Path(model_id).expanduser().is_dir() or check_weights(model_id)[0]:
+    if _is_path(model_id):
+        present, detail = check_weights(model_id)
+        if present:
+            return None
+        return f"{detail}; set {setting} to the folder that holds the model's config.json"
+    if check_weights(model_id)[0]:
         return None
     why = _hub_unreachable()
     if why is None:

@@ -25,6 +25,37 @@ from polyasr.engines.fast_decode import BUCKETS, EOS_IDS, FastDecoder
 _MB = 1_048_576
 
 
+def _check_device(torch: Any, name: str) -> None:
+    """Refuse at start-up a ``POLYASR_DEVICE`` that torch cannot parse or use,
+    naming the variable, rather than failing at the first load."""
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(
+            f"POLYASR_DEVICE={name!r} is not a device torch knows; use cuda, cuda:N or cpu"
+        ) from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(
+                f"POLYASR_DEVICE={name} but no CUDA device is available "
+                f"(torch {torch.__version__}, built for CUDA {torch.version.cuda or 'none'}); "
+                "set POLYASR_DEVICE=cpu to run on the CPU"
+            )
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ConfigError(
+                f"POLYASR_DEVICE={name} but this machine has {torch.cuda.device_count()} CUDA "
+                f"device(s), numbered from 0"
+            )
+    elif device.type != "cpu":
+        try:
+            torch.empty(0, device=device)
+        except (RuntimeError, AssertionError):
+            raise ConfigError(
+                f"POLYASR_DEVICE={name} is not usable with this torch build ({torch.__version__}); "
+                "use cuda, cuda:N or cpu"
+            ) from None
+
+
 class CudaEngine:
     """qwen-asr on torch, on ``POLYASR_DEVICE`` (a CUDA device or ``cpu``)."""
 
@@ -52,12 +83,7 @@ class CudaEngine:
         # The scheduler batches up to the largest captured bucket.
         self.max_batch = BUCKETS[-1] if self.decode == "fast" else 8
         self._fast: weakref.WeakKeyDictionary[Any, FastDecoder] = weakref.WeakKeyDictionary()
-        if self.device.startswith("cuda") and not torch.cuda.is_available():
-            raise ConfigError(
-                f"POLYASR_DEVICE={self.device} but no CUDA device is available "
-                f"(torch {torch.__version__}, built for CUDA {torch.version.cuda or 'none'}); "
-                "set POLYASR_DEVICE=cpu to run on the CPU"
-            )
+        _check_device(torch, self.device)
         if self.engine_backend == "vllm":
             if importlib.util.find_spec("vllm") is None:
                 raise ConfigError(

@@ -13,10 +13,22 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from polyasr.core.config import Settings
+from polyasr.core.config import ConfigError, Settings
 from polyasr.core.engine import AlignedUnit, Clip, Transcript, rolled_back_ids
 
 _MB = 1_048_576
+
+
+def _device(mx: Any, name: str) -> Any:
+    """``POLYASR_DEVICE`` as an MLX device (``gpu``, ``cpu``, optionally ``:N``);
+    refused at start-up, naming the variable, when MLX cannot parse or use it."""
+    kind, _, index = name.strip().lower().partition(":")
+    if kind not in ("gpu", "cpu") or not (index.isdigit() or index == ""):
+        raise ConfigError(f"POLYASR_DEVICE={name!r} is not an MLX device; use gpu or cpu")
+    device = mx.Device(getattr(mx, kind), int(index or 0))
+    if not mx.is_available(device):
+        raise ConfigError(f"POLYASR_DEVICE={name} but MLX has no such device here; set POLYASR_DEVICE=cpu")
+    return device
 
 
 class MlxEngine:
@@ -30,6 +42,8 @@ class MlxEngine:
         import mlx.core as mx
 
         self._mx = mx
+        # Everything this process computes runs there (MLX's default device is global).
+        mx.set_default_device(_device(mx, settings.device))
         self.model_id = settings.model
         self.aligner_id = settings.aligner_model
         self.dtype_name = settings.dtype

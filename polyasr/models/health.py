@@ -1,8 +1,10 @@
 """Honest health: ``status`` is derived from evidence.
 
-Three reasons make ``/health`` say ``degraded``: the ASR weights no longer
-resolve from local storage (checked on its own timer, at start-up and after
-any failed load, whether or not the model is resident); the streaming probe —
+Four kinds of reason make ``/health`` say ``degraded``: the ASR weights no
+longer resolve from local storage (checked on its own timer, at start-up and
+after any failed load, whether or not the model is resident); a model unit
+that cannot load (its weights are not there and cannot be fetched, or its
+last load failed), so the requests that need it answer 503; the streaming probe —
 the project's own speech clip decoded through the live ``asr`` unit — came
 back empty several times in a row; or there is no recent evidence at all that
 the resident model produces text. The probe runs only in idle gaps, never
@@ -30,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from polyasr.core.config import Settings
-from polyasr.core.engine import Preempted
+from polyasr.core.engine import UNITS, Preempted
 from polyasr.core.weights import check_weights
 from polyasr.models.manager import AsrModelManager
 from polyasr.models.scheduler import DecodeTimeout
@@ -59,6 +61,50 @@ class LiveState:
 
 # How often a requested live reload looks for an idle gap.
 LIVE_IDLE_POLL_SEC = 0.5
+# A weights or hub check that takes longer (a wedged volume) counts as failed.
+CHECK_TIMEOUT_SEC = 30.0
+
+
+class UnitReadiness:
+    """Whether each model unit can serve a request that needs it.
+
+    A resident unit is ready. One that is not must be loadable: its weights
+    are here or can be fetched (the unit's own pre-load check, re-run with the
+    weights check), and its last load, if any, did not fail. Without this a
+    server whose aligner cannot load says ``ok`` while every subtitle, word
+    timestamp and alignment answers 503.
+    """
+
+    def __init__(self, manager: AsrModelManager) -> None:
+        self.manager = manager
+        self.blockers: dict[str, str | None] = dict.fromkeys(UNITS)
+
+    async def check(self) -> None:
+        """Re-run each unit's pre-load check, bounded in time."""
+
+        async def one(name: str) -> str | None:
+            try:
+                return await asyncio.wait_for(
+                    asyncio.to_thread(self.manager.cannot_load, name), CHECK_TIMEOUT_SEC
+                )
+            except TimeoutError:
+                return f"weights check timed out after {CHECK_TIMEOUT_SEC:g} s"
+
+        verdicts = await asyncio.gather(*(one(name) for name in UNITS))
+        self.blockers = dict(zip(UNITS, verdicts, strict=True))
+
+    def why_not(self, name: str) -> str | None:
+        """Why ``name`` cannot serve now, or None when it can."""
+        if self.manager.is_resident(name):
+            return None
+        return self.blockers[name] or self.manager.unit(name).last_error
+
+    def reasons(self) -> list[str]:
+        return [f"{name}_unavailable" for name in UNITS if self.why_not(name) is not None]
+
+    def report(self) -> dict[str, dict[str, Any]]:
+        """``/health``'s ``units`` block: ``{unit: {"ready", "detail"}}``."""
+        return {name: {"ready": (why := self.why_not(name)) is None, "detail": why} for name in UNITS}
 
 
 class HealthMonitor(UnitObserver):
@@ -83,6 +129,8 @@ class HealthMonitor(UnitObserver):
         self.clock = clock
         self.weights_present = True
         self.weights_detail = ""
+        self._weights_checked = False
+        self.readiness = UnitReadiness(manager)
         self.probe = ProbeState()
         self.live = LiveState()
         self._tasks: list[asyncio.Task[None]] = []
@@ -147,19 +195,23 @@ class HealthMonitor(UnitObserver):
             live.witnesses = 0
 
     async def check_weights_now(self) -> None:
-        """Re-resolve the weights, bounded in time (a wedged volume must not hang)."""
+        """Re-resolve the weights and whether each unit can load, bounded in
+        time (a wedged volume must not hang). A change is logged; the verdict
+        at start-up is not, as a missing model's failed preload said it already."""
         try:
             present, detail = await asyncio.wait_for(
-                asyncio.to_thread(check_weights, self.model_id), timeout=30
+                asyncio.to_thread(check_weights, self.model_id), CHECK_TIMEOUT_SEC
             )
         except TimeoutError:
-            present, detail = False, "weights check timed out after 30 s"
-        if present != self.weights_present:
+            present, detail = False, f"weights check timed out after {CHECK_TIMEOUT_SEC:g} s"
+        if self._weights_checked and present != self.weights_present:
             log.warning("weights for %s present=%s (%s)", self.model_id, present, detail)
         self.weights_present, self.weights_detail = present, detail
+        self._weights_checked = True
+        await self.readiness.check()
 
     def load_failed(self, unit: str, reason: str) -> None:
-        """A real load failed: re-check the weights right away."""
+        """A real load failed: re-check the weights and the units right away."""
         asyncio.get_running_loop().create_task(self.check_weights_now())
 
     async def run_probe(self) -> None:
@@ -244,6 +296,7 @@ class HealthMonitor(UnitObserver):
         reasons = []
         if not self.weights_present:
             reasons.append("weights_missing")
+        reasons += self.readiness.reasons()
         if self.probe_enabled and self.manager.is_resident("asr"):
             threshold = self.settings.probe_fail_reload
             if threshold > 0 and self.probe.consecutive_failures >= threshold:

@@ -17,7 +17,7 @@ from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 from polyasr.core.engine import UNITS, Engine
-from polyasr.core.weights import unfetchable
+from polyasr.core.weights import cannot_load
 from polyasr.models.scheduler import Priority
 from polyasr.models.unit import ModelUnavailable, ModelUnit, UnitObservers
 
@@ -67,7 +67,7 @@ class AsrModelManager:
                 load_timeout=load_timeout,
                 decode_timeout=decode_timeout,
                 max_queued=max_queued,
-                preflight=lambda name=name: unfetchable(model_ids[name], MODEL_SETTINGS[name]),
+                preflight=lambda name=name: cannot_load(model_ids[name], MODEL_SETTINGS[name]),
                 before_load=None if coload else self._make_room,
             )
             for name in UNITS
@@ -168,6 +168,11 @@ class AsrModelManager:
 
     def is_resident(self, name: str) -> bool:
         return self._units[name].model is not None
+
+    def cannot_load(self, name: str) -> str | None:
+        """Why loading ``name`` is bound to fail (its pre-load check: the
+        weights, the hub), or None. Blocking: call it from a thread."""
+        return self._units[name].preflight()
 
     def is_busy(self, name: str) -> bool:
         """In real use right now (a health probe does not count)."""

@@ -53,6 +53,7 @@ async def get_health(services: ServicesDep) -> dict[str, Any]:
     if not monitor.weights_present:
         body["weights_detail"] = monitor.weights_detail
     body.update(engine.info())
+    body["units"] = monitor.readiness.report()
     body["manager"] = services.manager.status()
     body["streaming_probe"] = monitor.probe_block(reasons)
     return body
