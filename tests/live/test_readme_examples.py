@@ -135,22 +135,40 @@ SKIPPED_COMMANDS = {"polyasr dictate --mic": "needs a microphone and PortAudio"}
 
 
 def cli_example(block: Block, site: Site, tmp_path: Path) -> None:
-    """Each command in order, in one environment (the block's exports), with
-    the CLI of this environment on PATH; each exits 0 with its output."""
+    """Each command in one environment (the block's exports), with the CLI of
+    this environment on PATH; each exits 0 with its output. They run side by
+    side (each is a process start), ``unload`` last: it evicts their models."""
     env = {name: value for name, value in os.environ.items() if not name.startswith("POLYASR_")}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    ran = []
+    commands = []
     for command in shell_commands(block):
         command = site.adapt(command.split("  #")[0].strip())
         if command.startswith("export "):
             name, _, value = command.removeprefix("export ").partition("=")
             env[name] = value
         elif not any(command.startswith(skipped) for skipped in SKIPPED_COMMANDS):
-            subcommand = command.split()[1]
-            out = run(["bash", "-c", command], env).stdout
-            assert CLI_PROMISES[subcommand](out), f"{command}: {out}"
-            ran.append(subcommand)
-    assert ran == ["transcribe", "align", "dictate", "health", "unload"]
+            commands.append(command)
+    assert [c.split()[1] for c in commands] == ["transcribe", "align", "dictate", "health", "unload"]
+    *together, last = commands
+    running = [
+        (
+            c,
+            subprocess.Popen(
+                ["bash", "-c", c], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            ),
+        )
+        for c in together
+    ]
+    try:
+        for command, proc in running:
+            out, err = proc.communicate(timeout=BOUND_SEC)
+            assert proc.returncode == 0, f"{command}: exit {proc.returncode}\n{out}\n{err[-3000:]}"
+            assert CLI_PROMISES[command.split()[1]](out), f"{command}: {out}"
+    finally:
+        for _, proc in running:
+            proc.kill()
+    out = run(["bash", "-c", last], env).stdout
+    assert CLI_PROMISES[last.split()[1]](out), f"{last}: {out}"
 
 
 Runner = Callable[[Block, Site, Path], None]
