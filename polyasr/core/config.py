@@ -34,7 +34,7 @@ BACKEND_DEFAULTS: dict[Backend, dict[str, Any]] = {
         "port": 8765,
         "aligner_model": "mlx-community/Qwen3-ForcedAligner-0.6B-4bit",
         "dtype": "float16",
-        "device": "gpu",
+        "device": "default",  # MLX's own: the GPU on Apple Silicon, the CPU on Linux
         "partials_enabled": False,
     },
     "cuda": {

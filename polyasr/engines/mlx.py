@@ -20,8 +20,11 @@ _MB = 1_048_576
 
 
 def _device(mx: Any, name: str) -> Any:
-    """``POLYASR_DEVICE`` as an MLX device (``gpu``, ``cpu``, optionally ``:N``);
-    refused at start-up, naming the variable, when MLX cannot parse or use it."""
+    """``POLYASR_DEVICE`` as an MLX device (``default``: MLX's own choice;
+    ``gpu``, ``cpu``, optionally ``:N``); refused at start-up, naming the
+    variable, when MLX cannot parse or use it."""
+    if name.strip().lower() == "default":
+        return mx.default_device()
     kind, _, index = name.strip().lower().partition(":")
     if kind not in ("gpu", "cpu") or not (index.isdigit() or index == ""):
         raise ConfigError(f"POLYASR_DEVICE={name!r} is not an MLX device; use gpu or cpu")
