@@ -234,6 +234,29 @@ def live_server(tiny: TinyModels, backend: Backend, tmp_path: Path) -> Iterator[
         server.stop()
 
 
+KEYED_KEY = "k3y-for-errors"
+INSECURE_HOST = "polyasr.test"  # a name browsers do not treat as a secure context (unlike 127.0.0.1)
+
+
+@pytest.fixture(scope="session")
+def keyed_server(
+    tiny: TinyModels, backend: Backend, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Any]:
+    """One server with an API key, shared by the tests of what a person
+    reads when something is wrong (tests/live/test_user_errors.py and the
+    page's own in tests/browser): it also answers the Host ``polyasr.test``,
+    which the browser tests map to loopback to get a page outside a secure
+    context."""
+    with serving(
+        backend,
+        tiny,
+        tmp_path_factory.mktemp("keyed"),
+        POLYASR_API_KEY=KEYED_KEY,
+        POLYASR_ALLOWED_HOSTS=INSECURE_HOST,
+    ) as server:
+        yield server
+
+
 @pytest.fixture
 def ieee_floats() -> None:
     """Restore the processor's IEEE float mode before a hypothesis test.

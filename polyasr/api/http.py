@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from fastapi import FastAPI, HTTPException, Request
-from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -52,7 +51,19 @@ DISCONNECT_POLL_SEC = 0.5
 def error_response(
     status: int, detail: Any, code: str, headers: dict[str, str] | None = None
 ) -> JSONResponse:
-    return JSONResponse(error_body(status, detail, code), status_code=status, headers=headers)
+    return JSONResponse(error_body(status, str(detail), code), status_code=status, headers=headers)
+
+
+def validation_message(problems: Sequence[dict[str, Any]]) -> str:
+    """FastAPI's list of validation problems as one sentence that names each
+    field (``max_chunk_seconds: Input should be ...``), so that ``detail`` is
+    a string for every status; a body that is wrong as a whole is the
+    "request body"."""
+    parts = []
+    for problem in problems:
+        field = ".".join(str(part) for part in problem.get("loc", ())[1:])  # [0]: body, query, path…
+        parts.append(f"{field or 'request body'}: {problem.get('msg')}")
+    return "; ".join(parts) or "invalid request"
 
 
 class ClientGone(Exception):
@@ -123,7 +134,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
-        return error_response(422, jsonable_encoder(exc.errors()), "invalid_request")
+        return error_response(422, validation_message(exc.errors()), "invalid_request")
 
 
 async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:

@@ -76,17 +76,10 @@ def text_done(text: str) -> dict[str, Any]:
     return {"type": "transcript.text.done", "text": text}
 
 
-def error_body(status: int, detail: Any, code: str) -> dict[str, Any]:
-    """``{"detail": ...}`` (FastAPI's shape, kept) plus OpenAI's ``error``
-    object, which is what the OpenAI SDKs surface as the message."""
-    if isinstance(detail, list):  # request validation: FastAPI's list of problems
-        message = "; ".join(
-            f"{'.'.join(str(p) for p in item.get('loc', ()) if p != 'body')}: {item.get('msg')}"
-            for item in detail
-        )
-    else:
-        message = str(detail)
-    return {"detail": detail, "error": _error_object(status, message, code)}
+def error_body(status: int, detail: str, code: str) -> dict[str, Any]:
+    """``{"detail": "..."}`` (FastAPI's shape, always a sentence) plus OpenAI's
+    ``error`` object, which is what the OpenAI SDKs surface as the message."""
+    return {"detail": detail, "error": _error_object(status, detail, code)}
 
 
 def _error_object(status: int, message: str, code: str) -> dict[str, Any]:

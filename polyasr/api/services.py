@@ -69,8 +69,8 @@ class Services:
         try:
             async with self.manager.lease("asr"):
                 pass
-        except (ModelUnavailable, ModelBusy) as exc:
-            log.error("preloading asr failed; serving degraded: %s", exc)
+        except (ModelUnavailable, ModelBusy):  # a failed load has logged its reason
+            log.info("asr is not loaded; serving degraded until it loads (see /health)")
         await self.health.start()
         self.manager.start()
         loop = asyncio.get_running_loop()

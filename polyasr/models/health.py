@@ -146,21 +146,23 @@ class HealthMonitor(UnitObserver):
             live.reload_requested = False
             live.witnesses = 0
 
-    async def check_weights_now(self) -> None:
-        """Re-resolve the weights, bounded in time (a wedged volume must not hang)."""
+    async def check_weights_now(self, announce: bool = True) -> None:
+        """Re-resolve the weights, bounded in time (a wedged volume must not hang).
+        A change is logged when ``announce``d; after a failed load it is not:
+        the load's own error line has already said why."""
         try:
             present, detail = await asyncio.wait_for(
                 asyncio.to_thread(check_weights, self.model_id), timeout=30
             )
         except TimeoutError:
             present, detail = False, "weights check timed out after 30 s"
-        if present != self.weights_present:
+        if announce and present != self.weights_present:
             log.warning("weights for %s present=%s (%s)", self.model_id, present, detail)
         self.weights_present, self.weights_detail = present, detail
 
     def load_failed(self, unit: str, reason: str) -> None:
         """A real load failed: re-check the weights right away."""
-        asyncio.get_running_loop().create_task(self.check_weights_now())
+        asyncio.get_running_loop().create_task(self.check_weights_now(announce=False))
 
     async def run_probe(self) -> None:
         """Decode the probe clip through the live asr unit, if it is resident."""
