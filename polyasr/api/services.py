@@ -69,8 +69,11 @@ class Services:
         try:
             async with self.manager.lease("asr"):
                 pass
-        except (ModelUnavailable, ModelBusy):  # a failed load has logged its reason
-            log.info("asr is not loaded; serving degraded until it loads (see /health)")
+        except ModelUnavailable:
+            # The unit logged why as the one error line; /health says degraded.
+            log.info("serving degraded: the asr unit did not load")
+        except ModelBusy as exc:
+            log.error("preloading asr failed; serving degraded: %s", exc)
         await self.health.start()
         self.manager.start()
         loop = asyncio.get_running_loop()

@@ -83,6 +83,7 @@ class HealthMonitor(UnitObserver):
         self.clock = clock
         self.weights_present = True
         self.weights_detail = ""
+        self._weights_checked = False
         self.probe = ProbeState()
         self.live = LiveState()
         self._tasks: list[asyncio.Task[None]] = []
@@ -146,23 +147,24 @@ class HealthMonitor(UnitObserver):
             live.reload_requested = False
             live.witnesses = 0
 
-    async def check_weights_now(self, announce: bool = True) -> None:
-        """Re-resolve the weights, bounded in time (a wedged volume must not hang).
-        A change is logged when ``announce``d; after a failed load it is not:
-        the load's own error line has already said why."""
+    async def check_weights_now(self) -> None:
+        """Re-resolve the weights, bounded in time (a wedged volume must not
+        hang). A change is logged; the verdict at start-up is not, as a missing
+        model's failed preload said it already."""
         try:
             present, detail = await asyncio.wait_for(
                 asyncio.to_thread(check_weights, self.model_id), timeout=30
             )
         except TimeoutError:
             present, detail = False, "weights check timed out after 30 s"
-        if announce and present != self.weights_present:
+        if self._weights_checked and present != self.weights_present:
             log.warning("weights for %s present=%s (%s)", self.model_id, present, detail)
         self.weights_present, self.weights_detail = present, detail
+        self._weights_checked = True
 
     def load_failed(self, unit: str, reason: str) -> None:
         """A real load failed: re-check the weights right away."""
-        asyncio.get_running_loop().create_task(self.check_weights_now(announce=False))
+        asyncio.get_running_loop().create_task(self.check_weights_now())
 
     async def run_probe(self) -> None:
         """Decode the probe clip through the live asr unit, if it is resident."""
