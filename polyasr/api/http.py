@@ -28,7 +28,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from polyasr.align.errors import AlignEntryFailed, AlignValueError, ManifestError, ManifestForbidden
 from polyasr.api.metrics import Metrics
-from polyasr.api.openai import error_body
+from polyasr.api.openai import ERROR_SCHEMA, error_body
 from polyasr.audio.decoding import AudioDecodeError, AudioTooLong
 from polyasr.core.languages import UnsupportedLanguage
 from polyasr.models.manager import ModelBusy
@@ -135,6 +135,24 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
         return error_response(422, validation_message(exc.errors()), "invalid_request")
+
+    _publish_error_shape(app)
+
+
+def _publish_error_shape(app: FastAPI) -> None:
+    """``/openapi.json`` describes the 422 every route may answer as the error
+    body it really is, not as FastAPI's list of problems."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        schema = build()  # built once, then FastAPI's cached copy
+        schemas = schema.get("components", {}).get("schemas", {})
+        if "HTTPValidationError" in schemas:
+            schemas["HTTPValidationError"] = ERROR_SCHEMA
+            schemas.pop("ValidationError", None)
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:

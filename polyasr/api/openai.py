@@ -82,6 +82,23 @@ def error_body(status: int, detail: str, code: str) -> dict[str, Any]:
     return {"detail": detail, "error": _error_object(status, detail, code)}
 
 
+ERROR_SCHEMA: dict[str, Any] = {
+    "title": "Error",
+    "description": "Every error's body, whatever its status: detail is one sentence for a person",
+    "type": "object",
+    "required": ["detail", "error"],
+    "properties": {
+        "detail": {"type": "string"},
+        "error": {
+            "type": "object",
+            "required": ["message", "type", "code"],
+            "properties": {name: {"type": "string"} for name in ("message", "type", "code")},
+        },
+    },
+}
+"""The JSON schema of :func:`error_body`, for the published OpenAPI document."""
+
+
 def _error_object(status: int, message: str, code: str) -> dict[str, Any]:
     kind = "server_error" if status >= 500 else "invalid_request_error"
     return {"message": message, "type": kind, "code": code}

@@ -129,6 +129,10 @@ def test_every_error_detail_is_one_sentence_naming_the_field(keyed_server: LiveS
             (http.get("/nowhere"), 404, "Not Found"),
             (http.post("/model/unload", headers={"Authorization": "Bearer wrong"}), 401, "a valid API key"),
         ]
+        schemas = http.get("/openapi.json").json()["components"]["schemas"]
+    # the published schema of a 422 is the same body
+    assert schemas["HTTPValidationError"]["properties"]["detail"] == {"type": "string"}
+    assert "ValidationError" not in schemas
     for answer, status, sentence in cases:
         body = answer.json()
         assert answer.status_code == status, body
