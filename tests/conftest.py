@@ -234,6 +234,34 @@ def live_server(tiny: TinyModels, backend: Backend, tmp_path: Path) -> Iterator[
         server.stop()
 
 
+KEYED_KEY = "s3cret-key_42"
+INSECURE_HOST = "polyasr.test"  # a name browsers do not treat as a secure context (unlike 127.0.0.1)
+
+
+@pytest.fixture(scope="session")
+def keyed_server(
+    tiny: TinyModels, backend: Backend, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Any]:
+    """One server with an API key, shared by the access tests
+    (tests/live/test_access.py), the tests of what a person reads when
+    something is wrong (tests/live/test_user_errors.py) and the page's own in
+    tests/browser. Besides this machine's names it answers the Hosts
+    ``asr.lan`` and ``polyasr.test`` (which the browser tests map to loopback
+    to get a page outside a secure context), and the origin
+    ``https://app.example``. No test that shares it relies on which models
+    are resident."""
+    with serving(
+        backend,
+        tiny,
+        tmp_path_factory.mktemp("keyed"),
+        POLYASR_API_KEY=KEYED_KEY,
+        POLYASR_ALLOWED_ORIGINS="https://app.example",
+        POLYASR_ALLOWED_HOSTS=f"asr.lan,{INSECURE_HOST}",
+        POLYASR_STREAMING_PROBE="0",
+    ) as server:
+        yield server
+
+
 @pytest.fixture
 def ieee_floats() -> None:
     """Restore the processor's IEEE float mode before a hypothesis test.

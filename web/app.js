@@ -24,6 +24,19 @@ const socketProtocols = () => (apiKey() ? ["polyasr", `polyasr-key.${apiKey()}`]
 
 const SAMPLE_RATE = 16000;
 
+// Browsers give the microphone (and crypto.randomUUID) only to secure
+// contexts: https pages and localhost. Over plain http on a LAN the page still
+// transcribes files; the Start button says why dictation is off.
+const MIC_UNAVAILABLE =
+  "The microphone needs https or localhost: open this page over https, or through an SSH tunnel " +
+  "(ssh -L PORT:localhost:PORT host, then http://localhost:PORT/). File transcription works here.";
+const micAvailable = () => window.isSecureContext && Boolean(navigator.mediaDevices?.getUserMedia);
+
+/** A random hex id (crypto.getRandomValues works in every context). */
+function randomId() {
+  return Array.from(crypto.getRandomValues(new Uint8Array(16)), (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
 // ---- wire formats --------------------------------------------------------
 
 /** One BASR audio frame: a 16-byte header (seq big-endian), then PCM16 little-endian. */
@@ -94,7 +107,7 @@ function socketUrl() {
  * final that does not cover the audio can be redone by the batch endpoint.
  */
 class Dictation {
-  sessionId = `web-${crypto.randomUUID()}`;
+  sessionId = `web-${randomId()}`;
   stopId = `${this.sessionId}-stop`;
   chunks = [];
   sent = 0; // frames handed to the socket
@@ -108,9 +121,7 @@ class Dictation {
   note = "";
 
   async open() {
-    if (!navigator.mediaDevices?.getUserMedia) {
-      throw new Error("the microphone is only available over https or on localhost");
-    }
+    if (!micAvailable()) throw new Error(MIC_UNAVAILABLE);
     this.media = await navigator.mediaDevices.getUserMedia({ audio: { channelCount: 1 } });
     this.audio = new AudioContext();
     await this.audio.audioWorklet.addModule("web/pcm-worklet.js");
@@ -278,8 +289,8 @@ function coverageLine(d) {
 function render() {
   const d = current;
   const busy = d !== null && ["connecting", "listening", "finishing", "recovering"].includes(d.state);
-  document.body.dataset.dictation = d?.state ?? "idle";
-  $("start").disabled = busy;
+  document.body.dataset.dictation = d?.state ?? (micAvailable() ? "idle" : "unavailable");
+  $("start").disabled = busy || !micAvailable();
   $("stop").disabled = d?.state !== "listening"; // capture is running once the server has started
   if (!d) return;
   const status = $("dictation-status");
@@ -302,6 +313,12 @@ $("start").addEventListener("click", async () => {
 });
 
 $("stop").addEventListener("click", () => current.stop());
+
+if (!micAvailable()) {
+  $("start").title = MIC_UNAVAILABLE;
+  $("dictation-status").textContent = MIC_UNAVAILABLE;
+  render();
+}
 
 // ---- file upload: transcript and word timeline ------------------------------
 
@@ -355,7 +372,8 @@ $("upload-form").addEventListener("submit", async (event) => {
   event.preventDefault();
   const file = $("file").files[0];
   const status = $("upload-status");
-  for (const id of ["batch-text", "batch-meta", "timeline"]) $(id).replaceChildren();
+  // a failed upload must not leave the previous file's result on show
+  for (const id of ["batch-text", "batch-meta", "align-status", "timeline"]) $(id).replaceChildren();
   document.body.dataset.upload = "busy";
   status.classList.remove("error");
   status.textContent = "Transcribing…";

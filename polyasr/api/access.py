@@ -20,10 +20,10 @@ this order (:class:`AccessGuard` 1–2, :class:`KeyGuard` 3):
    (the page holds no data and asks for the key) and ``/health`` while
    ``POLYASR_HEALTH_PUBLIC`` is on (for supervisors).
 
-A refused dictation socket hears ``{"type": "error", "code": "unauthorized"}``
-and close 1008; a Realtime socket without the key is refused at the
-handshake with 401, as OpenAI's is, and so is any socket with a bad Host or
-Origin.
+A refused dictation socket hears the protocol's own error message
+(``{"type": "error", "error": ..., "code": "unauthorized"}``) and close
+1008; a Realtime socket without the key is refused at the handshake with
+401, as OpenAI's is, and so is any socket with a bad Host or Origin.
 
 Between the two guards sits Starlette's CORS middleware (:func:`cors_options`):
 a page on a listed origin gets ``Access-Control-Allow-Origin`` on every answer
@@ -48,6 +48,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from polyasr.api.http import error_response
 from polyasr.core.config import Settings
+from polyasr.live.basr import wire
 
 log = logging.getLogger("polyasr")
 
@@ -227,7 +228,7 @@ class KeyGuard(PolicyMiddleware):
             if websocket and scope["path"] == REALTIME_PATH:
                 await AccessGuard.refuse(scope, receive, send, 401, message, "unauthorized")
             elif websocket:
-                await self._unauthorized_socket(scope, receive, send, message)
+                await self._unauthorized_socket(scope, receive, send)
             else:
                 await error_response(401, message, "unauthorized", {"WWW-Authenticate": "Bearer"})(
                     scope, receive, send
@@ -236,12 +237,12 @@ class KeyGuard(PolicyMiddleware):
             await self.app(scope, receive, send)
 
     @staticmethod
-    async def _unauthorized_socket(scope: Scope, receive: Receive, send: Send, message: str) -> None:
-        """Accept, say ``unauthorized`` the way the dictation protocol says
-        errors, close 1008: a browser sees the reason, not a bare failure."""
+    async def _unauthorized_socket(scope: Scope, receive: Receive, send: Send) -> None:
+        """Accept, say ``unauthorized`` in the dictation protocol's own error
+        shape, close 1008: a browser sees the reason, not a bare failure."""
         await receive()  # websocket.connect
         await send({"type": "websocket.accept", "subprotocol": chosen_subprotocol(scope)})
-        body = {"type": "error", "code": "unauthorized", "message": message}
+        body = wire.error(*wire.UNAUTHORIZED)
         await send({"type": "websocket.send", "text": json.dumps(body)})
         await send({"type": "websocket.close", "code": 1008, "reason": "unauthorized"})
 

@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from fastapi import FastAPI, HTTPException, Request
-from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -29,7 +28,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from polyasr.align.errors import AlignEntryFailed, AlignValueError, ManifestError, ManifestForbidden
 from polyasr.api.metrics import Metrics
-from polyasr.api.openai import error_body
+from polyasr.api.openai import ERROR_SCHEMA, error_body
 from polyasr.audio.decoding import AudioDecodeError, AudioTooLong
 from polyasr.core.languages import UnsupportedLanguage
 from polyasr.models.manager import ModelBusy
@@ -52,7 +51,19 @@ DISCONNECT_POLL_SEC = 0.5
 def error_response(
     status: int, detail: Any, code: str, headers: dict[str, str] | None = None
 ) -> JSONResponse:
-    return JSONResponse(error_body(status, detail, code), status_code=status, headers=headers)
+    return JSONResponse(error_body(status, str(detail), code), status_code=status, headers=headers)
+
+
+def validation_message(problems: Sequence[dict[str, Any]]) -> str:
+    """FastAPI's list of validation problems as one sentence that names each
+    field (``max_chunk_seconds: Input should be ...``), so that ``detail`` is
+    a string for every status; a body that is wrong as a whole is the
+    "request body"."""
+    parts = []
+    for problem in problems:
+        field = ".".join(str(part) for part in problem.get("loc", ())[1:])  # [0]: body, query, path…
+        parts.append(f"{field or 'request body'}: {problem.get('msg')}")
+    return "; ".join(parts) or "invalid request"
 
 
 class ClientGone(Exception):
@@ -123,7 +134,25 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
-        return error_response(422, jsonable_encoder(exc.errors()), "invalid_request")
+        return error_response(422, validation_message(exc.errors()), "invalid_request")
+
+    _publish_error_shape(app)
+
+
+def _publish_error_shape(app: FastAPI) -> None:
+    """``/openapi.json`` describes the 422 every route may answer as the error
+    body it really is, not as FastAPI's list of problems."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        schema = build()  # built once, then FastAPI's cached copy
+        schemas = schema.get("components", {}).get("schemas", {})
+        if "HTTPValidationError" in schemas:
+            schemas["HTTPValidationError"] = ERROR_SCHEMA
+            schemas.pop("ValidationError", None)
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:

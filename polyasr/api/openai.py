@@ -76,17 +76,27 @@ def text_done(text: str) -> dict[str, Any]:
     return {"type": "transcript.text.done", "text": text}
 
 
-def error_body(status: int, detail: Any, code: str) -> dict[str, Any]:
-    """``{"detail": ...}`` (FastAPI's shape, kept) plus OpenAI's ``error``
-    object, which is what the OpenAI SDKs surface as the message."""
-    if isinstance(detail, list):  # request validation: FastAPI's list of problems
-        message = "; ".join(
-            f"{'.'.join(str(p) for p in item.get('loc', ()) if p != 'body')}: {item.get('msg')}"
-            for item in detail
-        )
-    else:
-        message = str(detail)
-    return {"detail": detail, "error": _error_object(status, message, code)}
+def error_body(status: int, detail: str, code: str) -> dict[str, Any]:
+    """``{"detail": "..."}`` (FastAPI's shape, always a sentence) plus OpenAI's
+    ``error`` object, which is what the OpenAI SDKs surface as the message."""
+    return {"detail": detail, "error": _error_object(status, detail, code)}
+
+
+ERROR_SCHEMA: dict[str, Any] = {
+    "title": "Error",
+    "description": "Every error's body, whatever its status: detail is one sentence for a person",
+    "type": "object",
+    "required": ["detail", "error"],
+    "properties": {
+        "detail": {"type": "string"},
+        "error": {
+            "type": "object",
+            "required": ["message", "type", "code"],
+            "properties": {name: {"type": "string"} for name in ("message", "type", "code")},
+        },
+    },
+}
+"""The JSON schema of :func:`error_body`, for the published OpenAPI document."""
 
 
 def _error_object(status: int, message: str, code: str) -> dict[str, Any]:

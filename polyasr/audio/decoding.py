@@ -14,6 +14,8 @@ can work on an upload's first piece while the rest is still being read.
 from __future__ import annotations
 
 import asyncio
+import io
+import os
 import threading
 from collections.abc import AsyncIterator, Iterable, Iterator
 from typing import Any, BinaryIO
@@ -23,9 +25,17 @@ import numpy as np
 
 from polyasr.core.constants import SAMPLE_RATE
 
+# Input sample rates the resampler is given: telephone-band and up to what
+# studio converters record. A header claiming anything else is a broken or
+# hostile file (2 GHz "audio" resamples to nothing, 1 Hz to hours).
+MIN_INPUT_RATE = 1_000
+MAX_INPUT_RATE = 768_000
+NOT_AUDIO = "not an audio file the server can read (wav, flac, mp3, ogg, opus, m4a, webm, ...)"
+
 
 class AudioDecodeError(ValueError):
-    """The bytes are not audio we can decode, or hold no samples at all."""
+    """The bytes are not audio we can decode, or hold no samples at all; the
+    message says which in words for the person who sent the file."""
 
 
 class AudioTooLong(AudioDecodeError):
@@ -36,10 +46,47 @@ class AudioTooLong(AudioDecodeError):
         self.max_sec = max_sec
 
 
+def _is_empty(source: BinaryIO | str) -> bool:
+    """Whether ``source`` has no bytes left to read (what cannot be measured
+    is left to the demuxer to judge)."""
+    try:
+        if isinstance(source, str):
+            return os.path.getsize(source) == 0
+        here = source.tell()
+        end = source.seek(0, io.SEEK_END)
+        source.seek(here)
+    except (OSError, ValueError):
+        return False
+    return end <= here
+
+
+def _open(source: BinaryIO | str) -> Any:
+    """The container of ``source``, or an :class:`AudioDecodeError` that says
+    why it is not one: empty, or not a format FFmpeg recognizes."""
+    if _is_empty(source):
+        raise AudioDecodeError("the file is empty")
+    try:
+        return av.open(source, mode="r")
+    except av.error.InvalidDataError:
+        raise AudioDecodeError(NOT_AUDIO) from None
+    except (av.error.FFmpegError, ValueError, OSError) as exc:
+        raise AudioDecodeError(f"the file could not be opened as audio: {_reason(exc)}") from None
+
+
+def _reason(exc: BaseException) -> str:
+    """FFmpeg's words for a failure, without its error number and file name."""
+    return str(getattr(exc, "strerror", None) or exc)
+
+
 def _frames(container: Any) -> Iterator[Any]:
     """Every resampled frame of the first audio stream, the resampler's tail included."""
     if not container.streams.audio:
-        raise AudioDecodeError("could not decode audio: the file has no audio stream")
+        raise AudioDecodeError("the file has no audio track")
+    rate = container.streams.audio[0].codec_context.sample_rate
+    if rate and not MIN_INPUT_RATE <= rate <= MAX_INPUT_RATE:
+        raise AudioDecodeError(
+            f"sample rate {rate} Hz is not supported ({MIN_INPUT_RATE}-{MAX_INPUT_RATE} Hz are)"
+        )
     resampler = av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE)
     for frame in container.decode(container.streams.audio[0]):
         yield from resampler.resample(frame)
@@ -51,12 +98,10 @@ def decoded_blocks(source: BinaryIO | str, max_sec: float | None = None) -> Iter
 
     Raises :class:`AudioTooLong` as soon as more than ``max_sec`` seconds have
     come out (nothing past the cap is decoded), :class:`AudioDecodeError` for
-    bytes that are not audio or decode to no samples at all.
+    an empty file, bytes that are not audio, a sample rate outside
+    ``MIN_INPUT_RATE``..``MAX_INPUT_RATE``, damaged data, or no samples at all.
     """
-    try:
-        container = av.open(source, mode="r")
-    except (av.error.FFmpegError, ValueError, OSError) as exc:
-        raise AudioDecodeError(f"could not decode audio: {exc}") from None
+    container = _open(source)
     limit = None if max_sec is None else int(max_sec * SAMPLE_RATE)
     total = 0
     try:
@@ -69,11 +114,14 @@ def decoded_blocks(source: BinaryIO | str, max_sec: float | None = None) -> Iter
     except AudioDecodeError:
         raise
     except (av.error.FFmpegError, ValueError, OSError) as exc:
-        raise AudioDecodeError(f"could not decode audio: {exc}") from None
+        where = f" after {total / SAMPLE_RATE:.1f} s" if total else ""
+        raise AudioDecodeError(
+            f"the audio is damaged and could not be decoded{where}: {_reason(exc)}"
+        ) from None
     finally:
         container.close()
     if total == 0:
-        raise AudioDecodeError("audio is empty: the file decodes to no samples")
+        raise AudioDecodeError("audio is empty: the file holds no audio samples")
 
 
 def decode_audio(source: BinaryIO | str, max_sec: float | None = None) -> np.ndarray:

@@ -238,7 +238,11 @@ class CudaEngine:
             return torch.full((input_ids.shape[0],), stopped, dtype=torch.bool, device=input_ids.device)
 
         with torch.inference_mode():
-            out = model.model.generate(**inputs, max_new_tokens=max(budgets), stopping_criteria=[stop_now])
+            # The pad token transformers would pick anyway (the first stop token),
+            # given here so that it does not log that choice on every call.
+            out = model.model.generate(
+                **inputs, max_new_tokens=max(budgets), stopping_criteria=[stop_now], pad_token_id=EOS_IDS[0]
+            )
         if stopped:
             return None
         rows = out.sequences[:, inputs["input_ids"].shape[1] :].tolist()

@@ -203,7 +203,7 @@ def test_align_errors_then_success(make_client: Any) -> None:
     client, _ = make_client(POLYASR_STREAMING_PROBE="0")
     good = VOICE[:SR]
     cases = [
-        (post_align(client, b"not audio at all" * 50), 400, "could not decode"),
+        (post_align(client, b"not audio at all" * 50), 400, "not an audio file"),
         (post_align(client, empty_wav()), 400, "empty"),
         (post_align(client, good, language="ar"), 422, "Cantonese, Chinese, English, French"),
         (post_align(client, good, language="klingon"), 422, "unsupported language"),
@@ -358,7 +358,7 @@ def test_manifest_errors_then_success(http: Any, audio_files: dict[str, Path]) -
             f"manifest entry el_2 path not found: {missing}",
         ),
         (manifest({"path": "rel/a.wav"}), 400, "must be absolute"),
-        (manifest({"path": str(audio_files["bad"]), "id": "x"}), 400, "manifest entry x: could not decode"),
+        (manifest({"path": str(audio_files["bad"]), "id": "x"}), 400, "manifest entry x: not an audio file"),
         (manifest({"path": str(audio_files["empty"])}), 400, "manifest entry 0: audio is empty"),
         (
             manifest({"path": a, "offset": "abc", "id": "e"}),

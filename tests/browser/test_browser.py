@@ -4,7 +4,10 @@ Chromium's fake microphone plays the project's own speech clip, so the page's
 whole capture path runs for real: AudioWorklet, resampling to 16 kHz PCM16,
 BASR framing, the v2 stop with ``finalCapturedSeq``, the coverage check, and
 the batch recovery when a final does not cover the audio. The upload form is
-driven with a real file. Skipped only where Debian's chromium is not installed.
+driven with a real file. The page also runs where it is not a secure context
+(plain http under a name other than localhost, as on a LAN) and against a
+server with a key it was not given. Skipped only where Debian's chromium is
+not installed.
 """
 
 from __future__ import annotations
@@ -23,8 +26,8 @@ import soundfile
 from playwright.sync_api import Browser, ConsoleMessage, Page, WebSocketRoute, sync_playwright
 
 from polyasr.audio.decoding import decode_audio
-from tests.audio_util import DATA, speech
-from tests.conftest import LiveServer
+from tests.audio_util import DATA, speech, wav_bytes
+from tests.conftest import INSECURE_HOST, KEYED_KEY, LiveServer
 
 CHROMIUM = Path("/usr/bin/chromium")
 pytestmark = pytest.mark.skipif(
@@ -32,7 +35,8 @@ pytestmark = pytest.mark.skipif(
 )
 
 # The flags this machine needs (no sandbox as root, no network beyond loopback)
-# plus a fake microphone that auto-grants and plays a WAV file once.
+# plus a fake microphone that auto-grants and plays a WAV file once, and a
+# name for loopback that is not a secure context (as a LAN address is not).
 CHROMIUM_FLAGS = [
     "--no-sandbox",
     "--disable-gpu",
@@ -43,6 +47,7 @@ CHROMIUM_FLAGS = [
     "--disable-sync",
     "--use-fake-ui-for-media-stream",
     "--use-fake-device-for-media-stream",
+    f"--host-resolver-rules=MAP {INSECURE_HOST} 127.0.0.1",
 ]
 SERVER_ENV = {"POLYASR_PARTIALS_ENABLED": "1", "POLYASR_PARTIAL_INTERVAL_SEC": "0.3"}
 SPEAK_SEC = 6.0  # stop while the clip (8.2 s) is still playing
@@ -239,3 +244,47 @@ def test_file_upload_shows_transcript_and_alignment(
         # the browser itself logs the 404 of the missing endpoint, and nothing else
         assert [e for e in console.errors if "/v1/align" not in e] == []
         assert all("404" in e for e in console.errors)
+
+
+def test_outside_a_secure_context_files_transcribe_and_the_mic_says_why_it_is_off(
+    browser: Browser, keyed_server: LiveServer, tmp_path: Path
+) -> None:
+    page = browser.new_page()
+    console = Console(page)
+    page.goto(f"http://{INSECURE_HOST}:{keyed_server.port}/?language=en")
+    page.wait_for_function("document.querySelector('#server').textContent.includes('·')")
+    assert page.evaluate("window.isSecureContext") is False
+    assert page.get_attribute("body", "data-dictation") == "unavailable"
+    assert page.locator("#start").is_disabled()
+    assert "needs https or localhost" in (page.text_content("#dictation-status") or "")
+
+    page.fill("#api-key", KEYED_KEY)
+    page.dispatch_event("#api-key", "change")
+    clip, notes = tmp_path / "clip.wav", tmp_path / "notes.txt"
+    clip.write_bytes(wav_bytes(speech("voice_a")[: 2 * 16_000]))
+    notes.write_text("not audio at all\n" * 20)
+    for upload in (clip, notes):
+        page.evaluate("document.body.dataset.upload = ''")
+        page.set_input_files("#file", str(upload))
+        page.click("#upload-form button[type=submit]")
+        page.wait_for_selector("body[data-upload=done]", timeout=120_000)
+        if upload == clip:
+            assert page.text_content("#upload-status") == "Done."
+            assert "2.00 s of audio" in (page.text_content("#batch-meta") or "")
+    status = page.text_content("#upload-status") or ""
+    assert status.startswith("Failed: HTTP 400: not an audio file the server can read"), status
+    # nothing of the first file's result is left on show
+    shown = [page.text_content(f"#{part}") for part in ("batch-text", "batch-meta", "align-status")]
+    assert shown == ["", "", ""]
+    assert page.locator("#timeline .segment").count() == 0
+    assert [e for e in console.errors if e.startswith("pageerror")] == []
+
+
+def test_a_refused_socket_shows_the_servers_reason(browser: Browser, keyed_server: LiveServer) -> None:
+    page = browser.new_page()
+    page.goto(f"{keyed_server.url}/?language=en")  # no key given
+    page.click("#start")
+    page.wait_for_selector("body[data-dictation=error]", timeout=30_000)
+    status = page.text_content("#dictation-status") or ""
+    assert status.startswith("unauthorized: a valid API key is required"), status
+    assert "undefined" not in status

@@ -74,6 +74,7 @@ class ScriptedServer:
         drop_first_stop: bool = False,
         refuse_after: int | None = None,
         refuse_start: dict[str, Any] | None = None,
+        refuse_socket: dict[str, Any] | None = None,
         partials: dict[int, dict[str, Any]] | None = None,
     ) -> None:
         self.answer = answer
@@ -82,6 +83,7 @@ class ScriptedServer:
         self.drop_first_stop = drop_first_stop  # the link dies as the first stop arrives
         self.refuse_after = refuse_after  # connections after this many fail to open
         self.refuse_start = refuse_start  # an error message answering the start
+        self.refuse_socket = refuse_socket  # an error message, then the close, before any start
         self.partials = partials or {}  # seq → partial message sent after that frame's ack
         self.frames: dict[int, bytes] = {}
         self.arrivals: list[tuple[int, int]] = []  # (connection index, seq) of every frame
@@ -103,6 +105,9 @@ class ScriptedServer:
             raise LinkClosed("connection refused")
         link = FakeLink(self)
         self.links.append(link)
+        if self.refuse_socket is not None:  # the key check: it speaks first and hangs up
+            link.push(self.refuse_socket)
+            link.drop()
         return link
 
     def receive(self, link: FakeLink, message: str | bytes) -> None:

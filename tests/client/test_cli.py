@@ -16,9 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from polyasr_client.cli import build_parser
+from polyasr_client.locate import local_server
 
 from tests.audio_util import encode, speech, wav_bytes
-from tests.conftest import LiveServer
+from tests.conftest import LiveServer, free_port
 
 POLYASR = str(Path(sys.executable).parent / "polyasr")
 UNREACHABLE = "http://127.0.0.1:9"  # the discard port: nothing listens
@@ -78,7 +80,7 @@ def test_cli_transcribe_reports_typed_errors(asr_server: LiveServer, tmp_path: P
     notes.write_text("this is not audio")
     run = polyasr("--url", asr_server.url, "transcribe", str(notes))
     assert run.returncode == 1 and run.stdout == ""
-    assert run.stderr.startswith("polyasr: bad_request, HTTP 400: ")
+    assert run.stderr.startswith("polyasr: invalid_audio, HTTP 400: not an audio file the server can read (")
 
 
 def test_cli_dictate_streams_a_file_and_prints_the_covered_final(
@@ -108,6 +110,14 @@ def test_cli_align_prints_the_alignment(asr_server: LiveServer, voice_wav: Path)
     assert body["text"] == text and body["language"] == "English"
     assert [s["text"] for s in body["segments"]] == ["Hello world.", "This is a test!"]
     assert all(set(w) == {"text", "start", "end"} for s in body["segments"] for w in s["words"])
+
+
+def test_cli_transcribe_writes_subtitles(asr_server: LiveServer, voice_wav: Path) -> None:
+    args = ("transcribe", str(voice_wav), "--language", "en", "--format", "srt")
+    run = polyasr("--url", asr_server.url, *args)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.startswith("1\n00:00:") and " --> " in run.stdout and not run.stdout.endswith("\n\n")
+    assert build_parser().parse_args(["transcribe", "a.wav", "--format", "vtt"]).format == "vtt"
 
 
 def on_terminal(args: list[str], stream: str) -> tuple[int, str, str]:
@@ -172,3 +182,33 @@ def test_cli_unload_prints_what_was_evicted(asr_server: LiveServer, voice_wav: P
     run = polyasr("--url", asr_server.url, "unload")
     body: Any = json.loads(run.stdout)
     assert run.returncode == 0 and "asr" in body["unloaded"] and body["manager"]["resident"] == []
+
+
+def test_cli_a_file_it_cannot_read_is_one_line(asr_server: LiveServer, tmp_path: Path) -> None:
+    missing = tmp_path / "missing.wav"
+    for command in ("transcribe", "align"):
+        run = polyasr("--url", asr_server.url, command, str(missing))
+        assert run.returncode == 1 and run.stdout == "", run.stderr
+        assert run.stderr.endswith(f"{missing}: No such file or directory\n"), run.stderr
+        assert run.stderr.count("\n") == 1 and run.stderr.startswith("polyasr: cannot read ")
+
+
+def test_cli_takes_a_websocket_url_and_refuses_what_names_no_server(asr_server: LiveServer) -> None:
+    socket_url = asr_server.url.replace("http://", "ws://") + "/ws/transcribe"
+    assert json.loads(polyasr("health", env={"POLYASR_URL": socket_url}).stdout)["manager"]
+    refused = polyasr("--url", "ftp://127.0.0.1:8766", "health")
+    assert refused.returncode == 2 and refused.stdout == ""
+    assert (
+        refused.stderr
+        == "polyasr: 'ftp://127.0.0.1:8766' is not a server URL; use one like http://127.0.0.1:8766\n"
+    )
+
+
+def test_cli_finds_this_machines_server_and_says_which(asr_server: LiveServer) -> None:
+    run = polyasr("health", env={"POLYASR_PORT": str(asr_server.port)})
+    assert json.loads(run.stdout)["manager"]
+    assert run.stderr == f"polyasr: server {asr_server.url} (from POLYASR_PORT)\n"
+    closed = free_port()  # nothing listens there: the next port is tried
+    assert local_server({}, ports=(closed, asr_server.port)) == (asr_server.url, "found listening")
+    url, why = local_server({}, ports=(closed,))
+    assert url == f"http://127.0.0.1:{closed}" and "pass --url or set POLYASR_URL" in why

@@ -314,7 +314,7 @@ async def test_align_errors_are_typed(asr_server: LiveServer) -> None:
         with pytest.raises(BadRequest):
             await client.align(b"this is not audio", text="hi", filename="notes.txt")
     assert language.value.status == chunk.value.status == 422
-    assert isinstance(chunk.value.detail, list)  # FastAPI's validation items are kept
+    assert chunk.value.detail.startswith("max_chunk_seconds: ")  # the field is named
 
 
 async def test_health_and_unload(asr_server: LiveServer) -> None:

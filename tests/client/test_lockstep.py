@@ -14,11 +14,13 @@ from __future__ import annotations
 import ast
 import dataclasses
 import inspect
+import json
 import re
 from pathlib import Path
 
 import polyasr_client
 from polyasr_client import (
+    HTTP_CODES,
     HTTP_ERRORS,
     WS_ERRORS,
     Dictation,
@@ -27,11 +29,15 @@ from polyasr_client import (
     FrameLedger,
     PartialText,
     PolyAsrClient,
+    PolyAsrError,
     encode_frame,
+    error_from_response,
     framing,
     messages,
 )
 
+from polyasr.api.http import ERRORS, INTERNAL
+from polyasr.api.openai import error_body
 from polyasr.live import refusals
 from polyasr.live.basr import wire
 
@@ -69,9 +75,37 @@ def test_error_codes_and_classes_are_the_same_in_dart() -> None:
     assert dart_map("httpErrors", r"\d+") == {
         str(status): cls.__name__ for status, cls in HTTP_ERRORS.items()
     }
-    for cls in {*WS_ERRORS.values(), *HTTP_ERRORS.values()}:
+    assert dart_map("httpCodes", r"'\w+'") == {f"'{code}'": cls.__name__ for code, cls in HTTP_CODES.items()}
+    for cls in {*WS_ERRORS.values(), *HTTP_ERRORS.values(), *HTTP_CODES.values()}:
         assert re.search(rf"class {cls.__name__} extends {cls.__base__.__name__}\b", DART_SRC), cls
-        assert f"code: '{cls.code}'" in DART_SRC, cls
+        assert re.search(rf"code: (?:code \?\? )?'{cls.code}'", _dart_class(cls.__name__)), cls
+
+
+# What the server's middleware answers besides the routes' own failures (ERRORS)
+MIDDLEWARE_CODES = {
+    (400, "invalid_host"),
+    (400, "invalid_request"),
+    (401, "unauthorized"),
+    (403, "origin_not_allowed"),
+    (404, "not_found"),
+    (413, "upload_too_large"),
+    (422, "invalid_request"),
+    (503, "server_shutting_down"),
+}
+
+
+def test_every_http_code_the_server_sends_gets_a_class_of_its_status() -> None:
+    """The class comes from the code where it has one, and is then still one
+    of its status's class, so a caller may catch either; the code is kept."""
+    sent = {*ERRORS.values(), INTERNAL, *MIDDLEWARE_CODES}
+    for status, code in sorted(sent):
+        error = error_from_response(status, {}, json.dumps(error_body(status, "why", code)))
+        assert (error.code, error.status) == (code, status)
+        assert isinstance(error, HTTP_ERRORS.get(status, PolyAsrError)), (status, code, type(error))
+    statuses = {code: status for status, code in sent}
+    for code, cls in HTTP_CODES.items():
+        assert code in statuses, f"the server never sends {code}"
+        assert issubclass(cls, HTTP_ERRORS[statuses[code]]), cls
 
 
 def test_every_code_the_server_sends_has_a_class() -> None:

@@ -17,6 +17,7 @@ from polyasr_client import (
     Dictation,
     ModelUnavailable,
     PolyAsrClient,
+    Unauthorized,
     UnsupportedLanguage,
 )
 
@@ -186,6 +187,14 @@ async def test_a_refused_start_raises_its_typed_error() -> None:
         await d.start()
     with pytest.raises(RuntimeError):
         await d.send_audio(FRAMES[0])
+
+
+async def test_a_socket_refused_before_the_start_raises_its_typed_error() -> None:
+    refusal = {"type": "error", "code": "unauthorized", "error": "a valid API key is required"}
+    server = ScriptedServer(refuse_socket=refusal)
+    with pytest.raises(Unauthorized, match=r"a valid API key is required .*POLYASR_API_KEY"):
+        await dictation(server).start()
+    assert server.openings == []  # the start never reached it: the reason came first
 
 
 async def test_a_server_shutting_down_is_resumed_like_a_drop() -> None:

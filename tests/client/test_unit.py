@@ -19,19 +19,29 @@ from typing import Any
 import httpx
 import pytest
 from polyasr_client import (
+    HTTP_CODES,
     HTTP_ERRORS,
     WS_ERRORS,
+    AudioTooLong,
     BadRequest,
+    DecodeTimeout,
+    Forbidden,
     FrameError,
     FrameLedger,
     InternalError,
     InvalidRequest,
     ManifestEntry,
+    ModelBusy,
     ModelUnavailable,
     PartialText,
     PolyAsrClient,
     PolyAsrError,
     ProtocolError,
+    ServerBusy,
+    ServerShuttingDown,
+    ServiceUnavailable,
+    Unauthorized,
+    UnsupportedLanguage,
     UploadTooLarge,
     covers,
     decode_frame,
@@ -211,7 +221,7 @@ def test_every_ws_error_code_has_its_own_class() -> None:
     classes = set()
     for code, cls in WS_ERRORS.items():
         error = error_from_message({"type": "error", "code": code, "error": f"text of {code}"})
-        assert type(error) is cls and error.code == code and error.message == f"text of {code}"
+        assert type(error) is cls and error.code == code and error.message.startswith(f"text of {code}")
         assert error.status is None
         classes.add(cls)
     assert len(classes) == len(WS_ERRORS)
@@ -252,24 +262,58 @@ def test_an_unknown_ws_error_code_is_kept() -> None:
 def test_http_statuses_map_to_classes() -> None:
     assert {
         400: BadRequest,
+        401: Unauthorized,
+        403: Forbidden,
         413: UploadTooLarge,
         422: InvalidRequest,
         500: InternalError,
-        503: ModelUnavailable,
+        503: ServiceUnavailable,
     } == HTTP_ERRORS
     bad = error_from_response(400, {}, json.dumps({"detail": "audio does not decode"}))
     assert isinstance(bad, BadRequest) and bad.status == 400 and bad.message == "audio does not decode"
+    assert bad.code == "bad_request"  # no code in the body: the class's own
     busy = error_from_response(503, {"retry-after": "7"}, json.dumps({"detail": "align is in use"}))
-    assert isinstance(busy, ModelUnavailable) and busy.retry_after == 7.0 and busy.code == "model_unavailable"
-    items = [{"loc": ["body", "file"], "msg": "Field required", "type": "missing"}]
-    invalid = error_from_response(422, {}, json.dumps({"detail": items}))
+    assert type(busy) is ServiceUnavailable and busy.retry_after == 7.0
+    invalid = error_from_response(422, {}, json.dumps({"detail": "file: Field required"}))
+    assert isinstance(invalid, InvalidRequest) and invalid.detail == invalid.message == "file: Field required"
+    other = error_from_response(404, {}, json.dumps({"detail": "Not Found"}))
+    assert type(other) is PolyAsrError and other.code == "http_404" and other.status == 404
+
+
+def test_http_error_codes_pick_their_class_and_are_kept() -> None:
+    def answer(status: int, code: str, detail: str = "what was wrong") -> PolyAsrError:
+        body = {"detail": detail, "error": {"message": detail, "type": "invalid_request_error", "code": code}}
+        return error_from_response(status, {"retry-after": "2"}, json.dumps(body))
+
+    audio = answer(400, "invalid_audio", "the file is empty")
     assert (
-        isinstance(invalid, InvalidRequest)
-        and invalid.detail == items
-        and "Field required" in invalid.message
+        type(audio) is BadRequest and audio.code == "invalid_audio" and audio.message == "the file is empty"
     )
-    other = error_from_response(403, {}, json.dumps({"detail": "not under a manifest root"}))
-    assert type(other) is PolyAsrError and other.code == "http_403" and other.status == 403
+    busy = answer(503, "server_busy")
+    assert type(busy) is ServerBusy and not isinstance(busy, ModelUnavailable) and busy.retry_after == 2.0
+    assert isinstance(busy, ServiceUnavailable) and busy.code == "server_busy"
+    assert type(answer(503, "model_unavailable")) is ModelUnavailable
+    assert type(answer(503, "model_busy")) is ModelBusy
+    assert type(answer(503, "server_shutting_down")) is ServerShuttingDown
+    assert type(answer(503, "decode_timeout")) is DecodeTimeout
+    long = answer(413, "audio_too_long")
+    assert type(long) is AudioTooLong and isinstance(long, UploadTooLarge)
+    language = answer(422, "unsupported_language")
+    assert type(language) is UnsupportedLanguage and isinstance(language, InvalidRequest)
+    forbidden = answer(403, "path_not_allowed")
+    assert type(forbidden) is Forbidden and forbidden.code == "path_not_allowed"
+    key = answer(401, "unauthorized", "a valid API key is required")
+    assert type(key) is Unauthorized and key.status == 401
+    assert key.message.startswith("a valid API key is required") and "POLYASR_API_KEY" in key.message
+    assert set(HTTP_CODES) == {
+        "audio_too_long",
+        "unsupported_language",
+        "model_unavailable",
+        "model_busy",
+        "decode_timeout",
+        "server_busy",
+        "server_shutting_down",
+    }
 
 
 def test_an_http_error_without_a_json_body_keeps_its_text() -> None:
@@ -347,7 +391,9 @@ async def test_transcribe_text_format_returns_the_plain_body() -> None:
     recorder = Recorder(httpx.Response(200, text="plain words"))
     async with recorder.client() as client:
         result = await client.transcribe(b"RIFF", response_format="text")
+        subtitles = await client.transcribe(b"RIFF", response_format="srt")
     assert result.text == "plain words" and result.raw is None
+    assert subtitles.text == "plain words"  # srt and vtt are plain text too
     assert "language" not in _form(recorder.requests[0])  # unset fields are left to the server
 
 
@@ -404,7 +450,8 @@ async def test_align_manifest_posts_json() -> None:
 
 
 async def test_http_errors_raise_typed_errors() -> None:
-    recorder = Recorder(httpx.Response(503, headers={"Retry-After": "3"}, json={"detail": "asr busy"}))
+    body = {"detail": "asr busy", "error": {"message": "asr busy", "code": "model_unavailable"}}
+    recorder = Recorder(httpx.Response(503, headers={"Retry-After": "3"}, json=body))
     async with recorder.client() as client:
         with pytest.raises(ModelUnavailable) as caught:
             await client.transcribe(b"RIFF")

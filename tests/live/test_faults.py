@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import os
+import re
 import threading
 import time
 from pathlib import Path
@@ -274,4 +275,6 @@ def test_start_up_offline_without_weights_fails_fast_with_one_hint(
     assert len(hint) == 1, log[-3000:]  # once, not once per request that retried the load
     assert "set POLYASR_MODEL to a local folder" in hint[0] and "HF_HOME" in hint[0]
     assert "http://127.0.0.1:9" in hint[0] and "unreachable" in hint[0]
+    problems = [line for line in log.splitlines() if re.search(r"\b(ERROR|WARNING)\b", line)]
+    assert problems == hint, log[-3000:]  # the one line the README promises, nothing beside it
     assert ready_after < 60  # the hub client alone retried for ~45 s before this

@@ -123,7 +123,7 @@ def test_errors_carry_openai_error_object(client: openai.OpenAI, server: LiveSer
     junk.write_bytes(b"not audio at all" * 100)
     with junk.open("rb") as f, pytest.raises(openai.BadRequestError) as info:
         client.audio.transcriptions.create(model="whisper-1", file=f)
-    assert "could not decode" in info.value.message
+    assert "not an audio file" in info.value.message
     body = httpx.post(
         f"{server.url}/v1/audio/transcriptions",
         files={"file": ("a.wav", wav_bytes(SPEECH[:8000]))},
@@ -134,4 +134,4 @@ def test_errors_carry_openai_error_object(client: openai.OpenAI, server: LiveSer
     )
     assert "klingon" in body["detail"] and body["error"]["message"] == body["detail"]
     missing = httpx.post(f"{server.url}/v1/audio/transcriptions", data={"language": "en"}).json()
-    assert isinstance(missing["detail"], list) and "file" in missing["error"]["message"]
+    assert missing["detail"] == missing["error"]["message"] == "file: Field required"

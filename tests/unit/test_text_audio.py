@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import io
+import random
+import struct
 
 import numpy as np
 import pytest
 
 from polyasr.audio.decoding import AudioDecodeError, decode_audio, split_at_quiet
 from polyasr.core.text import join_text, join_texts
-from tests.audio_util import CONTAINERS, empty_wav, encode, speech
+from tests.audio_util import CONTAINERS, empty_wav, encode, speech, wav_bytes
 
 
 @pytest.mark.parametrize(
@@ -43,10 +45,25 @@ def test_decode_every_container_to_16k_mono(kind: str) -> None:
 
 
 def test_decode_rejects_garbage_and_empty() -> None:
-    with pytest.raises(AudioDecodeError, match="could not decode"):
+    with pytest.raises(AudioDecodeError, match="not an audio file"):
         decode_audio(io.BytesIO(b"definitely not audio" * 50))
     with pytest.raises(AudioDecodeError, match="empty"):
         decode_audio(io.BytesIO(empty_wav()))
+
+
+def test_decode_says_what_is_wrong_with_a_file() -> None:
+    header = bytearray(wav_bytes(np.zeros(1600, np.float32)))
+    struct.pack_into("<II", header, 24, 2_000_000_000, 4_000_000_000)  # sample rate, byte rate
+    cases = {
+        b"": "the file is empty",
+        b"some notes, not audio\n" * 20: "not an audio file the server can read",
+        random.Random(7).randbytes(5000): "not an audio file the server can read",
+        bytes(header): "sample rate 2000000000 Hz is not supported",
+    }
+    for data, reason in cases.items():
+        with pytest.raises(AudioDecodeError) as caught:
+            decode_audio(io.BytesIO(data))
+        assert str(caught.value).startswith(reason) and "Errno" not in str(caught.value)
 
 
 def test_split_at_quiet_cuts_in_silence() -> None:

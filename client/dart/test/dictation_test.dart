@@ -211,6 +211,16 @@ void main() {
     await expectLater(d.sendAudio(frames.first), throwsStateError);
   });
 
+  test('a socket refused before the start raises its typed error', () async {
+    final refusal = {'type': 'error', 'code': 'unauthorized', 'error': 'a valid API key is required'};
+    final server = ScriptedServer(refuseSocket: refusal);
+    await expectLater(
+      dictation(server).start(),
+      throwsA(isA<Unauthorized>().having((e) => e.message, 'message', contains('apiKey'))),
+    );
+    expect(server.openings, isEmpty); // the start never reached it: the reason came first
+  });
+
   test('reconnecting gives up with connection lost', () async {
     final server = ScriptedServer(dropAtSeq: 5, refuseAfter: 1);
     await expectLater(run(dictation(server, maxReconnects: 3)), throwsA(isA<ConnectionLost>()));

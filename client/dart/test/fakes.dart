@@ -71,6 +71,7 @@ class ScriptedServer {
     this.dropFirstStop = false,
     this.refuseAfter,
     this.refuseStart,
+    this.refuseSocket,
     this.partials = const {},
   });
 
@@ -80,6 +81,7 @@ class ScriptedServer {
   final bool dropFirstStop; // the link dies as the first stop arrives
   final int? refuseAfter; // connections after this many fail to open
   final Map<String, Object?>? refuseStart; // an error message answering the start
+  final Map<String, Object?>? refuseSocket; // an error message, then the close, before any start
   final Map<int, Map<String, Object?>> partials; // seq → partial sent after that frame's ack
   final Map<int, Uint8List> frames = {};
   final List<(int, int)> arrivals = []; // (connection index, seq) of every frame
@@ -104,6 +106,12 @@ class ScriptedServer {
     }
     final link = FakeLink(this);
     links.add(link);
+    final refusal = refuseSocket;
+    if (refusal != null) {
+      // the key check: it speaks first and hangs up
+      link.push(refusal);
+      link.drop();
+    }
     return link;
   }
 

@@ -29,8 +29,8 @@ def decode_pcm16(path: str | Path) -> bytes:
             for frame in container.decode(container.streams.audio[0]):
                 chunks.extend(_packed(out) for out in resampler.resample(frame))
         chunks.extend(_packed(out) for out in resampler.resample(None))
-    except av.FFmpegError as exc:
-        raise AudioFileError(f"{path}: {exc}") from exc
+    except av.FFmpegError as exc:  # FFmpeg's words, without its error number
+        raise AudioFileError(f"{path}: {exc.strerror or exc}") from exc
     return b"".join(chunks)
 
 

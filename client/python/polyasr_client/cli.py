@@ -1,7 +1,9 @@
 """``polyasr``: the service from a shell.
 
 Exit status: 0 done (``health``: status ``ok``), 1 the service refused or is
-degraded, 2 a usage problem (bad arguments, no microphone), 130 interrupted.
+degraded, or a file cannot be read, 2 a usage problem (bad arguments, a URL
+that names no server, no microphone), 130 interrupted. Every failure is one
+line on stderr (``polyasr: <code>: <what happened>``), not a traceback.
 """
 
 from __future__ import annotations
@@ -10,7 +12,6 @@ import argparse
 import asyncio
 import dataclasses
 import json
-import os
 import signal
 import sys
 import threading
@@ -20,8 +21,8 @@ from typing import Any
 from polyasr_client.audio import AudioFileError, decode_pcm16
 from polyasr_client.dictation import Dictation, stream_pcm
 from polyasr_client.errors import PolyAsrError
-from polyasr_client.http_api import PolyAsrClient
-from polyasr_client.messages import DEFAULT_URL
+from polyasr_client.http_api import PLAIN_FORMATS, PolyAsrClient
+from polyasr_client.locate import LOCAL_PORTS, UrlError, server_url
 from polyasr_client.mic import Microphone, MicrophoneUnavailable
 from polyasr_client.terminal import PartialDisplay, upload_progress
 
@@ -31,6 +32,9 @@ Command = Callable[[argparse.Namespace], Awaitable[int]]
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        args.url, found = server_url(args.url)
+        if found is not None:
+            print(f"polyasr: server {args.url} ({found})", file=sys.stderr)
         return asyncio.run(args.command(args))
     except PolyAsrError as exc:
         where = f", HTTP {exc.status}" if exc.status else ""
@@ -39,7 +43,12 @@ def main(argv: list[str] | None = None) -> int:
     except AudioFileError as exc:
         print(f"polyasr: cannot read audio: {exc}", file=sys.stderr)
         return 1
-    except MicrophoneUnavailable as exc:
+    except OSError as exc:
+        if exc.filename is None:  # not a file of ours: a genuine bug, keep its traceback
+            raise
+        print(f"polyasr: cannot read {exc.filename}: {exc.strerror}", file=sys.stderr)
+        return 1
+    except (UrlError, MicrophoneUnavailable) as exc:
         print(f"polyasr: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -48,8 +57,11 @@ def main(argv: list[str] | None = None) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="polyasr", description="polyasr speech-recognition client")
-    url_help = f"server base URL (default: $POLYASR_URL, else {DEFAULT_URL})"
-    parser.add_argument("--url", default=os.environ.get("POLYASR_URL") or DEFAULT_URL, help=url_help)
+    url_help = (
+        "server base URL, http(s) or ws(s) (default: $POLYASR_URL, else this machine's server: "
+        f"port $POLYASR_PORT, else the first of {' and '.join(map(str, LOCAL_PORTS))} that listens)"
+    )
+    parser.add_argument("--url", default=None, help=url_help)
     key_help = "the server's POLYASR_API_KEY (default: $POLYASR_API_KEY)"
     parser.add_argument("--api-key", default=None, help=key_help)
     # the same option after the subcommand; SUPPRESS keeps it from resetting the one above
@@ -67,7 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file")
     p.add_argument("--language", help="code (en, zh-HK) or name (English); default: detect")
     p.add_argument("--context", help="recognition hint: names, vocabulary")
-    p.add_argument("--format", choices=("json", "text", "verbose_json"), default="json")
+    formats = ("json", "text", "verbose_json", "srt", "vtt")
+    p.add_argument("--format", choices=formats, default="json", help="srt and vtt: sentence cues")
 
     p = command("align", _align, "word and sentence timings of an audio file (POST /v1/align)")
     p.add_argument("file")
@@ -112,8 +125,8 @@ async def _transcribe(args: argparse.Namespace) -> int:
             response_format=args.format,
             on_progress=progress,
         )
-    if args.format == "text":
-        print(result.text)
+    if args.format in PLAIN_FORMATS:
+        print(result.text, end="" if result.text.endswith("\n") else "\n")
     else:
         print(json.dumps(result.raw, ensure_ascii=False))
     return 0

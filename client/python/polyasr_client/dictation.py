@@ -197,7 +197,10 @@ class Dictation:
         generation = self._generation
         try:
             opening = opening_message(kind, self.session_id, language=self.language, context=self.context)
-            await link.send(json.dumps(opening))
+            # A server that refuses the socket (no key) says why and closes at
+            # once: the send may fail, and the reason is then the next message.
+            with contextlib.suppress(LinkClosed):
+                await link.send(json.dumps(opening))
             try:
                 reply = _decode(await asyncio.wait_for(link.recv(), self._open_timeout))
             except TimeoutError:

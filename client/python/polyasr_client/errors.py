@@ -1,9 +1,14 @@
 """Typed errors for everything the service can refuse.
 
 The server puts a machine ``code`` in every WebSocket ``error`` and answers
-HTTP failures with a status and ``{"detail": ...}``; callers should branch on
-a class (retry on :class:`ModelUnavailable`, fix the request on
-:class:`InvalidRequest`), never on the human text.
+HTTP failures with a status and ``{"detail": ..., "error": {"code": ...}}``;
+callers should branch on a class (retry on :class:`ServiceUnavailable`, fix
+the request on :class:`InvalidRequest`, pass the key on
+:class:`Unauthorized`), never on the human text. An HTTP error takes the
+class of its code where the code has one (``server_busy`` is a
+:class:`ServerBusy`), else the class of its status, and keeps the server's
+code either way (a 400 ``invalid_audio`` is a :class:`BadRequest` whose
+``code`` is ``invalid_audio``).
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ class PolyAsrError(Exception):
         if code is not None:
             self.code = code
         self.status = status  # HTTP status, None for WebSocket errors
-        self.detail = detail  # the body's ``detail`` as sent (a list for 422 validation)
+        self.detail = detail  # the body's ``detail`` as sent
         self.retry_after = retry_after  # seconds, from a 503's Retry-After
 
 
@@ -74,15 +79,60 @@ class UnsupportedAudioFormat(PolyAsrError):
     code = "unsupported_audio_format"
 
 
-class UnsupportedLanguage(PolyAsrError):
+class InvalidRequest(PolyAsrError):
+    """HTTP 422: a missing or malformed field (the message names it), or an
+    unsupported language."""
+
+    code = "invalid_request"
+
+
+class UnsupportedLanguage(InvalidRequest):
     code = "unsupported_language"
 
 
-class ModelUnavailable(PolyAsrError):
-    """The model cannot be loaded now (WS ``model_unavailable``, HTTP 503):
-    route elsewhere or retry after ``retry_after`` seconds."""
+KEY_HINT = "pass the server's key: api_key=..., the CLI's --api-key, or the POLYASR_API_KEY variable"
+
+
+class Unauthorized(PolyAsrError):
+    """The server has an API key and was not given it, or a wrong one (HTTP
+    401, WS ``unauthorized``); the message says how to pass it."""
+
+    code = "unauthorized"
+
+    def __init__(self, message: str, **fields: Any) -> None:
+        super().__init__(f"{message} ({KEY_HINT})", **fields)
+
+
+class Forbidden(PolyAsrError):
+    """HTTP 403: a manifest path outside the server's roots
+    (``path_not_allowed``), or a browser origin it does not allow."""
+
+    code = "forbidden"
+
+
+class ServiceUnavailable(PolyAsrError):
+    """HTTP 503: the server cannot do this now; retry after ``retry_after``
+    seconds (or route elsewhere). The subclasses say why."""
+
+    code = "service_unavailable"
+
+
+class ModelUnavailable(ServiceUnavailable):
+    """The model cannot be loaded now (WS ``model_unavailable``, HTTP 503)."""
 
     code = "model_unavailable"
+
+
+class ModelBusy(ServiceUnavailable):
+    """HTTP 503: the other model unit is in use and only one may be resident."""
+
+    code = "model_busy"
+
+
+class DecodeTimeout(ServiceUnavailable):
+    """HTTP 503: the model took longer than the server's decode timeout."""
+
+    code = "decode_timeout"
 
 
 class InternalError(PolyAsrError):
@@ -127,13 +177,14 @@ class SessionTooLong(PolyAsrError):
     code = "session_too_long"
 
 
-class ServerBusy(PolyAsrError):
-    """Too many live dictations (close 1013): retry later."""
+class ServerBusy(ServiceUnavailable):
+    """Too many live dictations (close 1013), or too many queued decodes
+    (HTTP 503): retry later."""
 
     code = "server_busy"
 
 
-class ServerShuttingDown(PolyAsrError):
+class ServerShuttingDown(ServiceUnavailable):
     """The server is restarting (close 1012 mid-session, 1013 at a start):
     a dictation treats it like a dropped connection and resumes once it is back."""
 
@@ -153,10 +204,10 @@ class UploadTooLarge(PolyAsrError):
     code = "upload_too_large"
 
 
-class InvalidRequest(PolyAsrError):
-    """HTTP 422: a missing or malformed field, or an unsupported language."""
+class AudioTooLong(UploadTooLarge):
+    """HTTP 413: the audio decodes to more than the server's ``POLYASR_MAX_AUDIO_SEC``."""
 
-    code = "invalid_request"
+    code = "audio_too_long"
 
 
 class ConnectionLost(PolyAsrError):
@@ -188,14 +239,28 @@ WS_ERRORS: dict[str, type[PolyAsrError]] = {
     "session_too_long": SessionTooLong,
     "server_busy": ServerBusy,
     "server_shutting_down": ServerShuttingDown,
+    "unauthorized": Unauthorized,
 }
 
 HTTP_ERRORS: dict[int, type[PolyAsrError]] = {
     400: BadRequest,
+    401: Unauthorized,
+    403: Forbidden,
     413: UploadTooLarge,
     422: InvalidRequest,
     500: InternalError,
-    503: ModelUnavailable,
+    503: ServiceUnavailable,
+}
+
+# HTTP error codes with a class of their own (each a subclass of its status's class)
+HTTP_CODES: dict[str, type[PolyAsrError]] = {
+    "audio_too_long": AudioTooLong,
+    "unsupported_language": UnsupportedLanguage,
+    "model_unavailable": ModelUnavailable,
+    "model_busy": ModelBusy,
+    "decode_timeout": DecodeTimeout,
+    "server_busy": ServerBusy,
+    "server_shutting_down": ServerShuttingDown,
 }
 
 
@@ -210,17 +275,25 @@ def error_from_message(message: Mapping[str, Any]) -> PolyAsrError:
 
 
 def error_from_response(status: int, headers: Mapping[str, str], body: str) -> PolyAsrError:
-    """The typed error for a non-2xx HTTP answer with a FastAPI body."""
+    """The typed error for a non-2xx HTTP answer: the class of the body's
+    ``error.code`` if it has one, else of the status; the server's code kept."""
     try:
-        detail: Any = json.loads(body).get("detail")
-    except (ValueError, AttributeError):
-        detail = body or None
+        data: Any = json.loads(body)
+    except ValueError:
+        data = None
+    if isinstance(data, dict):
+        detail = data.get("detail")
+        error = data.get("error")
+        code = error.get("code") if isinstance(error, dict) else None
+    else:
+        detail, code = body or None, None
+    code = code if isinstance(code, str) and code else None
     message = detail if isinstance(detail, str) else json.dumps(detail) if detail else f"HTTP {status}"
     retry_after = _seconds(headers.get("retry-after") or headers.get("Retry-After"))
-    cls = HTTP_ERRORS.get(status)
+    cls = HTTP_CODES.get(code or "") or HTTP_ERRORS.get(status)
     if cls is None:
-        return PolyAsrError(message, code=f"http_{status}", status=status, detail=detail)
-    return cls(message, status=status, detail=detail, retry_after=retry_after)
+        return PolyAsrError(message, code=code or f"http_{status}", status=status, detail=detail)
+    return cls(message, code=code, status=status, detail=detail, retry_after=retry_after)
 
 
 def _seconds(value: str | None) -> float | None:

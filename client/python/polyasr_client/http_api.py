@@ -26,6 +26,9 @@ ProgressCallback = Callable[[int, int], None]
 AudioInput = bytes | str | os.PathLike[str]
 """Encoded audio in any container the server decodes, or a path to it."""
 
+PLAIN_FORMATS = ("text", "srt", "vtt")
+"""Response formats the server answers as plain text rather than JSON."""
+
 
 class PolyAsrClient:
     """Async client of the HTTP endpoints of one polyasr server."""
@@ -67,10 +70,11 @@ class PolyAsrClient:
         response_format: str = "json",
         on_progress: ProgressCallback | None = None,
     ) -> Transcription:
-        """``POST /v1/audio/transcriptions``."""
+        """``POST /v1/audio/transcriptions``; ``text``, ``srt`` and ``vtt``
+        answer plain text, which is the result's ``text``."""
         fields = _fields(language=language, context=context, response_format=response_format)
         response = await self._upload("/v1/audio/transcriptions", audio, filename, fields, on_progress)
-        if response_format.lower() == "text":
+        if response_format.lower() in PLAIN_FORMATS:
             return Transcription(text=response.text)
         body = response.json()
         return Transcription(

@@ -45,6 +45,12 @@ INVALID_FRAME = ("invalid_frame", "ASR audio payload must be whole 16-bit sample
 SESSION_TOO_LONG = ("session_too_long", "ASR session exceeds the maximum duration")
 START_TIMEOUT = ("start_timeout", "no ASR protocol start received in time")
 SESSION_IDLE = ("session_idle", "no ASR audio received in time")
+# Access: sent by the key check before any message is read (polyasr.api.access)
+UNAUTHORIZED = (
+    "unauthorized",
+    "a valid API key is required: send Authorization: Bearer <POLYASR_API_KEY>"
+    " or offer the subprotocol polyasr-key.<POLYASR_API_KEY>",
+)
 
 
 @dataclass(frozen=True)

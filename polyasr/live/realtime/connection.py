@@ -389,7 +389,7 @@ class RealtimeConnection(Driving):
     def _new_turn(self, start: int) -> Turn:
         svc = self.services
         session = DictationSession(
-            svc.new_vad(), self.speaker, self.settings, self.items.context(), self.config.language
+            svc.new_vad(), self.speaker, self.settings, self.items.context(), self.config.model_language
         )
         session.log = self.archive.event
         turn = Turn(new_id("item"), session, start)

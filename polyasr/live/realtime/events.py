@@ -76,7 +76,8 @@ class SessionConfig:
     id: str = field(default_factory=lambda: new_id("sess"))
     model: str = ""
     format: AudioFormat = field(default_factory=AudioFormat)
-    language: str | None = None
+    language: str | None = None  # as the client sent it (OpenAI's field is ISO-639-1), echoed back
+    model_language: str | None = None  # the same, as the name the model is told
     prompt: str = ""
     turn: TurnDetection | None = field(default_factory=TurnDetection)
 
@@ -148,6 +149,19 @@ def _turn_detection(value: Any, current: TurnDetection | None, event_id: str | N
     return TurnDetection(float(threshold), **spans)
 
 
+def _language(value: Any, event_id: str | None) -> dict[str, str | None]:
+    """The session's ``language`` as sent (echoed in ``session.updated``) and
+    as the model's name; ``null`` or ``""`` is auto-detection."""
+    param = "session.audio.input.transcription.language"
+    if value is not None and not isinstance(value, str):
+        message = f"language must be a string such as 'en' or null (auto-detect), not {type(value).__name__}"
+        raise RealtimeError("invalid_value", message, param, event_id)
+    try:
+        return {"language": value or None, "model_language": normalize_language(value or None)}
+    except UnsupportedLanguage as exc:
+        raise RealtimeError("unsupported_language", str(exc), param, event_id) from None
+
+
 def apply_update(
     config: SessionConfig, event: dict[str, Any], max_prompt_chars: int, format_locked: bool
 ) -> SessionConfig:
@@ -175,11 +189,7 @@ def apply_update(
         changes["format"] = fmt
     transcription = _section(audio_in.get("transcription"), "session.audio.input.transcription", event_id)
     if "language" in transcription:
-        try:
-            changes["language"] = normalize_language(transcription["language"] or None)
-        except UnsupportedLanguage as exc:
-            param = "session.audio.input.transcription.language"
-            raise RealtimeError("unsupported_language", str(exc), param, event_id) from None
+        changes.update(_language(transcription["language"], event_id))
     if "prompt" in transcription:
         prompt = transcription["prompt"] or ""
         if not isinstance(prompt, str) or len(prompt) > max_prompt_chars:

@@ -256,7 +256,12 @@ class Dictation {
     _subscriptions.add(subscription);
     try {
       final opening = openingMessage(kind, sessionId, language: language, context: context);
-      await link.send(jsonEncode(opening));
+      try {
+        await link.send(jsonEncode(opening));
+      } on LinkClosed {
+        // A server that refuses the socket (no key) says why and closes at
+        // once: the send may fail, and the reason is then the reply.
+      }
       final reply = await opened.future.timeout(
         _openTimeout,
         onTimeout: () => throw LinkClosed('no reply to $kind within $_openTimeout'),

@@ -1,9 +1,13 @@
 /// Typed errors for everything the service can refuse.
 ///
 /// The server puts a machine `code` in every WebSocket `error` and answers
-/// HTTP failures with a status and `{"detail": ...}`; callers should branch
-/// on a class (retry on [ModelUnavailable], fix the request on
-/// [InvalidRequest]), never on the human text.
+/// HTTP failures with a status and `{"detail": ..., "error": {"code": ...}}`;
+/// callers should branch on a class (retry on [ServiceUnavailable], fix the
+/// request on [InvalidRequest], pass the key on [Unauthorized]), never on the
+/// human text. An HTTP error takes the class of its code where the code has
+/// one (`server_busy` is a [ServerBusy]), else the class of its status, and
+/// keeps the server's code either way (a 400 `invalid_audio` is a
+/// [BadRequest] whose `code` is `invalid_audio`).
 library;
 
 import 'dart:convert';
@@ -24,7 +28,7 @@ class PolyAsrError implements Exception {
   /// HTTP status, null for WebSocket errors.
   final int? status;
 
-  /// The body's `detail` as sent (a list for 422 validation errors).
+  /// The body's `detail` as sent.
   final Object? detail;
 
   /// Seconds, from a 503's Retry-After.
@@ -41,149 +45,193 @@ class ProtocolError extends PolyAsrError {
 }
 
 class AudioBeforeStart extends ProtocolError {
-  AudioBeforeStart(super.message, {super.status, super.detail, super.retryAfter})
-      : super(code: 'audio_before_start');
+  AudioBeforeStart(super.message, {String? code, super.status, super.detail, super.retryAfter})
+      : super(code: code ?? 'audio_before_start');
 }
 
 class UnframedAudio extends ProtocolError {
-  UnframedAudio(super.message, {super.status, super.detail, super.retryAfter})
-      : super(code: 'unframed_audio');
+  UnframedAudio(super.message, {String? code, super.status, super.detail, super.retryAfter})
+      : super(code: code ?? 'unframed_audio');
 }
 
 class UnsupportedVersion extends ProtocolError {
-  UnsupportedVersion(super.message, {super.status, super.detail, super.retryAfter})
-      : super(code: 'unsupported_version');
+  UnsupportedVersion(super.message, {String? code, super.status, super.detail, super.retryAfter})
+      : super(code: code ?? 'unsupported_version');
 }
 
 class MissingSessionId extends ProtocolError {
-  MissingSessionId(super.message, {super.status, super.detail, super.retryAfter})
-      : super(code: 'missing_session_id');
+  MissingSessionId(super.message, {String? code, super.status, super.detail, super.retryAfter})
+      : super(code: code ?? 'missing_session_id');
 }
 
 class StopBeforeStart extends ProtocolError {
-  StopBeforeStart(super.message, {super.status, super.detail, super.retryAfter})
-      : super(code: 'stop_before_start');
+  StopBeforeStart(super.message, {String? code, super.status, super.detail, super.retryAfter})
+      : super(code: code ?? 'stop_before_start');
 }
 
 class UnsupportedMessage extends ProtocolError {
-  UnsupportedMessage(super.message, {super.status, super.detail, super.retryAfter})
-      : super(code: 'unsupported_message');
+  UnsupportedMessage(super.message, {String? code, super.status, super.detail, super.retryAfter})
+      : super(code: code ?? 'unsupported_message');
 }
 
 class InvalidJson extends ProtocolError {
-  InvalidJson(super.message, {super.status, super.detail, super.retryAfter})
-      : super(code: 'invalid_json');
+  InvalidJson(super.message, {String? code, super.status, super.detail, super.retryAfter})
+      : super(code: code ?? 'invalid_json');
 }
 
 class UnsupportedAudioFormat extends PolyAsrError {
-  UnsupportedAudioFormat(super.message, {super.status, super.detail, super.retryAfter})
-      : super(code: 'unsupported_audio_format');
+  UnsupportedAudioFormat(super.message, {String? code, super.status, super.detail, super.retryAfter})
+      : super(code: code ?? 'unsupported_audio_format');
 }
 
-class UnsupportedLanguage extends PolyAsrError {
-  UnsupportedLanguage(super.message, {super.status, super.detail, super.retryAfter})
-      : super(code: 'unsupported_language');
+/// HTTP 422: a missing or malformed field (the message names it), or an
+/// unsupported language.
+class InvalidRequest extends PolyAsrError {
+  InvalidRequest(super.message, {String? code, super.status, super.detail, super.retryAfter})
+      : super(code: code ?? 'invalid_request');
 }
 
-/// The model cannot be loaded now (WS `model_unavailable`, HTTP 503): route
-/// elsewhere or retry after [retryAfter] seconds.
-class ModelUnavailable extends PolyAsrError {
-  ModelUnavailable(super.message, {super.status, super.detail, super.retryAfter})
-      : super(code: 'model_unavailable');
+class UnsupportedLanguage extends InvalidRequest {
+  UnsupportedLanguage(super.message, {String? code, super.status, super.detail, super.retryAfter})
+      : super(code: code ?? 'unsupported_language');
+}
+
+const String keyHint = "pass the server's key: apiKey (the server's POLYASR_API_KEY)";
+
+/// The server has an API key and was not given it, or a wrong one (HTTP
+/// 401, WS `unauthorized`); the message says how to pass it.
+class Unauthorized extends PolyAsrError {
+  Unauthorized(String message, {String? code, super.status, super.detail, super.retryAfter})
+      : super('$message ($keyHint)', code: code ?? 'unauthorized');
+}
+
+/// HTTP 403: a manifest path outside the server's roots
+/// (`path_not_allowed`), or a browser origin it does not allow.
+class Forbidden extends PolyAsrError {
+  Forbidden(super.message, {String? code, super.status, super.detail, super.retryAfter})
+      : super(code: code ?? 'forbidden');
+}
+
+/// HTTP 503: the server cannot do this now; retry after [retryAfter]
+/// seconds (or route elsewhere). The subclasses say why.
+class ServiceUnavailable extends PolyAsrError {
+  ServiceUnavailable(super.message, {String? code, super.status, super.detail, super.retryAfter})
+      : super(code: code ?? 'service_unavailable');
+}
+
+/// The model cannot be loaded now (WS `model_unavailable`, HTTP 503).
+class ModelUnavailable extends ServiceUnavailable {
+  ModelUnavailable(super.message, {String? code, super.status, super.detail, super.retryAfter})
+      : super(code: code ?? 'model_unavailable');
+}
+
+/// HTTP 503: the other model unit is in use and only one may be resident.
+class ModelBusy extends ServiceUnavailable {
+  ModelBusy(super.message, {String? code, super.status, super.detail, super.retryAfter})
+      : super(code: code ?? 'model_busy');
+}
+
+/// HTTP 503: the model took longer than the server's decode timeout.
+class DecodeTimeout extends ServiceUnavailable {
+  DecodeTimeout(super.message, {String? code, super.status, super.detail, super.retryAfter})
+      : super(code: code ?? 'decode_timeout');
 }
 
 class InternalError extends PolyAsrError {
-  InternalError(super.message, {super.status, super.detail, super.retryAfter})
-      : super(code: 'internal_error');
+  InternalError(super.message, {String? code, super.status, super.detail, super.retryAfter})
+      : super(code: code ?? 'internal_error');
 }
 
 class TextTooLarge extends ProtocolError {
-  TextTooLarge(super.message, {super.status, super.detail, super.retryAfter})
-      : super(code: 'text_too_large');
+  TextTooLarge(super.message, {String? code, super.status, super.detail, super.retryAfter})
+      : super(code: code ?? 'text_too_large');
 }
 
 class FrameTooLarge extends ProtocolError {
-  FrameTooLarge(super.message, {super.status, super.detail, super.retryAfter})
-      : super(code: 'frame_too_large');
+  FrameTooLarge(super.message, {String? code, super.status, super.detail, super.retryAfter})
+      : super(code: code ?? 'frame_too_large');
 }
 
 class IdTooLong extends ProtocolError {
-  IdTooLong(super.message, {super.status, super.detail, super.retryAfter})
-      : super(code: 'id_too_long');
+  IdTooLong(super.message, {String? code, super.status, super.detail, super.retryAfter})
+      : super(code: code ?? 'id_too_long');
 }
 
 class ContextTooLong extends ProtocolError {
-  ContextTooLong(super.message, {super.status, super.detail, super.retryAfter})
-      : super(code: 'context_too_long');
+  ContextTooLong(super.message, {String? code, super.status, super.detail, super.retryAfter})
+      : super(code: code ?? 'context_too_long');
 }
 
 class SeqOutOfWindow extends ProtocolError {
-  SeqOutOfWindow(super.message, {super.status, super.detail, super.retryAfter})
-      : super(code: 'seq_out_of_window');
+  SeqOutOfWindow(super.message, {String? code, super.status, super.detail, super.retryAfter})
+      : super(code: code ?? 'seq_out_of_window');
 }
 
 class InvalidFrame extends ProtocolError {
-  InvalidFrame(super.message, {super.status, super.detail, super.retryAfter})
-      : super(code: 'invalid_frame');
+  InvalidFrame(super.message, {String? code, super.status, super.detail, super.retryAfter})
+      : super(code: code ?? 'invalid_frame');
 }
 
 class StartTimeout extends ProtocolError {
-  StartTimeout(super.message, {super.status, super.detail, super.retryAfter})
-      : super(code: 'start_timeout');
+  StartTimeout(super.message, {String? code, super.status, super.detail, super.retryAfter})
+      : super(code: code ?? 'start_timeout');
 }
 
 class SessionIdle extends ProtocolError {
-  SessionIdle(super.message, {super.status, super.detail, super.retryAfter})
-      : super(code: 'session_idle');
+  SessionIdle(super.message, {String? code, super.status, super.detail, super.retryAfter})
+      : super(code: code ?? 'session_idle');
 }
 
 /// Over the server's `POLYASR_MAX_SESSION_SEC` of audio: resume and stop to get the final.
 class SessionTooLong extends PolyAsrError {
-  SessionTooLong(super.message, {super.status, super.detail, super.retryAfter})
-      : super(code: 'session_too_long');
+  SessionTooLong(super.message, {String? code, super.status, super.detail, super.retryAfter})
+      : super(code: code ?? 'session_too_long');
 }
 
-/// Too many live dictations (close 1013): retry later.
-class ServerBusy extends PolyAsrError {
-  ServerBusy(super.message, {super.status, super.detail, super.retryAfter})
-      : super(code: 'server_busy');
+/// Too many live dictations (close 1013), or too many queued decodes (HTTP
+/// 503): retry later.
+class ServerBusy extends ServiceUnavailable {
+  ServerBusy(super.message, {String? code, super.status, super.detail, super.retryAfter})
+      : super(code: code ?? 'server_busy');
 }
 
 /// The server is restarting (close 1012 mid-session, 1013 at a start): a
 /// dictation treats it like a dropped connection and resumes once it is back.
-class ServerShuttingDown extends PolyAsrError {
-  ServerShuttingDown(super.message, {super.status, super.detail, super.retryAfter})
-      : super(code: 'server_shutting_down');
+class ServerShuttingDown extends ServiceUnavailable {
+  ServerShuttingDown(super.message, {String? code, super.status, super.detail, super.retryAfter})
+      : super(code: code ?? 'server_shutting_down');
 }
 
 /// HTTP 400: the upload does not decode as audio or is empty, or a manifest
 /// entry is invalid (missing, relative or unknown path).
 class BadRequest extends PolyAsrError {
-  BadRequest(super.message, {super.status, super.detail, super.retryAfter})
-      : super(code: 'bad_request');
+  BadRequest(super.message, {String? code, super.status, super.detail, super.retryAfter})
+      : super(code: code ?? 'bad_request');
 }
 
 /// HTTP 413: over the server's `POLYASR_MAX_UPLOAD_MB`.
 class UploadTooLarge extends PolyAsrError {
-  UploadTooLarge(super.message, {super.status, super.detail, super.retryAfter})
-      : super(code: 'upload_too_large');
+  UploadTooLarge(super.message, {String? code, super.status, super.detail, super.retryAfter})
+      : super(code: code ?? 'upload_too_large');
 }
 
-/// HTTP 422: a missing or malformed field, or an unsupported language.
-class InvalidRequest extends PolyAsrError {
-  InvalidRequest(super.message, {super.status, super.detail, super.retryAfter})
-      : super(code: 'invalid_request');
+/// HTTP 413: the audio decodes to more than the server's
+/// `POLYASR_MAX_AUDIO_SEC`.
+class AudioTooLong extends UploadTooLarge {
+  AudioTooLong(super.message, {String? code, super.status, super.detail, super.retryAfter})
+      : super(code: code ?? 'audio_too_long');
 }
 
 /// The service could not be reached, or the dictation socket could not be
 /// re-established within the retries.
 class ConnectionLost extends PolyAsrError {
-  ConnectionLost(super.message, {super.status, super.detail, super.retryAfter})
-      : super(code: 'connection_lost');
+  ConnectionLost(super.message, {String? code, super.status, super.detail, super.retryAfter})
+      : super(code: code ?? 'connection_lost');
 }
 
 typedef ErrorFactory = PolyAsrError Function(
   String message, {
+  String? code,
   int? status,
   Object? detail,
   double? retryAfter,
@@ -212,14 +260,28 @@ final Map<String, ErrorFactory> wsErrors = {
   'session_too_long': SessionTooLong.new,
   'server_busy': ServerBusy.new,
   'server_shutting_down': ServerShuttingDown.new,
+  'unauthorized': Unauthorized.new,
 };
 
 final Map<int, ErrorFactory> httpErrors = {
   400: BadRequest.new,
+  401: Unauthorized.new,
+  403: Forbidden.new,
   413: UploadTooLarge.new,
   422: InvalidRequest.new,
   500: InternalError.new,
-  503: ModelUnavailable.new,
+  503: ServiceUnavailable.new,
+};
+
+/// HTTP error codes with a class of their own (each a subclass of its status's class).
+final Map<String, ErrorFactory> httpCodes = {
+  'audio_too_long': AudioTooLong.new,
+  'unsupported_language': UnsupportedLanguage.new,
+  'model_unavailable': ModelUnavailable.new,
+  'model_busy': ModelBusy.new,
+  'decode_timeout': DecodeTimeout.new,
+  'server_busy': ServerBusy.new,
+  'server_shutting_down': ServerShuttingDown.new,
 };
 
 /// The typed error for a WebSocket `error` message; an unknown code keeps
@@ -234,12 +296,21 @@ PolyAsrError errorFromMessage(Map<String, dynamic> message) {
   return PolyAsrError(text, code: code is String && code.isNotEmpty ? code : 'error');
 }
 
-/// The typed error for a non-2xx HTTP answer with a FastAPI body.
+/// The typed error for a non-2xx HTTP answer: the class of the body's
+/// `error.code` if it has one, else of the status; the server's code kept.
 PolyAsrError errorFromResponse(int status, Map<String, String> headers, String body) {
   Object? detail;
+  String? code;
   try {
     final decoded = jsonDecode(body);
-    detail = decoded is Map ? decoded['detail'] : body;
+    if (decoded is Map) {
+      detail = decoded['detail'];
+      final error = decoded['error'];
+      final named = error is Map ? error['code'] : null;
+      code = named is String && named.isNotEmpty ? named : null;
+    } else {
+      detail = body;
+    }
   } on FormatException {
     detail = body.isEmpty ? null : body;
   }
@@ -249,11 +320,11 @@ PolyAsrError errorFromResponse(int status, Map<String, String> headers, String b
           ? jsonEncode(detail)
           : 'HTTP $status';
   final retryAfter = _seconds(headers['retry-after'] ?? headers['Retry-After']);
-  final factory = httpErrors[status];
+  final factory = httpCodes[code] ?? httpErrors[status];
   if (factory == null) {
-    return PolyAsrError(message, code: 'http_$status', status: status, detail: detail);
+    return PolyAsrError(message, code: code ?? 'http_$status', status: status, detail: detail);
   }
-  return factory(message, status: status, detail: detail, retryAfter: retryAfter);
+  return factory(message, code: code, status: status, detail: detail, retryAfter: retryAfter);
 }
 
 /// Retry-After in its delta-seconds form; the HTTP-date form is not used

@@ -17,6 +17,9 @@ import 'results.dart';
 /// `(bytes sent, total bytes)` of an upload's request body.
 typedef ProgressCallback = void Function(int sent, int total);
 
+/// Response formats the server answers as plain text rather than JSON.
+const List<String> plainFormats = ['text', 'srt', 'vtt'];
+
 /// Encoded audio in any container the server decodes: bytes in memory, or
 /// a stream of known length (a file read in chunks, never all in memory).
 /// No `dart:io` here, so the package also runs on the web.
@@ -63,7 +66,8 @@ class PolyAsrClient {
 
   void close() => _http.close();
 
-  /// `POST /v1/audio/transcriptions`.
+  /// `POST /v1/audio/transcriptions`; `text`, `srt` and `vtt` answer plain
+  /// text, which is the result's `text`.
   Future<Transcription> transcribe(
     AudioUpload audio, {
     String? language,
@@ -77,7 +81,7 @@ class PolyAsrClient {
       'response_format': responseFormat,
     });
     final response = await _upload('/v1/audio/transcriptions', audio, fields, onProgress);
-    if (responseFormat.toLowerCase() == 'text') {
+    if (plainFormats.contains(responseFormat.toLowerCase())) {
       return Transcription(utf8.decode(response.bodyBytes));
     }
     final body = _json(response);
