@@ -253,7 +253,7 @@ def test_dropping_the_model_frees_its_decoder(tiny: TinyModels) -> None:
     """An eviction drops the model; the static cache (and on a GPU the graphs'
     memory pool) must go with it, or an unload would not give memory back."""
     engine, model = _load(tiny, "fast")
-    decoder = weakref.ref(engine._fast[model])
+    decoder = weakref.ref(engine._fast.decoders[model])
     del model
     gc.collect()
     assert decoder() is None
