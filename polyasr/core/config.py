@@ -45,8 +45,9 @@ BACKEND_DEFAULTS: dict[Backend, dict[str, Any]] = {
 }
 
 
-# Where the ``POLYASR_FAULTS`` test hook can make an engine call raise: a
-# decode at one scheduler priority, or a native-stream step (polyasr.models.transcriber).
+# Where the ``POLYASR_FAULTS`` test hook can make an engine call raise (a
+# decode at one scheduler priority, or a native-stream step) or, at a
+# ``stall:`` site, run past the decode deadline (polyasr.models.transcriber).
 FAULT_SITES: tuple[str, ...] = (
     "decode:final",
     "decode:batch",
@@ -56,6 +57,10 @@ FAULT_SITES: tuple[str, ...] = (
     "native:open",
     "native:feed",
     "native:finish",
+    "stall:final",
+    "stall:batch",
+    "stall:commit",
+    "stall:partial",
 )
 
 

@@ -30,6 +30,13 @@ class ModelUnavailable(RuntimeError):
     """A unit cannot be loaded (weights gone, OOM, load timed out)."""
 
 
+class UnitBroken(ModelUnavailable):
+    """A decode is stuck past its deadline: nothing runs on the unit's model
+    until it returns and a fresh one is loaded; retry shortly."""
+
+    retry_after = 5
+
+
 class NotResident(RuntimeError):
     """A resident-only lease found the unit evicted (probes never reload)."""
 
@@ -414,9 +421,9 @@ class StuckDecode:
         self.loop: asyncio.AbstractEventLoop | None = None  # where the unit lives
         self.reloading: asyncio.Task[None] | None = None
 
-    def error(self) -> ModelUnavailable:
+    def error(self) -> UnitBroken:
         """What work gets while the decode is stuck."""
-        return ModelUnavailable(
+        return UnitBroken(
             f"{self.unit.name} model unavailable: a decode is stuck past its {self.deadline:g} s "
             "deadline; the model reloads once it returns"
         )
