@@ -106,7 +106,9 @@ def _tokenizer_files(checkpoint: Path) -> dict[str, str]:
 
 
 def env_for(models: TinyModels, args: argparse.Namespace, **extra: str) -> dict[str, str]:
-    return tiny_env(models, POLYASR_DEVICE=args.device, POLYASR_DTYPE=args.dtype, POLYASR_LOG_DIR="", **extra)
+    return tiny_env(
+        models, **{"POLYASR_DEVICE": args.device, "POLYASR_DTYPE": args.dtype, "POLYASR_LOG_DIR": "", **extra}
+    )
 
 
 def gpu_mb() -> dict[str, float] | None:

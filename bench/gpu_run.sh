@@ -24,7 +24,8 @@ bench)
     pipi "$wheels"/.whl2/*.whl
     out=${OUT:-.}
     nvidia-smi -L || echo "no nvidia-smi: not a GPU machine"
-    PYTHONPATH=$site PYTHONUNBUFFERED=1 python3 -m bench.gpu_bench --out "$out/gpu_bench.json" "$@" \
+    # The repository root too: the benchmark starts servers as cuda/server.py.
+    PYTHONPATH=$site:$PWD PYTHONUNBUFFERED=1 python3 -m bench.gpu_bench --out "$out/gpu_bench.json" "$@" \
         >"$out/gpu_bench.log" 2>&1 || { tail -50 "$out/gpu_bench.log"; exit 1; }
     grep -v "pad_token_id" "$out/gpu_bench.log" | tail -40
     ;;
