@@ -9,9 +9,10 @@ span that holds its position) with capture stood in for by eager runs; a
 batch with one clip too long for the static cache. Also how it runs
 (grouped-query attention on the cache in place, the vocabulary head on the
 last prompt position only, no step after the batch is done, one thread at a
-time, capture on the model's device), the settings around it
-(``POLYASR_DECODE``, ``POLYASR_COMPILE``, ``POLYASR_DECODE_ROWS`` /
-``POLYASR_DECODE_SPAN``) and what ``/health`` and ``/metrics`` report.
+time, capture on the model's device with the other unit kept off it), the
+settings around it (``POLYASR_DECODE``, ``POLYASR_COMPILE``,
+``POLYASR_DECODE_ROWS`` / ``POLYASR_DECODE_SPAN``) and what ``/health`` and
+``/metrics`` report.
 CUDA-only: skipped where qwen-asr is not installed.
 """
 
@@ -508,3 +509,39 @@ def test_static_cache_size_is_a_setting_reported_in_health_and_freed_on_unload(m
     assert http.get("/health").json()["fast_decode"]["cache_mib"] == 0.0
     with pytest.raises(ConfigError, match="POLYASR_DECODE_SPAN must exceed POLYASR_MAX_NEW_TOKENS"):
         load_settings("cuda", {"POLYASR_DECODE_SPAN": "256", "POLYASR_MAX_NEW_TOKENS": "256"})
+
+
+def test_the_aligner_stays_off_the_device_while_a_step_is_captured(
+    tiny: TinyModels, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Capture holds the engine's device lock: the other unit's aligner waits
+    for it (as emptying the cache does), so no other thread's GPU work can
+    land in, or break, a capture. The capture is stood in for by a pause."""
+    from polyasr.engines import cuda
+
+    engine, _model = _load(tiny, "fast")
+    aligner = engine.load("align")
+    capturing, release = threading.Event(), threading.Event()
+    real = cuda.FastDecoder
+
+    def slow_capture(*args: Any, **kwargs: Any) -> FastDecoder:
+        capturing.set()
+        release.wait(30)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(cuda, "FastDecoder", slow_capture)
+    loader = threading.Thread(target=engine.load, args=("asr",), daemon=True)
+    loader.start()
+    assert capturing.wait(30)
+    aligned: list[Any] = []
+    worker = threading.Thread(
+        target=lambda: aligned.append(engine.align(aligner, Clip(VOICE_A), "hello world", "English")),
+        daemon=True,
+    )
+    worker.start()
+    worker.join(0.5)
+    assert not aligned  # waiting for the capture
+    release.set()
+    worker.join(60)
+    loader.join(60)
+    assert aligned and aligned[0]
