@@ -5,23 +5,29 @@ Runs on a bare GPU box (torch installed, qwen-asr and its pins carried as
 wheels, no network): it builds a full-size random-weight Qwen3-ASR checkpoint
 from the published dimensions, then measures, in one run of a few minutes:
 
-* ms per generated token at batch 1 and 32, ``fast`` vs ``generate`` (the
-  difference of two budgets over the difference of their token counts, so
-  the prompt's prefill drops out), and how often the two agree in bf16;
+* ms per generated token at batch 1 and 32 on 5 s and 30 s clips, ``fast``
+  vs ``generate`` (the difference of two budgets over the difference of their
+  token counts, so the prompt's prefill drops out), and how often the two
+  agree in bf16 at each batch;
+* a graph-correctness check in float32: the fast loop (graph replays on a
+  GPU) against ``generate`` token for token, a decode preempted mid-way and
+  the next one clean, and GPU memory after the decoder is dropped;
 * load time: plain (``generate``), with graph capture (``fast``), and with
   ``POLYASR_COMPILE=1`` cold (empty compile cache) and warm (a second process);
-* GPU memory before load, after load, after ``POST /model/unload`` (the
-  server's own ``/health`` numbers) and in this process around a load;
+* GPU memory before load, after load, after ``POST /model/unload``: the
+  server's own ``/health`` numbers, ``nvidia-smi``'s used memory and the
+  delta to before the load (target: within 250 MiB);
 * server batch throughput (audio-s per s) at concurrency 1, 8 and 32 with
   30 s clips, through ``/v1/audio/transcriptions``;
 * dictation over the WebSocket: stop-to-final p50/p95 and time to first
-  partial for 5, 30 and 120 s utterances with 1 and 8 sessions, replayed at
-  ``--speed`` x real time (the JSON and the table say which).
+  partial (p50/p95, from the first frame) for 5, 30 and 120 s utterances
+  with 1 and 8 sessions, replayed at ``--speed`` x real time (the JSON and
+  the table say which), the server's host CPU per live session, and the
+  live-rot reloads the server did meanwhile.
 
 Random weights write their whole token budget, so decode cost is an upper
-bound; the server prices tokens at ``--tokens-per-sec`` per audio second
-(6 by default, about what real speech costs). Writes ``--out`` (JSON) and
-prints a short table.
+bound; the server keeps its default token budget unless ``--tokens-per-sec``
+says otherwise. Writes ``--out`` (JSON) and prints a short table.
 
     python -m bench.gpu_bench                      # H100/H200: 0.6B
     python -m bench.gpu_bench --sizes 0.6B,1.7B
@@ -31,6 +37,11 @@ prints a short table.
 shorter utterances, 2x replay); CPU timings say nothing about a GPU. The
 compile loads come last, each in a fresh process under ``--compile-timeout``
 (the JSON is written before them, so a slow compile loses nothing else).
+
+On a bare GPU machine the whole sequence is ``bench/gpu_run.sh`` (README:
+"GPU: fast decode and the GPU benchmark"); ``sh bench/gpu_run.sh rehearse``
+runs it on a CPU machine in an environment holding only the GPU image's
+packages and the carried wheels.
 """
 
 from __future__ import annotations
@@ -52,6 +63,7 @@ from typing import Any
 
 import httpx
 import numpy as np
+import psutil
 
 from bench.stream_bench import measure, pct
 from polyasr.core.config import load_settings
@@ -94,7 +106,9 @@ def _tokenizer_files(checkpoint: Path) -> dict[str, str]:
 
 
 def env_for(models: TinyModels, args: argparse.Namespace, **extra: str) -> dict[str, str]:
-    return tiny_env(models, POLYASR_DEVICE=args.device, POLYASR_DTYPE=args.dtype, POLYASR_LOG_DIR="", **extra)
+    return tiny_env(
+        models, **{"POLYASR_DEVICE": args.device, "POLYASR_DTYPE": args.dtype, "POLYASR_LOG_DIR": "", **extra}
+    )
 
 
 def gpu_mb() -> dict[str, float] | None:
@@ -105,16 +119,35 @@ def gpu_mb() -> dict[str, float] | None:
     return {
         "allocated_mb": round(torch.cuda.memory_allocated() / MB, 1),
         "reserved_mb": round(torch.cuda.memory_reserved() / MB, 1),
+        "nvidia_smi_used_mb": nvidia_smi_used_mb(),
     }
+
+
+def nvidia_smi_used_mb() -> float | None:
+    """The device's used memory as the driver sees it (every process, every pool)."""
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits", "-i", "0"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return float(out.strip().splitlines()[0])
 
 
 # -- in this process: per-token cost, agreement, memory -------------------------
 
 
-def per_token(engine: Any, model: Any, batch: int, budgets: tuple[int, int]) -> tuple[float, list[list[int]]]:
-    """ms per generated token at ``batch``: two budgets, the difference of
-    their times over the difference of their tokens (prefill cancels out)."""
-    clips = [clip_audio(5.0, seed=i) for i in range(batch)]
+def per_token(
+    engine: Any, model: Any, batch: int, budgets: tuple[int, int], seconds: float = 5.0
+) -> tuple[float, list[list[int]]]:
+    """ms per generated token at ``batch`` on ``seconds`` clips: two budgets,
+    the difference of their times over the difference of their tokens
+    (prefill cancels out)."""
+    clips = [clip_audio(seconds, seed=i) for i in range(batch)]
     prompts = [model._build_text_prompt(context="", force_language="English")] * batch
     inputs = model.processor(text=prompts, audio=clips, return_tensors="pt", padding=True)
     inputs = inputs.to(model.model.device).to(model.model.dtype)
@@ -159,14 +192,52 @@ def in_process(models: TinyModels, args: argparse.Namespace) -> dict[str, Any]:
         out["memory"][f"after_load_{decode}"] = gpu_mb()
         ids[decode] = {}
         for batch in (1, 32):
-            ms, ids[decode][batch] = per_token(engine, model, batch, args.token_budgets)
-            out[f"ms_per_token_{decode}_b{batch}"] = round(ms, 3)
-            print(f"{decode:8s} batch {batch:2d}: {ms:7.2f} ms/token", flush=True)
+            for seconds in args.token_clip_sec:
+                ms, ids[decode][batch] = per_token(engine, model, batch, args.token_budgets, seconds)
+                suffix = "" if seconds == args.token_clip_sec[0] else f"_{seconds:g}s"
+                out[f"ms_per_token_{decode}_b{batch}{suffix}"] = round(ms, 3)
+                print(f"{decode:8s} batch {batch:2d}, {seconds:g} s clips: {ms:7.2f} ms/token", flush=True)
         del model
         gc.collect()
         engine.empty_cache()
         out["memory"][f"after_unload_{decode}"] = gpu_mb()
-    out["agreement_b32"] = agreement(ids["fast"][32], ids["generate"][32])
+    for batch in (1, 32):
+        out[f"agreement_b{batch}"] = agreement(ids["fast"][batch], ids["generate"][batch])
+    out["graph_check_float32"] = graph_check(models, args)
+    return out
+
+
+def graph_check(models: TinyModels, args: argparse.Namespace) -> dict[str, Any]:
+    """In float32 the fast loop (graph replays on a GPU, the eager loop on the
+    CPU) must give ``generate``'s tokens; a decode preempted mid-way must
+    leave the next one clean; dropping the model must free the decoder."""
+    from polyasr.core.engine import Clip, Preempted
+
+    out: dict[str, Any] = {}
+    loaded = {}
+    for decode in ("fast", "generate"):
+        env = env_for(models, args, POLYASR_DECODE=decode, POLYASR_DTYPE="float32")
+        engine = engine_class("cuda")(load_settings("cuda", env))
+        loaded[decode] = (engine, engine.load("asr"))
+    clips = [Clip(clip_audio(s, seed=i), "English", "", 24) for i, s in enumerate((5.0, 12.0, 2.0))]
+    (fast, fast_model), (slow, slow_model) = loaded["fast"], loaded["generate"]
+    out["tokens_identical"] = [t.raw for t in fast.transcribe(fast_model, clips)] == [
+        t.raw for t in slow.transcribe(slow_model, clips)
+    ]
+    polls = iter(range(1000))
+    try:
+        fast.transcribe(fast_model, clips[:1], lambda: next(polls) == 4)
+        out["preempted"] = False
+    except Preempted:
+        out["preempted"] = True
+    again = fast.transcribe(fast_model, clips[:1])[0].raw == slow.transcribe(slow_model, clips[:1])[0].raw
+    out["clean_after_preemption"] = again
+    before = gpu_mb()
+    del fast_model, loaded
+    gc.collect()
+    fast.empty_cache()
+    out["memory_before_drop"], out["memory_after_drop"] = before, gpu_mb()
+    print(f"graph check (float32): {out}", flush=True)
     return out
 
 
@@ -210,7 +281,10 @@ def load_probe(args: argparse.Namespace) -> None:
 
 def server_health(url: str) -> dict[str, Any]:
     body = httpx.get(f"{url}/health", timeout=30).json()
-    return {key: body.get(key) for key in ("decode", "graphs", "compile", "gpu")}
+    out = {key: body.get(key) for key in ("decode", "graphs", "compile", "gpu", "fast_decode")}
+    out["nvidia_smi_used_mb"] = nvidia_smi_used_mb()
+    out["live_rot_reloads"] = body["streaming_probe"]["live"]["reloads"]
+    return out
 
 
 async def throughput(url: str, concurrency: int, upload: bytes, seconds: float, requests: int) -> float:
@@ -239,21 +313,24 @@ def summarize(runs: list[Any]) -> dict[str, Any]:
         "final_p50_s": round(pct(finals, 0.5), 3) if finals else None,
         "final_p95_s": round(pct(finals, 0.95), 3) if finals else None,
         "first_partial_median_s": round(statistics.median(firsts), 3) if firsts else None,
+        "first_partial_p95_s": round(pct(firsts, 0.95), 3) if firsts else None,
         "sessions_without_partial": len(runs) - len(firsts),
         "errors": sum(len(r.errors) for r in runs),
     }
 
 
 async def server_part(models: TinyModels, args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    budget = {} if args.tokens_per_sec is None else {"POLYASR_TOKENS_PER_AUDIO_SEC": str(args.tokens_per_sec)}
     env = env_for(
         models,
         args,
         POLYASR_PARTIALS_ENABLED="1",
-        POLYASR_TOKENS_PER_AUDIO_SEC=str(args.tokens_per_sec),
         POLYASR_STREAMING_PROBE="0",
         POLYASR_DECODE=args.server_decode,
+        **budget,
     )
     server = LiveServer("cuda", env, work / "server.log")
+    process = psutil.Process(server.proc.pid)
     server.wait_ready(timeout=600)
     out: dict[str, Any] = {"health_before_load": server_health(server.url)}
     try:
@@ -272,8 +349,12 @@ async def server_part(models: TinyModels, args: argparse.Namespace, work: Path) 
         await measure(ws, 1, 3.0, "warm-up", args.speed)
         for sessions in args.sessions:
             for seconds in args.lengths:
+                cpu, began = process.cpu_times(), time.perf_counter()
                 runs = await measure(ws, sessions, seconds, f"n{sessions}", args.speed)
-                out["dictation"][f"{sessions}x{seconds:g}s"] = summary = summarize(runs)
+                used = sum(process.cpu_times()[:2]) - sum(cpu[:2])
+                summary = summarize(runs)
+                summary["host_cpu_per_session"] = round(used / (time.perf_counter() - began) / sessions, 3)
+                out["dictation"][f"{sessions}x{seconds:g}s"] = summary
                 print(f"dictation {sessions} x {seconds:g} s: {summary}", flush=True)
         httpx.post(f"{server.url}/model/unload", timeout=120).raise_for_status()
         time.sleep(1.0)
@@ -295,7 +376,8 @@ def table(result: dict[str, Any]) -> str:
         lines.append(
             f"ms/token batch {batch:2d}: fast {fast:8.2f} | generate {slow:8.2f} | x{slow / fast:5.1f}"
         )
-    lines.append(f"fast vs generate agreement (batch 32): {proc['agreement_b32']}")
+    lines.append(f"fast vs generate agreement: b1 {proc['agreement_b1']} | b32 {proc['agreement_b32']}")
+    lines.append(f"graph check (float32): {proc['graph_check_float32']}")
     loads = {
         "plain": proc["load_s_generate"],
         "capture": proc["load_s_fast"],
@@ -307,7 +389,8 @@ def table(result: dict[str, Any]) -> str:
     for key, value in server["dictation"].items():
         lines.append(
             f"dictation {key:>9}: final p50 {value['final_p50_s']} s p95 {value['final_p95_s']} s | "
-            f"first partial {value['first_partial_median_s']} s (none: {value['sessions_without_partial']})"
+            f"first partial p50 {value['first_partial_median_s']} p95 {value['first_partial_p95_s']} s "
+            f"(none: {value['sessions_without_partial']}) | host CPU/session {value['host_cpu_per_session']}"
         )
     for when in ("health_before_load", "health_after_load", "health_after_unload"):
         lines.append(f"server {when}: {server.get(when)}")
@@ -353,7 +436,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", default="cuda:0")
     parser.add_argument("--dtype", default="bfloat16")
     parser.add_argument("--speed", type=float, default=4.0, help="dictation replay, x real time")
-    parser.add_argument("--tokens-per-sec", type=float, default=6.0)
+    parser.add_argument("--tokens-per-sec", type=float, default=None, help="default: the server's")
+    parser.add_argument("--token-clip-sec", default="5,30", help="clip lengths for ms/token")
     parser.add_argument("--clip-sec", type=float, default=30.0)
     parser.add_argument("--lengths", default="5,30,120")
     parser.add_argument("--sessions", default="1,8")
@@ -362,7 +446,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--token-budgets", default="16,144", help="two budgets for ms/token")
     parser.add_argument("--server-decode", default="fast", help="POLYASR_DECODE of the server")
     parser.add_argument("--no-compile", dest="compile", action="store_false")
-    parser.add_argument("--compile-timeout", type=float, default=150.0)
+    parser.add_argument("--compile-timeout", type=float, default=420.0)
     parser.add_argument("--out", type=Path, default=Path("gpu_bench.json"))
     parser.add_argument("--load-probe", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -370,11 +454,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.sizes, args.device, args.dtype = "tiny", "cpu", "float32"
         args.lengths, args.speed, args.clip_sec = "5,10", 2.0, 10.0
         args.concurrency, args.min_requests, args.token_budgets = "1,8", 2, "8,40"
+        args.token_clip_sec = "5"
     args.sizes = args.sizes.split(",")
     args.lengths = [float(x) for x in args.lengths.split(",")]
     args.sessions = [int(x) for x in args.sessions.split(",")]
     args.concurrency = [int(x) for x in args.concurrency.split(",")]
     args.token_budgets = tuple(int(x) for x in args.token_budgets.split(","))
+    args.token_clip_sec = [float(x) for x in args.token_clip_sec.split(",")]
     return args
 
 

@@ -21,7 +21,7 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from polyasr.core.engine import UNITS
 from polyasr.models.scheduler import Priority
@@ -31,16 +31,22 @@ MIB = 1_048_576
 # A partial on a small model takes tens of ms; a long upload on a CPU, a minute.
 DECODE_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 LOAD_BUCKETS = (0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+# Clips per engine call: the CUDA fast loop's buckets.
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 24, 32, 64)
 
 
 class _ReadAtScrape:
     """Gauges whose truth lives elsewhere: read from the source at each scrape."""
 
     def __init__(
-        self, queue_depth: Callable[[str], int | None], engine_memory: Callable[[], dict[str, float]]
+        self,
+        queue_depth: Callable[[str], int | None],
+        engine_memory: Callable[[], dict[str, float]],
+        engine_counters: Callable[[], dict[str, int]],
     ) -> None:
         self.queue_depth = queue_depth
         self.engine_memory = engine_memory
+        self.engine_counters = engine_counters
         self.process = psutil.Process()
 
     def collect(self) -> Iterator[Metric]:
@@ -69,15 +75,28 @@ class _ReadAtScrape:
         for kind, mib in self.engine_memory().items():
             engine.add_metric([kind], mib * MIB)
         yield engine
+        events = CounterMetricFamily(
+            "polyasr_engine_events",
+            "Decode events the engine counts (CUDA: long_clip_on_generate, a clip too long "
+            "for the fast loop's static cache, decoded alone by generate)",
+            labels=["event"],
+        )
+        for event, count in self.engine_counters().items():
+            events.add_metric([event], count)
+        yield events
 
 
 class Metrics(UnitObserver):
     """One app's metrics; subscribed to the model units as their observer."""
 
     def __init__(
-        self, queue_depth: Callable[[str], int | None], engine_memory: Callable[[], dict[str, float]]
+        self,
+        queue_depth: Callable[[str], int | None],
+        engine_memory: Callable[[], dict[str, float]],
+        engine_counters: Callable[[], dict[str, int]] = dict,
     ) -> None:
-        """``engine_memory`` is the engine's :meth:`~polyasr.core.engine.Engine.memory_mib`."""
+        """``engine_memory`` and ``engine_counters`` are the engine's
+        :meth:`~polyasr.core.engine.Engine.memory_mib` and ``counters``."""
         self.registry = CollectorRegistry()
         reg = self.registry
         self.requests = Counter(
@@ -91,6 +110,13 @@ class Metrics(UnitObserver):
             "Engine time of one run on a unit's scheduler thread (a batch counts once), by priority",
             ["unit", "kind"],
             buckets=DECODE_BUCKETS,
+            registry=reg,
+        )
+        self.batch_size = Histogram(
+            "polyasr_batch_size",
+            "Jobs in one run on a unit's scheduler thread (clips per engine call), by priority",
+            ["unit", "kind"],
+            buckets=BATCH_BUCKETS,
             registry=reg,
         )
         self.ws_sessions = Gauge(
@@ -108,7 +134,7 @@ class Metrics(UnitObserver):
         for unit in UNITS:  # every unit's series exists from the first scrape, at 0
             self.loads.labels(unit)
             self.evictions.labels(unit)
-        reg.register(_ReadAtScrape(queue_depth, engine_memory))
+        reg.register(_ReadAtScrape(queue_depth, engine_memory, engine_counters))
 
     def request(self, route: str, method: str, status: int) -> None:
         self.requests.labels(route, method, str(status)).inc()
@@ -127,6 +153,7 @@ class Metrics(UnitObserver):
     def evicted(self, unit: str) -> None:
         self.evictions.labels(unit).inc()
 
-    def ran(self, unit: str, priority: Priority, seconds: float) -> None:
+    def ran(self, unit: str, priority: Priority, seconds: float, size: int) -> None:
         if priority is not Priority.CONTROL:  # loads have their own histogram
             self.decode_seconds.labels(unit, priority.name.lower()).observe(seconds)
+            self.batch_size.labels(unit, priority.name.lower()).observe(size)

@@ -154,8 +154,11 @@ def build_services(engine: Engine, settings: Settings, base_dir: Path) -> Servic
         load_timeout=settings.load_timeout_sec,
         decode_timeout=settings.decode_timeout_sec,
         max_queued=settings.max_queued_decodes,
+        batch_window=settings.batch_window_ms / 1000,
     )
-    metrics = Metrics(queue_depth=manager.queue_depth, engine_memory=engine.memory_mib)
+    metrics = Metrics(
+        queue_depth=manager.queue_depth, engine_memory=engine.memory_mib, engine_counters=engine.counters
+    )
     manager.observers.subscribe(metrics)
     transcriber = Transcriber(engine, manager, settings)
     probe_clip = load_probe_clip()

@@ -46,8 +46,9 @@ BACKEND_DEFAULTS: dict[Backend, dict[str, Any]] = {
 }
 
 
-# Where the ``POLYASR_FAULTS`` test hook can make an engine call raise: a
-# decode at one scheduler priority, or a native-stream step (polyasr.models.transcriber).
+# Where the ``POLYASR_FAULTS`` test hook can make an engine call raise (a
+# decode at one scheduler priority, or a native-stream step) or, at a
+# ``stall:`` site, run past the decode deadline (polyasr.models.transcriber).
 FAULT_SITES: tuple[str, ...] = (
     "decode:final",
     "decode:batch",
@@ -57,6 +58,10 @@ FAULT_SITES: tuple[str, ...] = (
     "native:open",
     "native:feed",
     "native:finish",
+    "stall:final",
+    "stall:batch",
+    "stall:commit",
+    "stall:partial",
 )
 
 
@@ -145,6 +150,9 @@ class Settings(BaseModel):
     max_id_chars: int = _env("MAX_ID_CHARS", default=128, ge=1)
     max_context_chars: int = _env("MAX_CONTEXT_CHARS", default=4_096, ge=0)
     max_queued_decodes: int = _env("MAX_QUEUED_DECODES", default=256, ge=1)
+    # How long a unit's worker waits for more of the same work to fill a batch
+    # when others are already queued (never for a final that is alone).
+    batch_window_ms: float = _env("BATCH_WINDOW_MS", default=10.0, ge=0, le=1000)
     decode_timeout_sec: float = _env("DECODE_TIMEOUT_SEC", default=300.0, gt=0)
     shutdown_grace_sec: float = _env("SHUTDOWN_GRACE_SEC", default=10.0, ge=0)
 
@@ -170,6 +178,11 @@ class Settings(BaseModel):
     # None = fast on a CUDA device, generate on the CPU.
     decode: Literal["fast", "generate"] | None = _env("DECODE", default=None)
     compile: bool = _env("COMPILE", default=False)
+    # The fast loop's static KV cache, held while the model is loaded: clips
+    # per decode (the scheduler batches up to this) and positions per clip
+    # (prompt plus answer).
+    decode_rows: int = _env("DECODE_ROWS", default=32, ge=1, le=256)
+    decode_span: int = _env("DECODE_SPAN", default=1280, ge=128)
 
     # Test hook (so every fault can be driven through a real server): the next
     # <count> engine calls at each listed site raise. Unset = off; never in production.
@@ -314,5 +327,10 @@ def load_settings(backend: Backend, environ: Mapping[str, str] | None = None) ->
     if settings.min_new_tokens > settings.max_new_tokens:
         raise ConfigError(
             "invalid configuration: POLYASR_MIN_NEW_TOKENS must not exceed POLYASR_MAX_NEW_TOKENS"
+        )
+    if settings.decode_span <= settings.max_new_tokens:
+        raise ConfigError(
+            "invalid configuration: POLYASR_DECODE_SPAN must exceed POLYASR_MAX_NEW_TOKENS "
+            "(it holds the prompt and the answer)"
         )
     return settings

@@ -116,6 +116,10 @@ class Engine(Protocol):
     def info(self) -> dict[str, Any]:
         """Backend facts for /health: ``device``, ``dtype`` and the memory block."""
 
+    def counters(self) -> dict[str, int]:
+        """Decode events the engine counts since start, by name, for ``/metrics``
+        (CUDA: clips too long for the fast loop's static cache)."""
+
     def memory_mib(self) -> dict[str, float]:
         """Accelerator memory now, in MiB, by kind: MLX ``active``, ``peak`` and
         ``cache``; CUDA ``allocated`` and ``reserved`` (empty on the CPU). The

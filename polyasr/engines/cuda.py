@@ -11,7 +11,7 @@ for transcription, so co-residency never holds two copies of the ASR model.
 from __future__ import annotations
 
 import importlib.util
-import weakref
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -20,7 +20,9 @@ import numpy as np
 from polyasr.core.config import ConfigError, Settings
 from polyasr.core.constants import SAMPLE_RATE
 from polyasr.core.engine import AlignedUnit, Clip, Preempted, Transcript, rolled_back_ids
-from polyasr.engines.fast_decode import BUCKETS, EOS_IDS, FastDecoder
+from polyasr.engines.cuda_graphs import CudaGraphs
+from polyasr.engines.fast_decode import EOS_IDS, FastDecoder
+from polyasr.engines.fast_path import FastPath
 
 _MB = 1_048_576
 
@@ -80,9 +82,13 @@ class CudaEngine:
         self.decode = (settings.decode or ("fast" if on_gpu else "generate")) if transformers else "generate"
         self.graphs = self.decode == "fast" and on_gpu
         self.compile = self.decode == "fast" and settings.compile
-        # The scheduler batches up to the largest captured bucket.
-        self.max_batch = BUCKETS[-1] if self.decode == "fast" else 8
-        self._fast: weakref.WeakKeyDictionary[Any, FastDecoder] = weakref.WeakKeyDictionary()
+        self.decode_rows, self.decode_span = settings.decode_rows, settings.decode_span
+        # The scheduler batches up to the static cache's rows.
+        self.max_batch = self.decode_rows if self.decode == "fast" else 8
+        self._fast = FastPath(self.decode_span)
+        # Held while a step is captured, and by the other units' device work
+        # (the aligner, emptying the cache): nothing else touches the GPU then.
+        self._device_lock = threading.Lock()
         _check_device(torch, self.device)
         if self.engine_backend == "vllm":
             if importlib.util.find_spec("vllm") is None:
@@ -97,9 +103,10 @@ class CudaEngine:
         from qwen_asr import Qwen3ASRModel, Qwen3ForcedAligner
 
         if unit == "align":
-            return Qwen3ForcedAligner.from_pretrained(
-                self.aligner_id, dtype=self.dtype, device_map=self.device
-            )
+            with self._device_lock:
+                return Qwen3ForcedAligner.from_pretrained(
+                    self.aligner_id, dtype=self.dtype, device_map=self.device
+                )
         if self.engine_backend == "vllm":
             return Qwen3ASRModel.LLM(
                 model=self.model_id, max_new_tokens=self.max_new_tokens, dtype=self.dtype_name
@@ -112,9 +119,15 @@ class CudaEngine:
         )
         if self.decode == "fast":
             # Capture (and compile) now: the first decode after a load must not pay for it.
-            self._fast[model] = FastDecoder(
-                model, max_new_tokens=self.max_new_tokens, graphs=self.graphs, compile=self.compile
-            )
+            with self._device_lock:
+                self._fast.decoders[model] = FastDecoder(
+                    model,
+                    max_new_tokens=self.max_new_tokens,
+                    rows=self.decode_rows,
+                    positions=self.decode_span,
+                    graphs=CudaGraphs(model.model.device) if self.graphs else None,
+                    compile=self.compile,
+                )
         warm = Clip(np.zeros(SAMPLE_RATE, np.float32), language="English", max_new_tokens=4)
         self.transcribe(model, [warm])  # first-call kernels and allocations, here rather than in a request
         return model
@@ -135,9 +148,11 @@ class CudaEngine:
         return model.finish_streaming_transcribe(state).text.strip()
 
     def empty_cache(self) -> None:
-        if self._torch.cuda.is_available():
-            self._torch.cuda.synchronize()
-            self._torch.cuda.empty_cache()
+        torch = self._torch
+        if torch.cuda.is_available() and self.device.startswith("cuda"):
+            with self._device_lock, torch.cuda.device(self.device):
+                torch.cuda.synchronize(self.device)
+                torch.cuda.empty_cache()
 
     def transcribe(
         self, model: Any, clips: list[Clip], should_stop: Callable[[], bool] | None = None
@@ -209,12 +224,8 @@ class CudaEngine:
         should_stop: Callable[[], bool] | None = None,
     ) -> list[list[int]]:
         """The new token ids per clip, by the decode path in effect (the fast
-        loop, or ``generate`` when it is off or the batch does not fit it)."""
-        fast = self._fast.get(model)
-        if fast is not None and fast.fits(len(budgets), inputs["input_ids"].shape[1], max(budgets)):
-            ids = fast.decode(inputs, budgets, should_stop)
-        else:
-            ids = self._generate_ids(model, inputs, budgets, should_stop)
+        loop, or ``generate`` when it is off)."""
+        ids = self._fast.ids(model, inputs, budgets, should_stop, self._generate_ids)
         if ids is None:
             raise Preempted("a more urgent decode is waiting")
         return ids
@@ -261,7 +272,8 @@ class CudaEngine:
         return [o.outputs[0].text for o in outputs]
 
     def align(self, model: Any, clip: Clip, text: str, language: str) -> list[AlignedUnit]:
-        (result,) = model.align(audio=(clip.samples, SAMPLE_RATE), text=text, language=language)
+        with self._device_lock:
+            (result,) = model.align(audio=(clip.samples, SAMPLE_RATE), text=text, language=language)
         return [AlignedUnit(item.text, item.start_time, item.end_time) for item in result]
 
     def _cuda_index(self) -> int | None:
@@ -277,6 +289,9 @@ class CudaEngine:
             "reserved": round(torch.cuda.memory_reserved(index) / _MB, 1),
         }
 
+    def counters(self) -> dict[str, int]:
+        return {"long_clip_on_generate": self._fast.long_clips}
+
     def info(self) -> dict[str, Any]:
         gpu: dict[str, Any] | None = None
         if self._torch.cuda.is_available():
@@ -289,6 +304,7 @@ class CudaEngine:
             "decode": self.decode,
             "graphs": self.graphs,
             "compile": self.compile,
+            "fast_decode": self._fast.info(self.decode_rows) if self.decode == "fast" else None,
         }
 
 

@@ -164,6 +164,9 @@ class MlxEngine:
         result = model.generate(clip.samples, text=text, language=language)
         return [AlignedUnit(item.text, item.start_time, item.end_time) for item in result]
 
+    def counters(self) -> dict[str, int]:
+        return {}  # one decode path: nothing to count
+
     def memory_mib(self) -> dict[str, float]:
         mx = self._mx
         return {

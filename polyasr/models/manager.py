@@ -49,6 +49,7 @@ class AsrModelManager:
         load_timeout: float,
         decode_timeout: float | None = None,
         max_queued: int | None = None,
+        batch_window: float = 0.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.engine = engine
@@ -67,6 +68,7 @@ class AsrModelManager:
                 load_timeout=load_timeout,
                 decode_timeout=decode_timeout,
                 max_queued=max_queued,
+                batch_window=batch_window,
                 preflight=lambda name=name: cannot_load(model_ids[name], MODEL_SETTINGS[name]),
                 before_load=None if coload else self._make_room,
             )

@@ -9,8 +9,15 @@ same kind are handed to the engine together as one batch.
 Whatever the engine does, the thread lives on and every waiter gets an answer:
 an engine raising anything (even ``BaseException``) fails that run's waiters
 with a ``RuntimeError``; a run past its deadline fails its waiters with
-:class:`DecodeTimeout` and a fresh thread takes over the queue, while the stuck
-thread's late result is discarded when (if ever) it returns.
+:class:`DecodeTimeout`. A stuck call cannot be interrupted, and a second
+thread on the same model is unsafe (static caches and graphs on CUDA, Metal
+streams on MLX), so nothing else runs until it returns: the queued work and
+any new work fail at once with the unit's "stuck" error, the unit is told
+(it reloads its model once the call returns), and the late result is dropped.
+
+Under load the worker gathers a batch for a short window
+(``POLYASR_BATCH_WINDOW_MS``) so that batches stay full instead of
+alternating between one early arrival and everyone else.
 """
 
 from __future__ import annotations
@@ -45,8 +52,15 @@ class Priority(IntEnum):
 BatchFn = Callable[[list[Any]], list[Any]]
 # Clips per engine call unless the engine says otherwise (``Engine.max_batch``).
 DEFAULT_MAX_BATCH = 8
-# Told how long each run on the worker thread took (a batch is one run): metrics.
-OnRun = Callable[[Priority, float], None]
+# Told how long each run on the worker thread took and how many jobs it had
+# (a batch is one run): metrics.
+OnRun = Callable[[Priority, float, int], None]
+# Told (from a scheduler thread) that a run is stuck past its deadline (True)
+# and that the stuck call returned (False).
+OnStuck = Callable[[bool], None]
+# A batch of more than one that ended this recently is evidence of load: the
+# next batch gathers for the window even when it starts alone.
+RECENT_LOAD_SEC = 1.0
 
 log = logging.getLogger("polyasr.scheduler")
 
@@ -107,6 +121,119 @@ class _Job:
 _IDLE = int(Priority.PROBE) + 1  # "priority" of no run at all: anything is more urgent
 
 
+class _JobQueue:
+    """The waiting jobs of one unit, most urgent first, with each slot's count
+    kept. Not thread-safe on its own: the scheduler holds its lock around it."""
+
+    def __init__(self) -> None:
+        self.heap: list[_Job] = []
+
+    def __len__(self) -> int:
+        return len(self.heap)
+
+    def head(self) -> int:
+        """Priority of the most urgent waiting job (``_IDLE`` when none waits)."""
+        return self.heap[0].priority if self.heap else _IDLE
+
+    def push(self, job: _Job, counted: bool = False) -> None:
+        """Queue ``job`` (``counted``: its slot already counts it)."""
+        if job.slot is not None and not counted:
+            job.slot.waiting += 1
+        heapq.heappush(self.heap, job)
+
+    def replace_slot(self, slot: JobSlot) -> None:
+        """Cancel the jobs of ``slot`` still waiting: a newer one replaces them."""
+        stale = [j for j in self.heap if j.slot is slot]
+        if stale:
+            self._remove(stale)
+            for old in stale:
+                old.future.cancel()
+
+    def pop(self) -> _Job:
+        """The most urgent job, still counted in its slot (see :meth:`taken`)."""
+        return heapq.heappop(self.heap)
+
+    def same(self, first: _Job, batch: list[_Job], max_batch: int) -> list[_Job]:
+        """Queued jobs that join ``first``'s batch (taken out of the queue, still
+        counted), up to ``max_batch``; at most one per slot, since a newer job
+        in a slot replaces a queued older one."""
+        if first.batch_key is None:
+            return []
+        slots = {id(j.slot) for j in batch if j.slot is not None}
+        same = []
+        for job in sorted(self.heap):
+            if len(batch) + len(same) >= max_batch:
+                break
+            if job.batch_key != first.batch_key or job.priority != first.priority:
+                continue
+            if job.slot is not None:
+                if id(job.slot) in slots:
+                    continue
+                slots.add(id(job.slot))
+            same.append(job)
+        if same:
+            taken = {id(j) for j in same}
+            self.heap = [j for j in self.heap if id(j) not in taken]
+            heapq.heapify(self.heap)
+        return same
+
+    @staticmethod
+    def taken(jobs: list[_Job]) -> None:
+        """``jobs`` left the queue for good: their slots stop counting them."""
+        for job in jobs:
+            if job.slot is not None:
+                job.slot.waiting -= 1
+
+    def drain_decodes(self) -> list[_Job]:
+        """Take out every job but loads and evictions."""
+        dropped = [j for j in self.heap if j.priority != Priority.CONTROL]
+        self._remove(dropped)
+        return dropped
+
+    def _remove(self, jobs: list[_Job]) -> None:
+        gone = {id(j) for j in jobs}
+        self.heap = [j for j in self.heap if id(j) not in gone]
+        heapq.heapify(self.heap)
+        self.taken(jobs)
+
+
+class _BatchWindow:
+    """How long a batch waits for company: up to ``seconds`` while there is
+    room, when others came with it or a recent batch had several (under load);
+    never a final that is alone, never an idle unit's lone request."""
+
+    def __init__(self, seconds: float, max_batch: int) -> None:
+        self.seconds = seconds
+        self.max_batch = max_batch
+        self.loaded_until = 0.0  # monotonic time until which a recent batch says "under load"
+
+    def ran(self, size: int) -> None:
+        if size > 1:
+            self.loaded_until = time.monotonic() + RECENT_LOAD_SEC
+
+    def wants(self, jobs: list[_Job]) -> bool:
+        first = jobs[0]
+        if self.seconds <= 0 or first.batch_key is None or len(jobs) >= self.max_batch:
+            return False
+        if len(jobs) == 1 and first.priority == Priority.FINAL:
+            return False
+        return len(jobs) > 1 or time.monotonic() < self.loaded_until
+
+    def gather(self, jobs: list[_Job], cv: threading.Condition, queue: _JobQueue) -> bool:
+        """Add arrivals of ``jobs[0]``'s kind for the window (``cv`` held). False,
+        with ``jobs`` back in ``queue``, if more urgent work arrived meanwhile."""
+        first = jobs[0]
+        deadline = time.monotonic() + self.seconds
+        while len(jobs) < self.max_batch and (left := deadline - time.monotonic()) > 0:
+            cv.wait(left)
+            if queue.head() < first.priority:
+                for job in jobs:
+                    queue.push(job, counted=True)
+                return False
+            jobs.extend(queue.same(first, jobs, self.max_batch))
+        return True
+
+
 class UnitScheduler:
     """A worker thread that runs submitted work in priority, then FIFO, order."""
 
@@ -118,6 +245,10 @@ class UnitScheduler:
         max_batch: int = DEFAULT_MAX_BATCH,
         on_run: OnRun | None = None,
         run_timeout: float | None = None,
+        *,
+        batch_window: float = 0.0,
+        on_stuck: OnStuck | None = None,
+        stuck_error: Callable[[], Exception] | None = None,
     ) -> None:
         self.name = name
         self.max_batch = max_batch
@@ -125,28 +256,30 @@ class UnitScheduler:
         # Deadline of one run (loads and evictions excepted: the manager times
         # loads itself and adopts a late one); None = no deadline.
         self.run_timeout = run_timeout
-        self._heap: list[_Job] = []
+        self._window = _BatchWindow(batch_window, max_batch)
+        self.on_stuck = on_stuck
+        self.stuck_error = stuck_error or (
+            lambda: RuntimeError(f"{name}: a decode is stuck past its deadline; retry shortly")
+        )
+        self._queue = _JobQueue()
         self._seq = itertools.count()
         self._cv = threading.Condition()
         self._closed = False
         self._running = _IDLE  # priority of the job on the thread now
         self._running_retried = False  # the running batch yielded to a final once already
-        self._current: list[_Job] | None = None  # the run on the live thread
-        # Bumped when a stuck run's thread is abandoned: an older thread exits
-        # as soon as its run returns, and its results are discarded.
-        self._generation = 0
-        self._start_thread()
+        self._current: list[_Job] | None = None  # the run on the thread
+        self._stuck: list[_Job] | None = None  # the run past its deadline, until it returns
+        threading.Thread(target=self._loop, name=f"polyasr-{name}", daemon=True).start()
 
-    def _start_thread(self) -> None:
-        thread = threading.Thread(
-            target=self._loop, args=(self._generation,), name=f"polyasr-{self.name}", daemon=True
-        )
-        thread.start()
+    @property
+    def stuck(self) -> bool:
+        """A run is past its deadline and has not returned: nothing else runs."""
+        return self._stuck is not None
 
     def depth(self) -> int:
         """Jobs waiting (not counting the one running)."""
         with self._cv:
-            return len(self._heap)
+            return len(self._queue)
 
     def submit(self, fn: Callable[[], Any], priority: Priority) -> asyncio.Future[Any]:
         """Run ``fn()`` on the worker thread; await the returned future."""
@@ -177,7 +310,7 @@ class UnitScheduler:
         """Whether more urgent work waits behind the running job (a final behind
         a partial): a preemptible decode checks this between tokens and yields."""
         with self._cv:
-            return bool(self._heap) and self._heap[0].priority < self._running
+            return self._queue.head() < self._running
 
     def stop_check(self, priority: Priority) -> Callable[[], bool] | None:
         """What a decode of ``priority`` polls between tokens: partials and probes
@@ -207,11 +340,7 @@ class UnitScheduler:
         yielded before): a batch or commit decode checks this between tokens,
         so a final never waits for a whole long batch."""
         with self._cv:
-            return (
-                not self._running_retried
-                and bool(self._heap)
-                and self._heap[0].priority == Priority.FINAL < self._running
-            )
+            return not self._running_retried and self._queue.head() == Priority.FINAL < self._running
 
     def close(self) -> None:
         with self._cv:
@@ -232,51 +361,36 @@ class UnitScheduler:
         with self._cv:
             if self._closed:
                 raise RuntimeError(f"scheduler {self.name} is closed")
+            if self._stuck is not None and priority != Priority.CONTROL:
+                raise self.stuck_error()
             if slot is not None:
-                stale = [j for j in self._heap if j.slot is slot]
-                if stale:
-                    self._heap = [j for j in self._heap if j.slot is not slot]
-                    heapq.heapify(self._heap)
-                    slot.waiting -= len(stale)
-                    for old in stale:
-                        old.future.cancel()
-                slot.waiting += 1
-            heapq.heappush(self._heap, job)
+                self._queue.replace_slot(slot)
+            self._queue.push(job)
             self._cv.notify()
         return asyncio.wrap_future(future)
 
-    def _take(self, generation: int) -> list[_Job] | None:
+    def _take(self) -> list[_Job] | None:
         with self._cv:
-            while not self._heap and not self._closed and generation == self._generation:
-                self._cv.wait()
-            if generation != self._generation or not self._heap:
-                return None
-            first = heapq.heappop(self._heap)
-            jobs = [first]
-            if first.batch_key is not None:
-                same = [
-                    j
-                    for j in sorted(self._heap)
-                    if j.batch_key == first.batch_key and j.priority == first.priority
-                ][: self.max_batch - 1]
-                if same:
-                    taken = {id(j) for j in same}
-                    self._heap = [j for j in self._heap if id(j) not in taken]
-                    heapq.heapify(self._heap)
-                    jobs.extend(same)
-            for job in jobs:
-                if job.slot is not None:
-                    job.slot.waiting -= 1
-            return jobs
+            while True:
+                while not self._queue and not self._closed:
+                    self._cv.wait()
+                if not self._queue:
+                    return None
+                first = self._queue.pop()
+                jobs = [first, *self._queue.same(first, [first], self.max_batch)]
+                if self._window.wants(jobs) and not self._window.gather(jobs, self._cv, self._queue):
+                    continue  # more urgent work arrived meanwhile: take that first
+                self._queue.taken(jobs)
+                return jobs
 
-    def _loop(self, generation: int) -> None:
-        while (jobs := self._take(generation)) is not None:
+    def _loop(self) -> None:
+        while (jobs := self._take()) is not None:
             # A requeued job's future is running already (its waiter still waits).
             live = [j for j in jobs if j.retried or j.future.set_running_or_notify_cancel()]
             if live:
-                self._run(live, generation)
+                self._run(live)
 
-    def _run(self, live: list[_Job], generation: int) -> None:
+    def _run(self, live: list[_Job]) -> None:
         """One engine call for ``live``; every waiter gets a result or an error."""
         with self._cv:
             self._running, self._current = live[0].priority, live
@@ -292,11 +406,20 @@ class UnitScheduler:
             outcome = _as_exception(exc)
         if watchdog is not None:
             watchdog.cancel()
+        seconds = time.perf_counter() - began
         with self._cv:
-            if generation != self._generation:
-                return  # abandoned past its deadline: the waiters already have DecodeTimeout
             self._running, self._current = _IDLE, None
-        self._report(Priority(live[0].priority), time.perf_counter() - began)
+            returned = self._stuck is live
+            if returned:
+                self._stuck = None
+                if self.on_stuck is not None:
+                    self.on_stuck(False)
+            else:
+                self._window.ran(len(live))
+        if returned:  # its waiters already have DecodeTimeout; the result is dropped
+            log.warning("%s: the run past its deadline returned after %.1f s", self.name, seconds)
+            return
+        self._report(Priority(live[0].priority), seconds, len(live))
         if isinstance(outcome, Preempted) and all(j.requeue and not j.retried for j in live):
             self._requeue(live)
             return
@@ -312,16 +435,14 @@ class UnitScheduler:
         with self._cv:
             for job in jobs:
                 job.retried = True
-                if job.slot is not None:
-                    job.slot.waiting += 1
-                heapq.heappush(self._heap, job)
+                self._queue.push(job)
             self._cv.notify()
 
-    def _report(self, priority: Priority, seconds: float) -> None:
+    def _report(self, priority: Priority, seconds: float, size: int) -> None:
         if self.on_run is None:
             return
         try:
-            self.on_run(priority, seconds)
+            self.on_run(priority, seconds, size)
         except Exception:
             log.exception("%s: run observer failed", self.name)
 
@@ -335,22 +456,29 @@ class UnitScheduler:
         return timer
 
     def _expire(self, live: list[_Job]) -> None:
-        """The run passed its deadline: fail its waiters, hand the queue to a new thread.
+        """The run passed its deadline: fail its waiters and everything queued.
 
-        The stuck call cannot be interrupted; its thread exits when (if ever)
-        the call returns. The next runs go to a fresh thread, so one wedged
-        decode costs its own request and never the queue behind it. Until it
-        returns, the stuck call and the fresh thread share the model: a call
-        this far past its deadline is taken to be wedged, not computing.
+        The stuck call cannot be interrupted, and nothing else may run on its
+        model meanwhile, so queued work fails now (instead of waiting behind a
+        call that may never return) and new work is refused until it returns;
+        loads and evictions still queue, to run after it.
         """
         with self._cv:
-            if self._current is not live:
+            if self._current is not live or self._stuck is not None:
                 return  # it finished just now
-            self._generation += 1
-            self._running, self._current = _IDLE, None
-            self._start_thread()
-        error = DecodeTimeout(f"{self.name} decode did not finish within {self.run_timeout:g} s")
-        for job in live:
-            with contextlib.suppress(concurrent.futures.InvalidStateError):
-                job.future.set_exception(error)
-        log.error("%s: a run passed its %g s deadline; a fresh thread took over", self.name, self.run_timeout)
+            self._stuck = live
+            dropped = self._queue.drain_decodes()
+            if self.on_stuck is not None:  # under the lock: told before it is told of the return
+                self.on_stuck(True)
+        timeout = DecodeTimeout(f"{self.name} decode did not finish within {self.run_timeout:g} s")
+        for jobs, error in ((live, lambda: timeout), (dropped, self.stuck_error)):
+            for job in jobs:
+                with contextlib.suppress(concurrent.futures.InvalidStateError):
+                    job.future.set_exception(error())
+        log.error(
+            "%s: a run passed its %g s deadline; %d queued jobs failed, nothing runs on the model "
+            "until it returns",
+            self.name,
+            self.run_timeout,
+            len(dropped),
+        )

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -81,7 +82,9 @@ class InjectedFault(RuntimeError):
 
 class FaultHook:
     """The ``POLYASR_FAULTS`` test hook: the next ``count`` engine calls at a
-    site (``decode:<priority>``, ``native:<step>``) raise :class:`InjectedFault`.
+    site (``decode:<priority>``, ``native:<step>``) raise :class:`InjectedFault`;
+    at a ``stall:<priority>`` site they take ``stall_sec`` longer (twice the
+    decode deadline: stuck past it, then returning).
 
     It exists so a test can drive a real server process through its retry
     paths (a failing commit backs off, a failing native feed keeps its chunk)
@@ -91,14 +94,16 @@ class FaultHook:
     unless the setting is given) get the engine call itself, unwrapped.
     """
 
-    def __init__(self, counts: Mapping[str, int]) -> None:
+    def __init__(self, counts: Mapping[str, int], stall_sec: float = 0.0) -> None:
         self._left = dict(counts)
+        self.stall_sec = stall_sec
         self._lock = threading.Lock()  # engine calls run on the units' threads
         if self._left:
             log.warning("POLYASR_FAULTS is set (%s): engine calls will fail on purpose", self._left)
 
     def guard(self, site: str, call: Callable[..., T]) -> Callable[..., T]:
-        """``call``, failing instead while ``site`` has faults left."""
+        """``call``, failing (or stalling, at a ``stall:`` site) instead while
+        ``site`` has faults left."""
         if site not in self._left:
             return call
 
@@ -107,7 +112,10 @@ class FaultHook:
                 due = self._left[site] > 0
                 if due:
                     self._left[site] -= 1
-            if due:
+            if due and site.startswith("stall:"):
+                log.warning("stalling an engine call for %g s at %s (POLYASR_FAULTS)", self.stall_sec, site)
+                time.sleep(self.stall_sec)
+            elif due:
                 raise InjectedFault(f"fault injected at {site} (POLYASR_FAULTS)")
             return call(*args, **kwargs)
 
@@ -128,7 +136,7 @@ class Transcriber:
         self.settings = settings
         # Told every text real traffic produced (the health monitor subscribes).
         self.listeners: list[Callable[[str], None]] = []
-        self.faults = FaultHook(settings.fault_counts)
+        self.faults = FaultHook(settings.fault_counts, stall_sec=2 * settings.decode_timeout_sec)
 
     def heard(self, text: str) -> None:
         """Real traffic produced ``text`` (probes do not count)."""
@@ -201,7 +209,10 @@ class Transcriber:
             self.settings.token_budget(seconds),
             prefix=request.prefix if single else "",
         )
-        transcribe = self.faults.guard(f"decode:{priority.name.lower()}", self.engine.transcribe)
+        site = priority.name.lower()
+        transcribe = self.faults.guard(
+            f"stall:{site}", self.faults.guard(f"decode:{site}", self.engine.transcribe)
+        )
         run = self.manager.unit("asr").run_batched(
             "transcribe", transcribe, clip, priority, request.slot, **lease
         )

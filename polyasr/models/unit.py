@@ -30,6 +30,13 @@ class ModelUnavailable(RuntimeError):
     """A unit cannot be loaded (weights gone, OOM, load timed out)."""
 
 
+class UnitBroken(ModelUnavailable):
+    """A decode is stuck past its deadline: nothing runs on the unit's model
+    until it returns and a fresh one is loaded; retry shortly."""
+
+    retry_after = 5
+
+
 class NotResident(RuntimeError):
     """A resident-only lease found the unit evicted (probes never reload)."""
 
@@ -48,8 +55,8 @@ class UnitObserver:
     def evicted(self, unit: str) -> None:
         """The unit's model was dropped."""
 
-    def ran(self, unit: str, priority: Priority, seconds: float) -> None:
-        """One run on the unit's thread took ``seconds``."""
+    def ran(self, unit: str, priority: Priority, seconds: float, size: int) -> None:
+        """One run of ``size`` jobs on the unit's thread took ``seconds``."""
 
 
 class UnitObservers(UnitObserver):
@@ -75,9 +82,9 @@ class UnitObservers(UnitObserver):
         for observer in self.subscribers:
             observer.evicted(unit)
 
-    def ran(self, unit: str, priority: Priority, seconds: float) -> None:
+    def ran(self, unit: str, priority: Priority, seconds: float, size: int) -> None:
         for observer in self.subscribers:
-            observer.ran(unit, priority, seconds)
+            observer.ran(unit, priority, seconds, size)
 
 
 def _trim_heap() -> None:
@@ -158,6 +165,7 @@ class ModelUnit:
         load_timeout: float,
         decode_timeout: float | None = None,
         max_queued: int | None = None,
+        batch_window: float = 0.0,
         preflight: Callable[[], str | None] = lambda: None,
         before_load: Callable[[ModelUnit], Awaitable[None]] | None = None,
     ) -> None:
@@ -174,10 +182,14 @@ class ModelUnit:
         self.worker = UnitScheduler(
             name,
             max_batch=getattr(engine, "max_batch", DEFAULT_MAX_BATCH),
-            on_run=lambda priority, sec: observer.ran(name, priority, sec),
+            on_run=lambda priority, sec, size: observer.ran(name, priority, sec, size),
             run_timeout=decode_timeout,
+            batch_window=batch_window,
+            on_stuck=lambda stuck: self.stuck.tell(stuck),
+            stuck_error=lambda: self.stuck.error(),
         )
         self.model: Any = None
+        self.stuck = StuckDecode(self, decode_timeout)
         self.usage = UnitUsage(clock)
         self.loading: asyncio.Task[None] | None = None
         self.stuck_load: asyncio.Future[Any] | None = None
@@ -199,6 +211,7 @@ class ModelUnit:
         """
         if resident_only and self.model is None:
             raise NotResident(self.name)
+        self.stuck.loop = asyncio.get_running_loop()
         self.usage.acquire(use)
         try:
             if not resident_only:
@@ -271,6 +284,8 @@ class ModelUnit:
     async def ensure(self) -> None:
         """Make the model resident: wait out an eviction, then load (once)."""
         while self.model is None:
+            if self.stuck.since is not None:
+                raise self.stuck.error()
             if self.evicting is not None:
                 await asyncio.shield(self.evicting)
                 continue
@@ -348,11 +363,11 @@ class ModelUnit:
         self.usage.last_used = None
         self.evictions += 1
         self.observer.evicted(self.name)
-        self.evicting = asyncio.get_running_loop().create_task(self._free(holder, set(self.bound)))
+        self.evicting = asyncio.get_running_loop().create_task(self.free(holder, set(self.bound)))
         await asyncio.shield(self.evicting)
         return True
 
-    async def _free(self, holder: list[Any], bound: set[asyncio.Future[Any]]) -> None:
+    async def free(self, holder: list[Any], bound: set[asyncio.Future[Any]]) -> None:
         """After the work bound to the old model: drop it on the unit's thread."""
         try:
             if bound:
@@ -384,5 +399,65 @@ class ModelUnit:
             "evictions": self.evictions,
             "load_seconds": self.load_seconds,
             "queue_depth": self.worker.depth(),
+            "stuck_for": None if self.stuck.since is None else round(self.clock() - self.stuck.since, 1),
             "last_error": self.last_error,
         }
+
+
+class StuckDecode:
+    """The rule for a decode past its deadline on one unit: the call cannot be
+    interrupted and a second thread on the model is unsafe, so the model is
+    broken for new work (503 ``model_unavailable``) until the call returns;
+    then it is dropped and a fresh one loaded.
+
+    The scheduler tells this from its threads; the unit acts on the event loop.
+    """
+
+    def __init__(self, unit: ModelUnit, deadline: float | None) -> None:
+        self.unit = unit
+        self.deadline = deadline
+        self.since: float | None = None  # when the decode got stuck; None = not stuck
+        self.model: Any = None  # the model it held, dropped once the call returns
+        self.loop: asyncio.AbstractEventLoop | None = None  # where the unit lives
+        self.reloading: asyncio.Task[None] | None = None
+
+    def error(self) -> UnitBroken:
+        """What work gets while the decode is stuck."""
+        return UnitBroken(
+            f"{self.unit.name} model unavailable: a decode is stuck past its {self.deadline:g} s "
+            "deadline; the model reloads once it returns"
+        )
+
+    def tell(self, stuck: bool) -> None:
+        """From a scheduler thread: hand the news to the event loop."""
+        loop = self.loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self.changed, stuck)
+
+    def changed(self, stuck: bool) -> None:
+        unit = self.unit
+        if stuck:
+            self.since = unit.clock()
+            if unit.model is not None:
+                self.model, unit.model = unit.model, None
+                unit.usage.last_used = None
+                unit.evictions += 1
+                unit.observer.evicted(unit.name)
+            log.error("%s is broken until its stuck decode returns", unit.name)
+            return
+        self.since = None
+        if self.model is not None:
+            holder, self.model = [self.model], None
+            loop = asyncio.get_running_loop()
+            unit.evicting = loop.create_task(unit.free(holder, set(unit.bound)))
+            self.reloading = loop.create_task(self._reload())
+
+    async def _reload(self) -> None:
+        """Load a fresh model (a failure is recorded; the next request tries again)."""
+        try:
+            async with self.unit.lease(use=False):
+                log.info("%s reloaded after a stuck decode", self.unit.name)
+        except Exception as exc:  # noqa: BLE001 - recorded in last_error; the next request retries
+            log.error("%s did not reload after a stuck decode: %s", self.unit.name, exc)
+        finally:
+            self.reloading = None

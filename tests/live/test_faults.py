@@ -1,6 +1,8 @@
 """Faults around the model units,
 on the real engine with tiny checkpoints: an unload never pulls a model from
-under queued work, a decode deadline fails its own request alone, an engine
+under queued work, a decode past its deadline fails its request and breaks
+its unit until the stuck call returns (nothing else runs on that model
+meanwhile; then the unit reloads), an engine
 raising anything never kills a unit's thread, a full queue refuses batch work
 at once, and a start-up that can neither find the weights nor reach the hub
 fails fast with one line saying what to do."""
@@ -23,6 +25,7 @@ import pytest
 from polyasr.core.engine import Clip, Preempted, Transcript
 from polyasr.models.manager import AsrModelManager
 from polyasr.models.scheduler import DecodeTimeout, Priority, ServerBusy
+from polyasr.models.unit import ModelUnavailable
 from tests.audio_util import speech, wav_bytes
 from tests.conftest import LiveServer, tiny_env
 
@@ -128,7 +131,9 @@ async def test_work_arriving_during_an_unload_waits_for_it_then_reloads(engine: 
     await mgr.close()
 
 
-async def test_a_decode_past_its_deadline_fails_alone_and_the_queue_flows(engine: Any) -> None:
+async def test_a_decode_past_its_deadline_breaks_the_unit_until_it_returns_then_reloads(
+    engine: Any,
+) -> None:
     mgr = manager_for(engine, decode_timeout=1.0)
     async with mgr.lease("asr"):
         pass
@@ -139,13 +144,18 @@ async def test_a_decode_past_its_deadline_fails_alone_and_the_queue_flows(engine
     behind = decode(mgr, engine, Priority.FINAL)
     with pytest.raises(DecodeTimeout, match="did not finish within 1 s"):
         await stuck
-    result = await asyncio.wait_for(behind, 60)
-    assert result.language == "English"
-    assert engine.hanging.is_set()  # answered while the stuck call still hangs
+    with pytest.raises(ModelUnavailable, match="stuck past its 1 s deadline"):
+        await asyncio.wait_for(behind, 5)  # queued work fails at once instead of sharing the model
+    with pytest.raises(ModelUnavailable, match="stuck"):
+        await decode(mgr, engine, Priority.FINAL)  # and new work is refused meanwhile
+    assert engine.hanging.is_set() and mgr.status()["unit_state"]["asr"]["stuck_for"] is not None
     engine.release.set()
-    while engine.hanging.is_set():  # the stuck call returns: its late result is dropped
+    deadline = time.monotonic() + 60
+    while mgr.status()["unit_state"]["asr"]["loads"] < 2:  # the stuck call returned: a fresh model
+        assert time.monotonic() < deadline, "the unit did not reload after the stuck call returned"
         await asyncio.sleep(0.05)
-    await asyncio.sleep(0.1)
+    state = mgr.status()["unit_state"]["asr"]
+    assert state["evictions"] == 1 and state["stuck_for"] is None and mgr.is_resident("asr")
     assert (await decode(mgr, engine)).language == "English"
     await mgr.close()
 
@@ -222,16 +232,42 @@ def test_unload_mid_queue_over_http_every_request_succeeds(live_server: Any) -> 
     assert upload().status_code == 200  # and the next request reloads
 
 
-def test_decode_timeout_fails_the_request_with_503_and_the_server_serves_on(live_server: Any) -> None:
-    server = live_server(POLYASR_DECODE_TIMEOUT_SEC="0.001")
-    answer = httpx.post(
-        f"{server.url}/v1/audio/transcriptions", files={"file": ("a.wav", wav_bytes(speech()))}, timeout=120
-    )
+def test_a_stuck_decode_refuses_work_until_it_returns_then_the_unit_reloads(live_server: Any) -> None:
+    """``stall:batch`` makes the first upload's decode take twice the deadline:
+    it gets 503 ``decode_timeout``; while it is stuck another upload gets 503
+    ``model_unavailable`` at once (nothing else runs on that model) and
+    ``/health`` says for how long; once it returns the unit loads a fresh
+    model and uploads succeed again."""
+    server = live_server(POLYASR_DECODE_TIMEOUT_SEC="1.5", POLYASR_FAULTS="stall:batch:1")
+    audio = wav_bytes(speech()[:32000])
+
+    def upload() -> httpx.Response:
+        return httpx.post(
+            f"{server.url}/v1/audio/transcriptions", files={"file": ("a.wav", audio)}, timeout=120
+        )
+
+    def asr_state() -> dict[str, Any]:
+        return httpx.get(f"{server.url}/health").json()["manager"]["unit_state"]["asr"]
+
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        stuck = pool.submit(upload)
+        deadline = time.monotonic() + 60
+        while asr_state()["stuck_for"] is None:
+            assert time.monotonic() < deadline and not stuck.done(), "the decode never got stuck"
+            time.sleep(0.02)
+        during = upload()
+        assert asr_state()["stuck_for"] is not None  # still stuck when it was refused
+        answer = stuck.result()
     assert answer.status_code == 503 and answer.headers["retry-after"]
     assert answer.json()["error"]["code"] == "decode_timeout"
-    time.sleep(2)  # the abandoned decode finishes in the background
-    health = httpx.get(f"{server.url}/health")
-    assert health.status_code == 200 and health.json()["manager"]["resident"] == ["asr"]
+    assert during.status_code == 503 and during.headers["retry-after"], during.text
+    assert during.json()["error"]["code"] == "model_unavailable" and "stuck" in during.text
+    deadline = time.monotonic() + 60
+    while (state := asr_state())["loads"] < 2:
+        assert time.monotonic() < deadline, "the unit did not reload after the stuck call returned"
+        time.sleep(0.1)
+    assert state["stuck_for"] is None and state["evictions"] == 1
+    assert upload().status_code == 200
     assert server.proc.poll() is None
 
 

@@ -105,6 +105,13 @@ def test_metrics_count_real_traffic(live_server: Any) -> None:
         assert value(samples, decode, unit="asr", kind=kind) >= 1, kind
     assert value(samples, "polyasr_decode_seconds_sum", unit="asr", kind="batch") > 0
     assert value(samples, decode, unit="asr", kind="control") == 0  # loads are not decodes
+    # every run's batch size, by the same kinds: the upload was one clip
+    size = "polyasr_batch_size"
+    assert value(samples, f"{size}_count", unit="asr", kind="batch") == value(
+        samples, decode, unit="asr", kind="batch"
+    )
+    assert value(samples, f"{size}_bucket", unit="asr", kind="batch", le="1.0") >= 1
+    assert value(samples, f"{size}_count", unit="asr", kind="control") == 0
 
     assert value(samples, "polyasr_model_loads_total", unit="asr") == 1  # the preload
     assert value(samples, "polyasr_model_load_seconds_count", unit="asr") == 1

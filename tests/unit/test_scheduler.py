@@ -75,9 +75,9 @@ async def test_urgent_waiting_tells_a_running_job_to_yield() -> None:
     sched.close()
 
 
-async def test_each_run_is_reported_once_with_its_priority_and_duration() -> None:
-    runs: list[tuple[Priority, float]] = []
-    sched = UnitScheduler("t", on_run=lambda priority, seconds: runs.append((priority, seconds)))
+async def test_each_run_is_reported_once_with_its_priority_duration_and_size() -> None:
+    runs: list[tuple[Priority, float, int]] = []
+    sched = UnitScheduler("t", on_run=lambda *run: runs.append(run))
     gate = threading.Event()
     blocker = sched.submit(gate.wait, Priority.CONTROL)
     await asyncio.sleep(0.05)
@@ -97,7 +97,11 @@ async def test_each_run_is_reported_once_with_its_priority_and_duration() -> Non
     with pytest.raises(ValueError):
         await failing
     # the blocker, the failed final, then the three partials as one run
-    assert [priority for priority, _ in runs] == [Priority.CONTROL, Priority.FINAL, Priority.PARTIAL]
+    assert [(priority, size) for priority, _, size in runs] == [
+        (Priority.CONTROL, 1),
+        (Priority.FINAL, 1),
+        (Priority.PARTIAL, 3),
+    ]
     assert runs[2][1] >= 0.05
     sched.close()
 
@@ -129,16 +133,27 @@ async def test_a_base_exception_from_the_engine_never_kills_the_thread(fault: ty
     sched.close()
 
 
-async def test_a_run_past_its_deadline_fails_alone_and_a_fresh_thread_takes_the_queue() -> None:
+async def test_a_run_past_its_deadline_fails_its_queue_and_nothing_runs_until_it_returns() -> None:
+    """Two threads on one model are unsafe: a stuck run fails its own waiters
+    with DecodeTimeout and the queued work with the unit's error at once, new
+    work is refused while it hangs, loads still queue (to run after it), and
+    the unit is told when it got stuck and when the call returned."""
     from polyasr.models.scheduler import DecodeTimeout
 
     runs: list[Priority] = []
-    sched = UnitScheduler("t", run_timeout=0.3, on_run=lambda priority, _sec: runs.append(priority))
+    told: list[bool] = []
+    sched = UnitScheduler(
+        "t",
+        run_timeout=0.3,
+        on_run=lambda priority, _sec, _size: runs.append(priority),
+        on_stuck=told.append,
+        stuck_error=lambda: LookupError("stuck"),
+    )
     release = threading.Event()
-    wedged_thread: list[threading.Thread] = []
+    threads: list[int] = []
 
     def wedged() -> str:
-        wedged_thread.append(threading.current_thread())
+        threads.append(threading.get_ident())
         release.wait(10)
         return "late"
 
@@ -147,15 +162,17 @@ async def test_a_run_past_its_deadline_fails_alone_and_a_fresh_thread_takes_the_
     behind = sched.submit(lambda: threading.get_ident(), Priority.FINAL)
     with pytest.raises(DecodeTimeout, match=r"within 0\.3 s"):
         await asyncio.wait_for(stuck, 5)
-    assert isinstance(await asyncio.wait_for(behind, 5), int)  # served while the wedged call hangs
-    # a control run (a load) has no deadline of its own: the manager times loads
-    assert (
-        await asyncio.wait_for(sched.submit(lambda: time.sleep(0.5) or "loaded", Priority.CONTROL), 5)
-        == "loaded"
-    )
+    with pytest.raises(LookupError):
+        await asyncio.wait_for(behind, 1)  # failed at once, not run beside the stuck call
+    assert told == [True] and sched.stuck
+    with pytest.raises(LookupError):
+        sched.submit(lambda: "refused", Priority.PARTIAL)
+    load = sched.submit(lambda: threading.get_ident(), Priority.CONTROL)
+    await asyncio.sleep(0.2)
+    assert not load.done()  # a load waits for the stuck call, on the same thread
     release.set()
-    await asyncio.sleep(0.2)  # the late result is dropped; nothing is reported for it
-    assert runs == [Priority.FINAL, Priority.CONTROL]
+    assert await asyncio.wait_for(load, 5) == threads[0]
+    assert told == [True, False] and not sched.stuck
+    assert runs == [Priority.CONTROL]  # the late result is dropped; nothing is reported for it
     assert await asyncio.wait_for(sched.submit(lambda: "still", Priority.BATCH), 5) == "still"
-    assert not wedged_thread[0].is_alive()  # the abandoned thread exited after its late return
     sched.close()
