@@ -15,13 +15,21 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from typing import Any, BinaryIO
 
 import av
 import numpy as np
 
 from polyasr.core.constants import SAMPLE_RATE
+
+# The demuxers an upload or a manifest file may open: plain audio and media
+# files. Playlists and their kin (hls, concat, dash, …) open other files and
+# URLs named inside them, so FFmpeg refuses every format not listed here.
+PLAIN_AUDIO_DEMUXERS = (
+    "wav,w64,flac,mp3,ogg,mov,mp4,m4a,matroska,webm,aac,aiff,caf,wv,ape,tta,amr,au,"
+    "asf,avi,flv,mpegts,mpeg,ac3,eac3,dts,truehd,mlp,dsf,voc,gsm,g722"
+)
 
 
 class AudioDecodeError(ValueError):
@@ -31,8 +39,8 @@ class AudioDecodeError(ValueError):
 class AudioTooLong(AudioDecodeError):
     """The decoded audio passes the duration cap (HTTP 413, ``audio_too_long``)."""
 
-    def __init__(self, max_sec: float, what: str = "audio") -> None:
-        super().__init__(f"{what} is longer than the {max_sec:g} s limit (POLYASR_MAX_AUDIO_SEC)")
+    def __init__(self, max_sec: float, what: str = "audio", setting: str = "POLYASR_MAX_AUDIO_SEC") -> None:
+        super().__init__(f"{what} is longer than the {max_sec:g} s limit ({setting})")
         self.max_sec = max_sec
 
 
@@ -46,15 +54,18 @@ def _frames(container: Any) -> Iterator[Any]:
     yield from resampler.resample(None)
 
 
-def decoded_blocks(source: BinaryIO | str, max_sec: float | None = None) -> Iterator[np.ndarray]:
+def decoded_blocks(
+    source: BinaryIO | str, max_sec: float | None = None, setting: str = "POLYASR_MAX_AUDIO_SEC"
+) -> Iterator[np.ndarray]:
     """``source`` as 16 kHz mono float32 blocks in [-1, 1], in order.
 
-    Raises :class:`AudioTooLong` as soon as more than ``max_sec`` seconds have
-    come out (nothing past the cap is decoded), :class:`AudioDecodeError` for
-    bytes that are not audio or decode to no samples at all.
+    Raises :class:`AudioTooLong` (naming ``setting``) as soon as more than
+    ``max_sec`` seconds have come out (nothing past the cap is decoded),
+    :class:`AudioDecodeError` for bytes that are not audio or decode to no
+    samples at all.
     """
     try:
-        container = av.open(source, mode="r")
+        container = av.open(source, mode="r", options={"format_whitelist": PLAIN_AUDIO_DEMUXERS})
     except (av.error.FFmpegError, ValueError, OSError) as exc:
         raise AudioDecodeError(f"could not decode audio: {exc}") from None
     limit = None if max_sec is None else int(max_sec * SAMPLE_RATE)
@@ -64,7 +75,7 @@ def decoded_blocks(source: BinaryIO | str, max_sec: float | None = None) -> Iter
             block = frame.to_ndarray().reshape(-1).astype(np.float32, copy=False)
             total += len(block)
             if limit is not None and total > limit:
-                raise AudioTooLong(float(max_sec or 0))
+                raise AudioTooLong(float(max_sec or 0), setting=setting)
             yield block
     except AudioDecodeError:
         raise
@@ -76,9 +87,20 @@ def decoded_blocks(source: BinaryIO | str, max_sec: float | None = None) -> Iter
         raise AudioDecodeError("audio is empty: the file decodes to no samples")
 
 
-def decode_audio(source: BinaryIO | str, max_sec: float | None = None) -> np.ndarray:
-    """Decode the first audio stream of ``source`` whole (see :func:`decoded_blocks`)."""
-    return np.concatenate(list(decoded_blocks(source, max_sec)))
+def decode_audio(
+    source: BinaryIO | str,
+    max_sec: float | None = None,
+    charge: Callable[[int], None] | None = None,
+    setting: str = "POLYASR_MAX_AUDIO_SEC",
+) -> np.ndarray:
+    """Decode the first audio stream of ``source`` whole (see :func:`decoded_blocks`),
+    telling ``charge`` the bytes of each block before it is kept."""
+    blocks = []
+    for block in decoded_blocks(source, max_sec, setting):
+        if charge is not None:
+            charge(block.nbytes)
+        blocks.append(block)
+    return np.concatenate(blocks)
 
 
 def pcm16_to_float(data: bytes) -> np.ndarray:
@@ -142,18 +164,32 @@ class UploadAudio:
     runs only while someone waits for the next piece, so a consumer that stops
     (a client that went away) stops the decoding too. With ``keep`` the pieces
     are kept for what needs the whole audio afterwards (forced alignment).
+    ``charge`` is told the bytes of each piece as it is cut; ``setting`` names
+    where ``max_sec`` comes from in the refusal.
     """
 
-    def __init__(self, source: BinaryIO | str, max_sec: float, piece_sec: float, keep: bool = False) -> None:
-        self._pieces = quiet_pieces(decoded_blocks(source, max_sec), piece_sec)
+    def __init__(
+        self,
+        source: BinaryIO | str,
+        max_sec: float,
+        piece_sec: float,
+        keep: bool = False,
+        charge: Callable[[int], None] | None = None,
+        setting: str = "POLYASR_MAX_AUDIO_SEC",
+    ) -> None:
+        self._pieces = quiet_pieces(decoded_blocks(source, max_sec, setting), piece_sec)
         self._lock = threading.Lock()  # the generator runs on one thread at a time
         self._keep = keep
+        self._charge = charge
         self.kept: list[np.ndarray] = []
         self.sample_count = 0
 
     def _next(self) -> np.ndarray | None:
         with self._lock:
-            return next(self._pieces, None)
+            piece = next(self._pieces, None)
+        if piece is not None and self._charge is not None:
+            self._charge(piece.nbytes)
+        return piece
 
     def _close(self) -> None:
         with self._lock:

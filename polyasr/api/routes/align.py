@@ -13,7 +13,7 @@ from pydantic import BaseModel, Field
 from polyasr.align.chunks import DEFAULT_CHUNK_SEC, MAX_CHUNK_SEC
 from polyasr.align.data import AlignInput
 from polyasr.align.languages import aligner_language
-from polyasr.align.manifest import check_manifest, load_manifest
+from polyasr.align.manifest import ALIGN_LIMIT, check_manifest, load_manifest
 from polyasr.api.http import unless_disconnected
 from polyasr.api.services import Services, ServicesDep
 from polyasr.audio.decoding import decode_audio
@@ -61,10 +61,16 @@ async def align(
     del model
     pinned = aligner_language(language)
     given = text.strip() if text and text.strip() else None
+    settings = services.settings
 
     async def work() -> dict[str, Any]:
-        samples = await asyncio.to_thread(decode_audio, file.file, services.settings.max_audio_sec)
-        result = await services.aligner.align([AlignInput(samples, given)], pinned, max_chunk_seconds)
+        async with services.audio_budget.hold() as held:
+            samples = await asyncio.to_thread(
+                decode_audio, file.file, settings.max_align_sec, held.charge, ALIGN_LIMIT
+            )
+            item = AlignInput(samples, given)
+            item.check_text(settings.max_align_text_chars_per_sec)
+            result = await services.aligner.align([item], pinned, max_chunk_seconds)
         return result.to_json(_label(services))
 
     return await unless_disconnected(request, work())
@@ -77,11 +83,16 @@ async def align_manifest(body: ManifestRequest, request: Request, services: Serv
     pinned = aligner_language(body.language)
     client = request.client.host if request.client else None
     settings = services.settings
-    entries = check_manifest(body.manifest, settings.manifest_root_paths, is_loopback(client))
+    entries = check_manifest(
+        body.manifest, settings.manifest_root_paths, is_loopback(client), settings.max_manifest_entries
+    )
 
     async def work() -> dict[str, Any]:
-        inputs = await asyncio.to_thread(load_manifest, entries, settings.max_audio_sec)
-        result = await services.aligner.align(inputs, pinned, body.max_chunk_seconds)
+        async with services.audio_budget.hold() as held:
+            inputs = await asyncio.to_thread(load_manifest, entries, settings.max_align_sec, held.charge)
+            for item in inputs:
+                item.check_text(settings.max_align_text_chars_per_sec)
+            result = await services.aligner.align(inputs, pinned, body.max_chunk_seconds)
         return result.to_json(_label(services))
 
     return await unless_disconnected(request, work())
