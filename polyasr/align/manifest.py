@@ -18,8 +18,8 @@ from polyasr.align.errors import AlignValueError, ManifestError, ManifestForbidd
 from polyasr.audio.decoding import AudioDecodeError, AudioTooLong, decode_audio
 from polyasr.core.constants import SAMPLE_RATE
 
-# The setting that caps an alignment's decoded audio, named in its refusal.
-ALIGN_LIMIT = "POLYASR_MAX_ALIGN_SEC"
+# The setting that caps a manifest's decoded audio in all, named in its refusal.
+TOTAL_LIMIT = "POLYASR_MAX_ALIGN_SEC"
 
 
 @dataclass(frozen=True)
@@ -96,17 +96,24 @@ def load_manifest(
     entries: Sequence[ManifestEntry],
     max_sec: float | None = None,
     charge: Callable[[int], None] | None = None,
+    max_total_sec: float | None = None,
 ) -> list[AlignInput]:
-    """Decode every entry (all of them, before any alignment starts), with
-    at most ``max_sec`` seconds of audio in all; ``charge`` is told the bytes
-    of each decoded block (the process's budget for decoded audio)."""
+    """Decode every entry (all of them, before any alignment starts): each
+    within ``max_sec`` seconds, all of them within ``max_total_sec``.
+    ``charge`` is told the bytes of each decoded block (the process's budget
+    for decoded audio)."""
     inputs = []
     heard = 0.0
     for entry in entries:
+        cap, setting = max_sec, "POLYASR_MAX_AUDIO_SEC"
+        if max_total_sec is not None and (cap is None or max_total_sec - heard < cap):
+            cap, setting = max_total_sec - heard, TOTAL_LIMIT
         try:
-            samples = decode_audio(str(entry.path), None if max_sec is None else max_sec - heard, charge)
-        except AudioTooLong:
-            raise AudioTooLong(float(max_sec or 0), "the manifest's audio", ALIGN_LIMIT) from None
+            samples = decode_audio(str(entry.path), cap, charge, setting)
+        except AudioTooLong as exc:
+            if setting == TOTAL_LIMIT:
+                raise AudioTooLong(float(max_total_sec or 0), "the manifest's audio", TOTAL_LIMIT) from None
+            raise AudioTooLong(exc.max_sec, f"manifest entry {entry.name}") from None
         except AudioDecodeError as exc:
             raise AudioDecodeError(f"manifest entry {entry.name}: {exc}") from None
         heard += len(samples) / SAMPLE_RATE

@@ -243,6 +243,13 @@ class Settings(BaseModel):
         return int(self.max_upload_mb * 1024 * 1024)
 
     @property
+    def align_cap(self) -> tuple[float, str]:
+        """The decoded seconds one alignment may hold, and the setting that sets them."""
+        if self.max_align_sec < self.max_audio_sec:
+            return self.max_align_sec, "POLYASR_MAX_ALIGN_SEC"
+        return self.max_audio_sec, "POLYASR_MAX_AUDIO_SEC"
+
+    @property
     def decoded_audio_bytes(self) -> int:
         return int(self.decoded_audio_mb * 1_048_576)
 
@@ -329,11 +336,12 @@ def load_settings(backend: Backend, environ: Mapping[str, str] | None = None) ->
         raise ConfigError("invalid configuration: " + "; ".join(problems)) from None
     if "native_streaming" not in source_var and settings.engine_backend == "vllm":
         settings.native_streaming = True  # vLLM's streaming state is the point of choosing it
-    align_mb = settings.max_align_sec * SAMPLE_RATE * 4 / 1_048_576
+    align_sec, align_setting = settings.align_cap
+    align_mb = align_sec * SAMPLE_RATE * 4 / 1_048_576
     if settings.decoded_audio_mb < align_mb:
         raise ConfigError(
             f"invalid configuration: POLYASR_DECODED_AUDIO_MB={settings.decoded_audio_mb:g} cannot hold "
-            f"one alignment of POLYASR_MAX_ALIGN_SEC={settings.max_align_sec:g} ({align_mb:.0f} MB)"
+            f"one alignment of {align_setting}={align_sec:g} s ({align_mb:.0f} MB)"
         )
     if settings.min_new_tokens > settings.max_new_tokens:
         raise ConfigError(

@@ -149,6 +149,7 @@ def server(tiny: Any, backend: str, tmp_path_factory: pytest.TempPathFactory) ->
         POLYASR_PARTIAL_INTERVAL_SEC="0.2",
         POLYASR_RESUME_TTL_SEC="60",
         POLYASR_MAX_SESSIONS="100000",
+        POLYASR_MAX_HELD_SESSIONS="100000",
     ) as live:
         yield live
 

@@ -13,7 +13,7 @@ from pydantic import BaseModel, Field
 from polyasr.align.chunks import DEFAULT_CHUNK_SEC, MAX_CHUNK_SEC
 from polyasr.align.data import AlignInput
 from polyasr.align.languages import aligner_language
-from polyasr.align.manifest import ALIGN_LIMIT, check_manifest, load_manifest
+from polyasr.align.manifest import check_manifest, load_manifest
 from polyasr.api.http import unless_disconnected
 from polyasr.api.services import Services, ServicesDep
 from polyasr.audio.decoding import decode_audio
@@ -65,9 +65,8 @@ async def align(
 
     async def work() -> dict[str, Any]:
         async with services.audio_budget.hold() as held:
-            samples = await asyncio.to_thread(
-                decode_audio, file.file, settings.max_align_sec, held.charge, ALIGN_LIMIT
-            )
+            cap, setting = settings.align_cap
+            samples = await asyncio.to_thread(decode_audio, file.file, cap, held.charge, setting)
             item = AlignInput(samples, given)
             item.check_text(settings.max_align_text_chars_per_sec)
             result = await services.aligner.align([item], pinned, max_chunk_seconds)
@@ -89,7 +88,9 @@ async def align_manifest(body: ManifestRequest, request: Request, services: Serv
 
     async def work() -> dict[str, Any]:
         async with services.audio_budget.hold() as held:
-            inputs = await asyncio.to_thread(load_manifest, entries, settings.max_align_sec, held.charge)
+            inputs = await asyncio.to_thread(
+                load_manifest, entries, settings.max_audio_sec, held.charge, settings.max_align_sec
+            )
             for item in inputs:
                 item.check_text(settings.max_align_text_chars_per_sec)
             result = await services.aligner.align(inputs, pinned, body.max_chunk_seconds)

@@ -23,7 +23,6 @@ from polyasr.align.chunks import DEFAULT_CHUNK_SEC
 from polyasr.align.data import AlignInput
 from polyasr.align.errors import AlignValueError
 from polyasr.align.languages import aligner_language
-from polyasr.align.manifest import ALIGN_LIMIT
 from polyasr.align.pipeline import Aligner
 from polyasr.api.http import describe, unless_disconnected
 from polyasr.api.openai import (
@@ -146,9 +145,8 @@ def _audio(services: Services, source: BinaryIO, keep: bool, held: Reservation) 
     """The upload, decoded as it is transcribed. Kept whole for the aligner
     (subtitles, word times), it is capped like an alignment."""
     settings = services.settings
-    if keep and settings.max_align_sec < settings.max_audio_sec:
-        return UploadAudio(source, settings.max_align_sec, MAX_PIECE_SEC, True, held.charge, ALIGN_LIMIT)
-    return UploadAudio(source, settings.max_audio_sec, MAX_PIECE_SEC, keep, held.charge)
+    cap, setting = settings.align_cap if keep else (settings.max_audio_sec, "POLYASR_MAX_AUDIO_SEC")
+    return UploadAudio(source, cap, MAX_PIECE_SEC, keep, held.charge, setting)
 
 
 def _hold(services: Services, form: TranscriptionForm) -> Reservation:
