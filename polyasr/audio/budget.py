@@ -5,15 +5,17 @@ half-megabyte FLAC of silence is hours of samples), and a duration cap bounds
 one request, not many at once. So every request that decodes an upload holds a
 :class:`Reservation` of this budget (``POLYASR_DECODED_AUDIO_MB``): it waits
 for room for its first piece (first come, first served, at most ``wait_sec``),
-then charges each piece or block as it is decoded. A request that holds
-nothing waits; one that holds something never does, so two requests never
-wait on each other: a block that does not fit fails its request with
-:class:`AudioBudgetFull` (503 ``server_busy``) instead of growing the process.
+then charges each piece or block as it is decoded. When a block does not fit,
+the oldest request waits for room (at most ``wait_sec``) and any other fails
+with :class:`AudioBudgetFull` (503 ``server_busy``) instead of growing the
+process: only the oldest ever waits while holding audio, so requests never
+wait on each other in a circle, and two large ones do not both fail.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import threading
 from collections import deque
 from types import TracebackType
@@ -44,8 +46,11 @@ class AudioBudget:
         self.limit = limit
         self.wait_sec = wait_sec
         self.used = 0
-        self._lock = threading.Lock()  # charges come from decoding threads
+        self._room = threading.Condition()  # charges come from decoding threads
         self._waiting: deque[tuple[Reservation, asyncio.Future[None]]] = deque()
+        self._tickets = itertools.count()
+        self._active: set[int] = set()  # admitted reservations, by ticket (admission order)
+        self._growing = False  # the oldest reservation waits for room; nobody new is let in
 
     def hold(self, ceiling: int | None = None) -> Reservation:
         """A reservation for one request (``async with``). ``ceiling``: the
@@ -59,55 +64,84 @@ class AudioBudget:
             "(POLYASR_DECODED_AUDIO_MB); retry shortly"
         )
 
+    def _first(self, reservation: Reservation) -> int:
+        return min(FIRST_PIECE_BYTES, reservation.ceiling or FIRST_PIECE_BYTES, self.limit)
+
     def _take(self, reservation: Reservation, nbytes: int) -> bool:
-        with self._lock:
-            if self.used + nbytes > self.limit:
-                return False
-            self.used += nbytes
-            reservation.held += nbytes
-            return True
+        """Take ``nbytes`` for ``reservation`` if they fit (under ``_room``)."""
+        if self.used + nbytes > self.limit:
+            return False
+        self.used += nbytes
+        reservation.held += nbytes
+        return True
+
+    def _enter(self, reservation: Reservation) -> None:
+        reservation.ticket = next(self._tickets)
+        self._active.add(reservation.ticket)
 
     async def _admit(self, reservation: Reservation) -> None:
         """Wait in line for the first piece's bytes; raise :class:`AudioBudgetFull` after ``wait_sec``."""
-        first = min(FIRST_PIECE_BYTES, reservation.ceiling or FIRST_PIECE_BYTES, self.limit)
-        if not self._waiting and self._take(reservation, first):
-            return
-        granted: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        entry = (reservation, granted)
-        self._waiting.append(entry)
+        with self._room:
+            if not self._waiting and not self._growing and self._take(reservation, self._first(reservation)):
+                self._enter(reservation)
+                return
+            granted: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            entry = (reservation, granted)
+            self._waiting.append(entry)
         try:
             async with asyncio.timeout(self.wait_sec):
                 await asyncio.shield(granted)
         except BaseException as exc:
             if granted.done() and isinstance(exc, TimeoutError):
                 return  # room came just as the wait ran out
-            if entry in self._waiting:
-                self._waiting.remove(entry)
+            with self._room:
+                if entry in self._waiting:
+                    self._waiting.remove(entry)
             self._give_back(reservation)
             if isinstance(exc, TimeoutError):
                 raise self._full() from None
             raise
 
     def _charge(self, reservation: Reservation, nbytes: int) -> None:
-        """Count ``nbytes`` more decoded audio; never waits (see the module's docstring)."""
-        reservation.decoded += nbytes
-        need = reservation.decoded
-        if reservation.ceiling is not None:
-            need = min(need, reservation.ceiling)
-        if need > reservation.held and not self._take(reservation, need - reservation.held):
-            raise self._full()
+        """Count ``nbytes`` more decoded audio. Only the oldest reservation
+        waits for room (its juniors never wait, so they fail or finish and
+        make room); any other that does not fit fails at once."""
+        with self._room:
+            reservation.decoded += nbytes
+            need = reservation.decoded
+            if reservation.ceiling is not None:
+                need = min(need, reservation.ceiling)
+            grow = need - reservation.held
+            if grow <= 0 or self._take(reservation, grow):
+                return
+            if reservation.ticket is None or reservation.ticket != min(self._active):
+                raise self._full()
+            self._growing = True
+            try:
+                if not self._room.wait_for(lambda: self.used + grow <= self.limit, self.wait_sec):
+                    raise self._full()
+                self._take(reservation, grow)
+            finally:
+                self._growing = False
 
     def _give_back(self, reservation: Reservation) -> None:
-        """Return a reservation's bytes and let waiting requests in, oldest first."""
-        with self._lock:
+        """Return a reservation's bytes (on the event loop's thread) and let
+        waiting requests in, oldest first, unless the oldest one needs the room."""
+        admitted = []
+        with self._room:
             self.used -= reservation.held
             reservation.held = 0
-        while self._waiting:
-            waiter, granted = self._waiting[0]
-            first = min(FIRST_PIECE_BYTES, waiter.ceiling or FIRST_PIECE_BYTES, self.limit)
-            if not self._take(waiter, first):
-                return
-            self._waiting.popleft()
+            if reservation.ticket is not None:
+                self._active.discard(reservation.ticket)
+            self._room.notify_all()
+            while self._waiting and not self._growing:
+                waiter, granted = self._waiting[0]
+                if not self._take(waiter, self._first(waiter)):
+                    break
+                self._waiting.popleft()
+                self._enter(waiter)
+                admitted.append(granted)
+        for granted in admitted:
             granted.set_result(None)
 
 
@@ -119,6 +153,7 @@ class Reservation:
         self.ceiling = ceiling
         self.held = 0  # bytes taken from the budget
         self.decoded = 0  # bytes decoded so far
+        self.ticket: int | None = None  # the order it was let in
 
     async def admit(self) -> None:
         """Wait for room for the first piece (raises :class:`AudioBudgetFull`)."""
