@@ -547,8 +547,9 @@ def _stop(wire: Wire, data: st.DataObject, sid: str, session: Session) -> None:
 def test_a_resume_reports_the_held_frontier_and_the_stop_covers_every_frame(
     server: LiveServer, first: list[int], resend_all: bool, control: int
 ) -> None:
-    # Contract §2.8: a dropped connection's frames are kept; ``resumed`` says how
-    # far, the client resends what follows (or everything: duplicates are harmless).
+    # A dropped connection's acknowledged frames are kept (those ahead of a gap
+    # were never acknowledged and are dropped); ``resumed`` says how far, the
+    # client resends what follows (or everything: duplicates are harmless).
     sid = unique("resume")
     held = Session()
     dropped = Wire(server)
@@ -561,6 +562,7 @@ def test_a_resume_reports_the_held_frontier_and_the_stop_covers_every_frame(
             assert dropped.recv() == {"type": "ack", "protocol": 1, "sessionId": sid, "ackSeq": held.ack_seq}
     finally:
         dropped.close()
+    held.seen = set(range(held.ack_seq + 1))
     opened = {"type": "resumed", "protocol": 1, "sessionId": sid, "ackSeq": held.ack_seq}
     if control == 2:
         opened["control"] = 2

@@ -21,7 +21,8 @@ frame journal, the recognition state and which connection drives it, until
   session is refused with ``server_busy`` (one that takes a held session over
   is not: it makes room). A session that loses its connection keeps only what
   a resume needs: the frames that arrived ahead of a gap were never
-  acknowledged, so they are dropped and the client resends them.
+  acknowledged, so they are dropped (at the latest by the resume) and the
+  client resends them.
 * Once the process drains for shutdown (polyasr.api.drain), every ``start``/``resume``
   is refused with ``server_shutting_down``, and after the grace the drivers
   still live are told to shut down.
@@ -162,6 +163,7 @@ class SessionRegistry:
         now = self.clock()
         if opening.resume and held is not None:
             record = held
+            record.journal.forget_ahead()  # the client resends everything after ackSeq
         else:
             if held is not None:
                 self._drop(opening.session_id)
