@@ -14,7 +14,13 @@ from __future__ import annotations
 
 from polyasr.align.chunks import DEFAULT_CHUNK_SEC, MAX_CHUNK_SEC
 from polyasr.align.data import AlignInput, Alignment, Segment
-from polyasr.align.errors import AlignEntryFailed, AlignValueError, ManifestError, ManifestForbidden
+from polyasr.align.errors import (
+    AlignEntryFailed,
+    AlignValueError,
+    ManifestError,
+    ManifestForbidden,
+    ManifestTooLarge,
+)
 from polyasr.align.manifest import ManifestEntry, check_manifest, load_manifest
 from polyasr.align.pipeline import Aligner
 
@@ -29,6 +35,7 @@ __all__ = [
     "ManifestEntry",
     "ManifestError",
     "ManifestForbidden",
+    "ManifestTooLarge",
     "Segment",
     "check_manifest",
     "load_manifest",

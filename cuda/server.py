@@ -6,6 +6,10 @@ with ``POLYASR_BACKEND=vllm``); without a GPU it runs on the CPU with
 ``POLYASR_DEVICE=cpu``. Archives go under ``cuda/logs/`` unless
 ``POLYASR_LOG_DIR`` says otherwise. The ``polyasr`` package must be installed
 in the environment (``pip install -r requirements.txt`` in this folder does it).
+
+Before anything else it keeps glibc from serving large buffers out of heaps
+that never shrink (:mod:`polyasr.core.allocator`), so memory stays flat over a
+long dictation.
 """
 
 from __future__ import annotations
@@ -13,10 +17,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from polyasr.api.app import serve
+from polyasr.core.allocator import keep_large_buffers_mapped
 from polyasr.engines.cuda import CudaEngine
 
 
 def main() -> None:
+    keep_large_buffers_mapped()
     serve("cuda", CudaEngine, base_dir=Path(__file__).resolve().parent)
 
 

@@ -9,6 +9,8 @@ from typing import Any
 
 import numpy as np
 
+from polyasr.align.errors import AlignValueError
+from polyasr.core.constants import SAMPLE_RATE
 from polyasr.core.engine import AlignedUnit
 
 # Results
@@ -70,3 +72,19 @@ class AlignInput:
     text: str | None = None
     offset: float = 0.0
     label: str | None = None
+
+    def check_text(self, chars_per_sec: float) -> None:
+        """Refuse a given transcript longer than ``chars_per_sec`` characters per
+        second of audio (counting at least one second). The aligner's work grows
+        with the text; a text far longer than anyone can say in the audio is a
+        mistake, and would keep a core busy for minutes."""
+        if self.text is None:
+            return
+        seconds = max(1.0, len(self.samples) / SAMPLE_RATE)
+        limit = int(chars_per_sec * seconds)
+        if len(self.text) > limit:
+            where = f" of {self.label}" if self.label else ""
+            raise AlignValueError(
+                f"'text'{where} has {len(self.text)} characters, more than the {limit} accepted for "
+                f"{seconds:.1f} s of audio (POLYASR_MAX_ALIGN_TEXT_CHARS_PER_SEC)"
+            )

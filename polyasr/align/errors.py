@@ -9,6 +9,10 @@ class ManifestError(ValueError):
     """A manifest that cannot be processed as sent (HTTP 400)."""
 
 
+class ManifestTooLarge(ManifestError):
+    """A manifest with more entries than the server takes in one request (HTTP 413)."""
+
+
 class ManifestForbidden(PermissionError):
     """A manifest path this client may not read (HTTP 403)."""
 

@@ -3,9 +3,10 @@ metrics, the error mapping, and giving up on work nobody waits for.
 
 Error statuses (README, "Errors"): undecodable or empty audio and bad
 manifests 400, a manifest path the client may not read 403, an oversized
-upload or overlong audio 413, bad values 422, a model that cannot load or a
-full queue 503 (with Retry-After when retrying helps), and 500 only for
-genuine internal errors — always with a JSON body that says what was wrong.
+upload, overlong audio or a manifest with too many entries 413, bad values
+422, a model that cannot load, a full queue or a full budget of decoded
+audio 503 (with Retry-After when retrying helps), and 500 only for genuine
+internal errors — always with a JSON body that says what was wrong.
 A 500 body names an error id instead of the exception's text (which may
 hold paths or data); the text goes to the log under the same id.
 """
@@ -26,9 +27,16 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from polyasr.align.errors import AlignEntryFailed, AlignValueError, ManifestError, ManifestForbidden
+from polyasr.align.errors import (
+    AlignEntryFailed,
+    AlignValueError,
+    ManifestError,
+    ManifestForbidden,
+    ManifestTooLarge,
+)
 from polyasr.api.metrics import Metrics
 from polyasr.api.openai import ERROR_SCHEMA, error_body
+from polyasr.audio.budget import AudioBudgetFull
 from polyasr.audio.decoding import AudioDecodeError, AudioTooLong
 from polyasr.core.languages import UnsupportedLanguage
 from polyasr.models.manager import ModelBusy
@@ -76,6 +84,7 @@ ERRORS: dict[type[BaseException], tuple[int, str]] = {
     AudioDecodeError: (400, "invalid_audio"),
     AudioTooLong: (413, "audio_too_long"),
     ManifestError: (400, "invalid_manifest"),
+    ManifestTooLarge: (413, "manifest_too_large"),
     ManifestForbidden: (403, "path_not_allowed"),
     UnsupportedLanguage: (422, "unsupported_language"),
     AlignValueError: (422, "invalid_value"),
@@ -83,6 +92,7 @@ ERRORS: dict[type[BaseException], tuple[int, str]] = {
     ModelUnavailable: (503, "model_unavailable"),
     ModelBusy: (503, "model_busy"),
     ServerBusy: (503, "server_busy"),
+    AudioBudgetFull: (503, "server_busy"),
     DecodeTimeout: (503, "decode_timeout"),
     ClientGone: (499, "client_closed_request"),
 }

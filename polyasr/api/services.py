@@ -22,6 +22,7 @@ from starlette.requests import HTTPConnection
 from polyasr.align.pipeline import Aligner
 from polyasr.api.metrics import Metrics
 from polyasr.archive.archives import Archives
+from polyasr.audio.budget import AudioBudget
 from polyasr.audio.decoding import AudioDecodeError, decode_audio
 from polyasr.audio.speech import SpeakerGate, shared_speaker_filter, shared_vad
 from polyasr.core.config import Settings, settings_view
@@ -54,6 +55,7 @@ class Services:
     archives: Archives
     live: LiveServices
     probe_clip: Any
+    audio_budget: AudioBudget
     _tasks: list[asyncio.Task[Any]] = field(default_factory=list, init=False)
 
     async def start(self) -> None:
@@ -175,4 +177,5 @@ def build_services(engine: Engine, settings: Settings, base_dir: Path) -> Servic
         archives=archives,
         live=build_live_services(settings, engine, transcriber, archives, health),
         probe_clip=probe_clip,
+        audio_budget=AudioBudget(settings.decoded_audio_bytes, settings.decode_wait_sec),
     )

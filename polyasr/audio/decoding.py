@@ -17,7 +17,7 @@ import asyncio
 import io
 import os
 import threading
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from typing import Any, BinaryIO
 
 import av
@@ -31,6 +31,13 @@ from polyasr.core.constants import SAMPLE_RATE
 MIN_INPUT_RATE = 1_000
 MAX_INPUT_RATE = 768_000
 NOT_AUDIO = "not an audio file the server can read (wav, flac, mp3, ogg, opus, m4a, webm, ...)"
+# The demuxers an upload or a manifest file may open: plain audio and media
+# files. Playlists and their kin (hls, concat, dash, …) open other files and
+# URLs named inside them, so FFmpeg refuses every format not listed here.
+PLAIN_AUDIO_DEMUXERS = (
+    "wav,w64,flac,mp3,ogg,mov,mp4,m4a,matroska,webm,aac,aiff,caf,wv,ape,tta,amr,au,"
+    "asf,avi,flv,mpegts,mpeg,ac3,eac3,dts,truehd,mlp,dsf,voc,gsm,g722"
+)
 
 
 class AudioDecodeError(ValueError):
@@ -41,8 +48,8 @@ class AudioDecodeError(ValueError):
 class AudioTooLong(AudioDecodeError):
     """The decoded audio passes the duration cap (HTTP 413, ``audio_too_long``)."""
 
-    def __init__(self, max_sec: float, what: str = "audio") -> None:
-        super().__init__(f"{what} is longer than the {max_sec:g} s limit (POLYASR_MAX_AUDIO_SEC)")
+    def __init__(self, max_sec: float, what: str = "audio", setting: str = "POLYASR_MAX_AUDIO_SEC") -> None:
+        super().__init__(f"{what} is longer than the {max_sec:g} s limit ({setting})")
         self.max_sec = max_sec
 
 
@@ -66,7 +73,7 @@ def _open(source: BinaryIO | str) -> Any:
     if _is_empty(source):
         raise AudioDecodeError("the file is empty")
     try:
-        return av.open(source, mode="r")
+        return av.open(source, mode="r", options={"format_whitelist": PLAIN_AUDIO_DEMUXERS})
     except av.error.InvalidDataError:
         raise AudioDecodeError(NOT_AUDIO) from None
     except (av.error.FFmpegError, ValueError, OSError) as exc:
@@ -93,13 +100,17 @@ def _frames(container: Any) -> Iterator[Any]:
     yield from resampler.resample(None)
 
 
-def decoded_blocks(source: BinaryIO | str, max_sec: float | None = None) -> Iterator[np.ndarray]:
+def decoded_blocks(
+    source: BinaryIO | str, max_sec: float | None = None, setting: str = "POLYASR_MAX_AUDIO_SEC"
+) -> Iterator[np.ndarray]:
     """``source`` as 16 kHz mono float32 blocks in [-1, 1], in order.
 
-    Raises :class:`AudioTooLong` as soon as more than ``max_sec`` seconds have
-    come out (nothing past the cap is decoded), :class:`AudioDecodeError` for
-    an empty file, bytes that are not audio, a sample rate outside
-    ``MIN_INPUT_RATE``..``MAX_INPUT_RATE``, damaged data, or no samples at all.
+    Raises :class:`AudioTooLong` (naming ``setting``) as soon as more than
+    ``max_sec`` seconds have come out (nothing past the cap is decoded),
+    :class:`AudioDecodeError` for an empty file, bytes that are not audio (or
+    a container that is not plain audio, such as a playlist), a sample rate
+    outside ``MIN_INPUT_RATE``..``MAX_INPUT_RATE``, damaged data, or no
+    samples at all.
     """
     container = _open(source)
     limit = None if max_sec is None else int(max_sec * SAMPLE_RATE)
@@ -109,7 +120,7 @@ def decoded_blocks(source: BinaryIO | str, max_sec: float | None = None) -> Iter
             block = frame.to_ndarray().reshape(-1).astype(np.float32, copy=False)
             total += len(block)
             if limit is not None and total > limit:
-                raise AudioTooLong(float(max_sec or 0))
+                raise AudioTooLong(float(max_sec or 0), setting=setting)
             yield block
     except AudioDecodeError:
         raise
@@ -124,9 +135,20 @@ def decoded_blocks(source: BinaryIO | str, max_sec: float | None = None) -> Iter
         raise AudioDecodeError("audio is empty: the file holds no audio samples")
 
 
-def decode_audio(source: BinaryIO | str, max_sec: float | None = None) -> np.ndarray:
-    """Decode the first audio stream of ``source`` whole (see :func:`decoded_blocks`)."""
-    return np.concatenate(list(decoded_blocks(source, max_sec)))
+def decode_audio(
+    source: BinaryIO | str,
+    max_sec: float | None = None,
+    charge: Callable[[int], None] | None = None,
+    setting: str = "POLYASR_MAX_AUDIO_SEC",
+) -> np.ndarray:
+    """Decode the first audio stream of ``source`` whole (see :func:`decoded_blocks`),
+    telling ``charge`` the bytes of each block before it is kept."""
+    blocks = []
+    for block in decoded_blocks(source, max_sec, setting):
+        if charge is not None:
+            charge(block.nbytes)
+        blocks.append(block)
+    return np.concatenate(blocks)
 
 
 def pcm16_to_float(data: bytes) -> np.ndarray:
@@ -190,18 +212,32 @@ class UploadAudio:
     runs only while someone waits for the next piece, so a consumer that stops
     (a client that went away) stops the decoding too. With ``keep`` the pieces
     are kept for what needs the whole audio afterwards (forced alignment).
+    ``charge`` is told the bytes of each piece as it is cut; ``setting`` names
+    where ``max_sec`` comes from in the refusal.
     """
 
-    def __init__(self, source: BinaryIO | str, max_sec: float, piece_sec: float, keep: bool = False) -> None:
-        self._pieces = quiet_pieces(decoded_blocks(source, max_sec), piece_sec)
+    def __init__(
+        self,
+        source: BinaryIO | str,
+        max_sec: float,
+        piece_sec: float,
+        keep: bool = False,
+        charge: Callable[[int], None] | None = None,
+        setting: str = "POLYASR_MAX_AUDIO_SEC",
+    ) -> None:
+        self._pieces = quiet_pieces(decoded_blocks(source, max_sec, setting), piece_sec)
         self._lock = threading.Lock()  # the generator runs on one thread at a time
         self._keep = keep
+        self._charge = charge
         self.kept: list[np.ndarray] = []
         self.sample_count = 0
 
     def _next(self) -> np.ndarray | None:
         with self._lock:
-            return next(self._pieces, None)
+            piece = next(self._pieces, None)
+        if piece is not None and self._charge is not None:
+            self._charge(piece.nbytes)
+        return piece
 
     def _close(self) -> None:
         with self._lock:

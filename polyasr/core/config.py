@@ -18,6 +18,8 @@ from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from polyasr.core.constants import SAMPLE_RATE
+
 Backend = Literal["mlx", "cuda"]
 
 
@@ -109,8 +111,17 @@ class Settings(BaseModel):
     # Decoded duration of one upload (or manifest entry): compressed silence
     # decodes to hours of float32, so bytes alone do not bound memory.
     max_audio_sec: float = _env("MAX_AUDIO_SEC", default=10_800.0, gt=0)
+    # Alignment holds the whole decoded audio (a given transcript is shared out
+    # over every chunk by duration): its own, lower cap, for an upload or a
+    # manifest's entries together; and a given transcript in proportion to it.
+    max_align_sec: float = _env("MAX_ALIGN_SEC", default=3_600.0, gt=0)
+    max_align_text_chars_per_sec: float = _env("MAX_ALIGN_TEXT_CHARS_PER_SEC", default=50.0, gt=0)
+    # Decoded audio all requests together may hold, and how long one waits for room.
+    decoded_audio_mb: float = _env("DECODED_AUDIO_MB", default=1_024.0, gt=0)
+    decode_wait_sec: float = _env("DECODE_WAIT_SEC", default=10.0, ge=0)
     # Directories /v1/align/manifest may read; unset = loopback clients only.
     manifest_roots: str | None = _env("MANIFEST_ROOTS", default=None)
+    max_manifest_entries: int = _env("MAX_MANIFEST_ENTRIES", default=1_000, ge=1)
 
     max_new_tokens: int = _env("MAX_NEW_TOKENS", default=256, ge=1)
     min_new_tokens: int = _env("MIN_NEW_TOKENS", default=32, ge=1)
@@ -141,10 +152,14 @@ class Settings(BaseModel):
 
     # What one client can grow (issue: hardening); each has its own refusal.
     max_sessions: int = _env("MAX_SESSIONS", default=64, ge=1)
+    # Sessions kept for a resume after their connection went away, and their audio.
+    max_held_sessions: int = _env("MAX_HELD_SESSIONS", default=128, ge=1)
+    max_held_mb: float = _env("MAX_HELD_MB", default=512.0, gt=0)
     max_session_sec: float = _env("MAX_SESSION_SEC", default=7_200.0, gt=0)
     session_idle_sec: float = _env("SESSION_IDLE_SEC", default=30.0, gt=0)
     start_timeout_sec: float = _env("START_TIMEOUT_SEC", default=30.0, gt=0)
     reorder_window: int = _env("REORDER_WINDOW", default=256, ge=1)
+    reorder_max_bytes: int = _env("REORDER_MAX_BYTES", default=2_097_152, ge=0)
     ws_max_text_bytes: int = _env("WS_MAX_TEXT_BYTES", default=65_536, ge=256)
     ws_max_frame_bytes: int = _env("WS_MAX_FRAME_BYTES", default=262_144, ge=1_024)
     max_id_chars: int = _env("MAX_ID_CHARS", default=128, ge=1)
@@ -242,6 +257,17 @@ class Settings(BaseModel):
         return int(self.max_upload_mb * 1024 * 1024)
 
     @property
+    def align_cap(self) -> tuple[float, str]:
+        """The decoded seconds one alignment may hold, and the setting that sets them."""
+        if self.max_align_sec < self.max_audio_sec:
+            return self.max_align_sec, "POLYASR_MAX_ALIGN_SEC"
+        return self.max_audio_sec, "POLYASR_MAX_AUDIO_SEC"
+
+    @property
+    def decoded_audio_bytes(self) -> int:
+        return int(self.decoded_audio_mb * 1_048_576)
+
+    @property
     def manifest_root_paths(self) -> tuple[Path, ...] | None:
         """Resolved directories manifest paths must lie under.
 
@@ -324,6 +350,13 @@ def load_settings(backend: Backend, environ: Mapping[str, str] | None = None) ->
         raise ConfigError("invalid configuration: " + "; ".join(problems)) from None
     if "native_streaming" not in source_var and settings.engine_backend == "vllm":
         settings.native_streaming = True  # vLLM's streaming state is the point of choosing it
+    align_sec, align_setting = settings.align_cap
+    align_mb = align_sec * SAMPLE_RATE * 4 / 1_048_576
+    if settings.decoded_audio_mb < align_mb:
+        raise ConfigError(
+            f"invalid configuration: POLYASR_DECODED_AUDIO_MB={settings.decoded_audio_mb:g} cannot hold "
+            f"one alignment of {align_setting}={align_sec:g} s ({align_mb:.0f} MB)"
+        )
     if settings.min_new_tokens > settings.max_new_tokens:
         raise ConfigError(
             "invalid configuration: POLYASR_MIN_NEW_TOKENS must not exceed POLYASR_MAX_NEW_TOKENS"

@@ -189,6 +189,11 @@ class SpeechGate:
                 self.pending_start = start
             self.pending.append(leftover)
 
+    def held_bytes(self) -> int:
+        """The undecided audio the gate keeps."""
+        quiet = self.last_quiet.nbytes if self.last_quiet is not None else 0
+        return self.windows.staged.nbytes + sum(p.nbytes for p in self.pending) + quiet
+
     def release(self) -> None:
         """Forget undecided audio (a finished session keeps none)."""
         self.windows.take_staged()

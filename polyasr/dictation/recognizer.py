@@ -118,6 +118,10 @@ class RawTail:
     def clear(self) -> None:
         self.pieces, self.held = [], 0
 
+    @property
+    def nbytes(self) -> int:
+        return sum(piece.nbytes for piece in self.pieces)
+
 
 def _no_log(*_args: object, **_fields: object) -> None:
     return None
@@ -192,6 +196,10 @@ class RecognizerBase:
 
     def release(self) -> None:
         self.raw.clear()
+
+    def held_bytes(self) -> int:
+        """The audio this recognizer keeps for later decodes."""
+        return self.raw.nbytes
 
 
 @dataclass
@@ -407,6 +415,9 @@ class IncrementalRecognizer(RecognizerBase):
         super().release()
         self.uncommitted.clear()
 
+    def held_bytes(self) -> int:
+        return super().held_bytes() + sum(chunk.samples.nbytes for chunk in self.uncommitted)
+
 
 @dataclass
 class NativeRecognizer(RecognizerBase):
@@ -502,6 +513,9 @@ class NativeRecognizer(RecognizerBase):
     def release(self) -> None:
         super().release()
         self.pending.clear()
+
+    def held_bytes(self) -> int:
+        return super().held_bytes() + sum(piece.nbytes for piece in self.pending)
 
 
 Recognizer = IncrementalRecognizer | NativeRecognizer

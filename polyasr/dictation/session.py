@@ -162,6 +162,11 @@ class DictationSession:
         self.gate.release()
         self.recognizer.release()
 
+    def held_bytes(self) -> int:
+        """The audio the session keeps (gate and recognizer): what the registry
+        counts against ``MAX_HELD_MB`` while nobody drives the session."""
+        return self.gate.held_bytes() + self.recognizer.held_bytes()
+
     def cancel_work(self) -> None:
         """Stop background decodes (the session is replaced or expired)."""
         self.recognizer.cancel()

@@ -4,6 +4,8 @@ connection with one of them, and the refusals of admission (busy, shutting down)
 
 from __future__ import annotations
 
+import logging
+import secrets
 from typing import Any
 
 CLOSE_NORMAL = 1000
@@ -27,6 +29,7 @@ class ProtocolError(Exception):
 
 
 SERVER_BUSY = ("server_busy", "too many live ASR sessions; retry later")
+SESSIONS_HELD = ("server_busy", "too many ASR sessions are held for a resume; retry later")
 # Shutdown drain: refused at start (1013), or cut after the grace (1012)
 SHUTTING_DOWN = ("server_shutting_down", "the server is shutting down; resume after it restarts")
 
@@ -41,3 +44,12 @@ CLOSE_CODES = {
 
 def protocol_error(kind: tuple[str, str], **log_fields: Any) -> ProtocolError:
     return ProtocolError(kind[0], kind[1], **log_fields)
+
+
+def internal_error_message(exc: BaseException, log: logging.Logger, what: str) -> str:
+    """The ``internal_error`` text for a client: an error id, never the
+    exception's text (it may hold paths, SQL or data). The exception goes to
+    ``log`` under the same id, as for an HTTP 500."""
+    error_id = secrets.token_hex(6)
+    log.error("error id %s: %s failed", error_id, what, exc_info=exc)
+    return f"internal error (error id {error_id})"

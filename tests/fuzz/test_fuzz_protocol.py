@@ -149,6 +149,7 @@ def server(tiny: Any, backend: str, tmp_path_factory: pytest.TempPathFactory) ->
         POLYASR_PARTIAL_INTERVAL_SEC="0.2",
         POLYASR_RESUME_TTL_SEC="60",
         POLYASR_MAX_SESSIONS="100000",
+        POLYASR_MAX_HELD_SESSIONS="100000",
     ) as live:
         yield live
 
@@ -546,8 +547,9 @@ def _stop(wire: Wire, data: st.DataObject, sid: str, session: Session) -> None:
 def test_a_resume_reports_the_held_frontier_and_the_stop_covers_every_frame(
     server: LiveServer, first: list[int], resend_all: bool, control: int
 ) -> None:
-    # Contract §2.8: a dropped connection's frames are kept; ``resumed`` says how
-    # far, the client resends what follows (or everything: duplicates are harmless).
+    # A dropped connection's acknowledged frames are kept (those ahead of a gap
+    # were never acknowledged and are dropped); ``resumed`` says how far, the
+    # client resends what follows (or everything: duplicates are harmless).
     sid = unique("resume")
     held = Session()
     dropped = Wire(server)
@@ -560,6 +562,7 @@ def test_a_resume_reports_the_held_frontier_and_the_stop_covers_every_frame(
             assert dropped.recv() == {"type": "ack", "protocol": 1, "sessionId": sid, "ackSeq": held.ack_seq}
     finally:
         dropped.close()
+    held.seen = set(range(held.ack_seq + 1))
     opened = {"type": "resumed", "protocol": 1, "sessionId": sid, "ackSeq": held.ack_seq}
     if control == 2:
         opened["control"] = 2

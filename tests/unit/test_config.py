@@ -91,3 +91,11 @@ def test_views_take_each_knob_from_its_setting() -> None:
     assert (knobs.partial_window_sec, knobs.stream_chunk_sec) == (7.0, 1.5)
     assert knobs.partials_enabled is True  # the CUDA default
     assert knobs.native is False  # asked for, but this engine cannot stream natively
+
+
+def test_an_alignment_is_capped_by_the_lower_limit_and_fits_the_decoded_audio_budget() -> None:
+    assert load_settings("cuda", {}).align_cap == (3600.0, "POLYASR_MAX_ALIGN_SEC")
+    lower = load_settings("cuda", {"POLYASR_MAX_AUDIO_SEC": "20"})
+    assert lower.align_cap == (20.0, "POLYASR_MAX_AUDIO_SEC")
+    with pytest.raises(ConfigError, match="POLYASR_DECODED_AUDIO_MB=100 cannot hold one alignment"):
+        load_settings("cuda", {"POLYASR_DECODED_AUDIO_MB": "100"})  # an hour is 220 MiB

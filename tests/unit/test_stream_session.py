@@ -105,6 +105,19 @@ def test_a_seq_beyond_the_reorder_window_is_refused() -> None:
     assert 5 not in journal.ahead
 
 
+def test_audio_ahead_of_a_gap_is_bounded_in_bytes_too() -> None:
+    journal = FrameJournal(window=256, max_bytes=10)
+    journal.accept(1, b"x" * 6)
+    with pytest.raises(ProtocolError) as refused:
+        journal.accept(2, b"y" * 6)  # 12 bytes would wait for seq 0
+    assert refused.value.code == "seq_out_of_window" and journal.ahead_bytes == 6
+    assert journal.accept(0, b"z" * 64) == [b"z" * 64, b"x" * 6]  # the frame at the frontier always goes
+    assert journal.ahead_bytes == 0
+    journal.accept(3, b"w" * 6)
+    journal.forget_ahead()  # what a detached session does: the client resends after ackSeq
+    assert journal.ahead == {} and journal.ahead_bytes == 0 and journal.ack_seq == 1
+
+
 async def test_stable_prefix_and_final_decodes_only_the_tail() -> None:
     sess = session(stable_commit_min_sec=2.0)
     decoder = ScriptedDecoder()

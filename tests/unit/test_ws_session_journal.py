@@ -102,6 +102,28 @@ async def test_resume_keeps_context_language_and_audio() -> None:
     assert hints.context == "Zhang Wei" and hints.language == "Chinese"  # kept across the resume
 
 
+async def test_a_detached_session_keeps_no_frames_ahead_and_held_sessions_are_capped() -> None:
+    registry = SessionRegistry(resume_ttl=300, stop_ttl=300, max_sessions=8, max_held_sessions=2)
+    svc = services(registry)
+    ahead = [build_frame(seq, b"\1" * 3200) for seq in (1, 2, 3)]  # seq 0 never comes
+    for sid in ("h1", "h2"):
+        await connect(svc, [{"type": "start", "protocol": 1, "sessionId": sid}, *ahead, None])
+        held = registry.held(sid)
+        assert held is not None and held.journal.ahead == {} and held.journal.ack_seq == -1
+    assert registry.detached() == (2, 0)
+    refused = await connect(svc, [{"type": "start", "protocol": 1, "sessionId": "h3"}])
+    assert refused.sent[-1]["code"] == "server_busy" and refused.closed == 1013
+    assert "held for a resume" in refused.sent[-1]["error"]
+    resumed = await connect(svc, [{"type": "resume", "protocol": 1, "sessionId": "h1"}, None])
+    assert resumed.sent[0]["type"] == "resumed"  # taking a held session over adds none
+    full = SessionRegistry(resume_ttl=300, stop_ttl=300, max_held_bytes=3200)
+    audio = services(full)
+    await connect(audio, [{"type": "start", "protocol": 1, "sessionId": "a1"}, *silence_frames(2), None])
+    assert full.detached()[1] >= 3200  # the session's own audio (raw tail) counts
+    over = await connect(audio, [{"type": "start", "protocol": 1, "sessionId": "a2"}])
+    assert over.sent[-1]["code"] == "server_busy"
+
+
 async def test_journal_is_pruned_on_a_timer_and_stops_stay_recognized() -> None:
     clock = FakeClock()
     registry = SessionRegistry(resume_ttl=300, stop_ttl=60, clock=clock)

@@ -61,10 +61,15 @@ async def align(
     del model
     pinned = aligner_language(language)
     given = text.strip() if text and text.strip() else None
+    settings = services.settings
 
     async def work() -> dict[str, Any]:
-        samples = await asyncio.to_thread(decode_audio, file.file, services.settings.max_audio_sec)
-        result = await services.aligner.align([AlignInput(samples, given)], pinned, max_chunk_seconds)
+        async with services.audio_budget.hold() as held:
+            cap, setting = settings.align_cap
+            samples = await asyncio.to_thread(decode_audio, file.file, cap, held.charge, setting)
+            item = AlignInput(samples, given)
+            item.check_text(settings.max_align_text_chars_per_sec)
+            result = await services.aligner.align([item], pinned, max_chunk_seconds)
         return result.to_json(_label(services))
 
     return await unless_disconnected(request, work())
@@ -77,11 +82,18 @@ async def align_manifest(body: ManifestRequest, request: Request, services: Serv
     pinned = aligner_language(body.language)
     client = request.client.host if request.client else None
     settings = services.settings
-    entries = check_manifest(body.manifest, settings.manifest_root_paths, is_loopback(client))
+    entries = check_manifest(
+        body.manifest, settings.manifest_root_paths, is_loopback(client), settings.max_manifest_entries
+    )
 
     async def work() -> dict[str, Any]:
-        inputs = await asyncio.to_thread(load_manifest, entries, settings.max_audio_sec)
-        result = await services.aligner.align(inputs, pinned, body.max_chunk_seconds)
+        async with services.audio_budget.hold() as held:
+            inputs = await asyncio.to_thread(
+                load_manifest, entries, settings.max_audio_sec, held.charge, settings.max_align_sec
+            )
+            for item in inputs:
+                item.check_text(settings.max_align_text_chars_per_sec)
+            result = await services.aligner.align(inputs, pinned, body.max_chunk_seconds)
         return result.to_json(_label(services))
 
     return await unless_disconnected(request, work())

@@ -37,12 +37,23 @@ from polyasr.api.openai import (
     vtt,
 )
 from polyasr.api.services import Services, ServicesDep
+from polyasr.audio.budget import Reservation, seconds_to_bytes
 from polyasr.audio.decoding import UploadAudio
 from polyasr.core.languages import normalize_language
 from polyasr.core.text import TimedText, join_text
-from polyasr.models.transcriber import MAX_PIECE_SEC, TimedPiece, TranscribeRequest, Transcription
+from polyasr.models.transcriber import (
+    MAX_PIECE_SEC,
+    PIECES_IN_FLIGHT,
+    TimedPiece,
+    TranscribeRequest,
+    Transcription,
+)
 
 router = APIRouter()
+
+# The most decoded audio a streamed transcription holds at once: the pieces in
+# flight, the one being cut and the audio after its cut.
+STREAMED_BYTES = seconds_to_bytes((PIECES_IN_FLIGHT + 2) * MAX_PIECE_SEC)
 
 
 @dataclass(frozen=True)
@@ -72,6 +83,7 @@ class TranscriptionForm:
 
 
 def transcription_form(
+    services: ServicesDep,
     file: UploadFile = File(...),
     model: str | None = Form(None),
     language: str | None = Form(None),
@@ -81,8 +93,16 @@ def transcription_form(
     stream: bool = Form(False),
     timestamp_granularities: list[str] | None = Form(None, alias="timestamp_granularities[]"),
 ) -> TranscriptionForm:
-    """``model`` is accepted and ignored; ``context`` (else ``prompt``) is the hint."""
+    """``model`` is accepted and ignored; ``context`` (else ``prompt``) is the hint,
+    as long as the dictation socket's (``MAX_CONTEXT_CHARS``): a hint is part
+    of every decode's prompt, so its length is the model's work and memory."""
     del model
+    limit = services.settings.max_context_chars
+    for name, value in (("context", context), ("prompt", prompt)):
+        if value is not None and len(value) > limit:
+            raise HTTPException(
+                422, f"'{name}' is longer than the {limit}-character limit (POLYASR_MAX_CONTEXT_CHARS)"
+            )
     fmt = response_format.strip().lower()
     fmt = fmt if fmt in FORMATS else "json"
     granularities = frozenset(timestamp_granularities or ())
@@ -121,19 +141,30 @@ async def models(services: ServicesDep) -> dict[str, Any]:
     }
 
 
-def _audio(services: Services, source: BinaryIO, keep: bool) -> UploadAudio:
-    return UploadAudio(source, services.settings.max_audio_sec, MAX_PIECE_SEC, keep=keep)
+def _audio(services: Services, source: BinaryIO, keep: bool, held: Reservation) -> UploadAudio:
+    """The upload, decoded as it is transcribed. Kept whole for the aligner
+    (subtitles, word times), it is capped like an alignment."""
+    settings = services.settings
+    cap, setting = settings.align_cap if keep else (settings.max_audio_sec, "POLYASR_MAX_AUDIO_SEC")
+    return UploadAudio(source, cap, MAX_PIECE_SEC, keep, held.charge, setting)
+
+
+def _hold(services: Services, form: TranscriptionForm) -> Reservation:
+    """This request's share of decoded audio: all of it when kept for the
+    aligner, else no more than the pieces in flight at once."""
+    return services.audio_budget.hold(None if form.needs_alignment else STREAMED_BYTES)
 
 
 async def _transcribe(services: Services, form: TranscriptionForm) -> Response | dict[str, Any]:
     upload = form.file.file
-    audio = _audio(services, upload, keep=form.needs_alignment)
-    result = await services.transcriber.transcribe_stream(audio, form.request)
-    archive = services.archives.uploads
-    await asyncio.to_thread(
-        archive.record, upload, form.file.filename or "", form.requested_language, result.text
-    )
-    return await _formatted(services.aligner, form, result, audio)
+    async with _hold(services, form) as held:
+        audio = _audio(services, upload, form.needs_alignment, held)
+        result = await services.transcriber.transcribe_stream(audio, form.request)
+        archive = services.archives.uploads
+        await asyncio.to_thread(
+            archive.record, upload, form.file.filename or "", form.requested_language, result.text
+        )
+        return await _formatted(services.aligner, form, result, audio)
 
 
 async def _formatted(
@@ -181,20 +212,25 @@ async def _stream(services: Services, form: TranscriptionForm) -> StreamingRespo
     status; a failure after that ends the stream with an ``error`` event."""
     # The stream outlives this handler (and the upload it was given): keep our own copy.
     upload = await asyncio.to_thread(_spooled_copy, form.file.file)
-    pieces = services.transcriber.stream_pieces(_audio(services, upload, keep=False), form.request)
+    held = _hold(services, form)
+    pieces = services.transcriber.stream_pieces(_audio(services, upload, False, held), form.request)
     try:
+        await held.admit()
         first = await anext(pieces, None)
     except BaseException:
         await pieces.aclose()
+        held.release()
         upload.close()
         raise
-    return StreamingResponse(_events(services, form, upload, first, pieces), media_type="text/event-stream")
+    events = _events(services, form, upload, held, first, pieces)
+    return StreamingResponse(events, media_type="text/event-stream")
 
 
 async def _events(
     services: Services,
     form: TranscriptionForm,
     upload: BinaryIO,
+    held: Reservation,
     first: TimedPiece | None,
     rest: AsyncIterator[TimedPiece],
 ) -> AsyncIterator[bytes]:
@@ -219,4 +255,5 @@ async def _events(
         yield sse(stream_error(failure.message, failure.code, failure.status))
     finally:
         await rest.aclose()
+        held.release()
         upload.close()

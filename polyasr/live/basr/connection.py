@@ -54,6 +54,7 @@ from polyasr.live.refusals import (
     CLOSE_INTERNAL,
     CLOSE_NORMAL,
     ProtocolError,
+    internal_error_message,
     protocol_error,
 )
 from polyasr.live.socket import TIMEOUT, Disconnected, Driving, Inbox, Superseded, Transport
@@ -138,10 +139,10 @@ class Connection(Driving):
         except Superseded:
             self.log.event("superseded")
             await self.transport.close(CLOSE_NORMAL)
-        except Exception as exc:
-            log.exception("dictation connection failed")
-            self.log.event("error", message=f"{type(exc).__name__}: {exc}")
-            await self._fail("internal_error", f"internal error: {type(exc).__name__}: {exc}", CLOSE_INTERNAL)
+        except Exception as exc:  # noqa: BLE001 - logged under the error id the client gets
+            message = internal_error_message(exc, log, "dictation connection")
+            self.log.event("error", message=f"{type(exc).__name__}: {exc}", reply=message)
+            await self._fail("internal_error", message, CLOSE_INTERNAL)
 
     async def _fail(self, code: str, message: str, close_code: int) -> None:
         try:

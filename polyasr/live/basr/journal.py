@@ -5,9 +5,11 @@ that arrived ahead of a gap.
 Frames leave the journal as soon as their turn comes: the payloads handed out
 in ``seq`` order go to the archive and the speech pipeline, and the journal
 keeps only the counters. What it holds is therefore bounded by the reorder
-window: a ``seq`` more than ``window`` frames ahead of the frontier is refused
-(``seq_out_of_window``) instead of being buffered for a gap that may never
-close.
+window, in frames and in bytes: a ``seq`` more than ``window`` frames ahead of
+the frontier, or a frame that would put more than ``max_bytes`` of audio
+ahead of it, is refused (``seq_out_of_window``) instead of being buffered for
+a gap that may never close. A frame count alone does not bound memory (256
+frames of 256 KiB are 64 MiB per session).
 """
 
 from __future__ import annotations
@@ -23,8 +25,10 @@ class FrameJournal:
     """Seq assembly for one session; survives reconnects with its session."""
 
     window: int = 256
+    max_bytes: int = 2_097_152
     next_seq: int = 0
     ahead: dict[int, bytes] = field(default_factory=dict)  # arrived before their turn
+    ahead_bytes: int = 0
 
     @property
     def ack_seq(self) -> int:
@@ -49,13 +53,22 @@ class FrameJournal:
             return []
         if seq - self.ack_seq > self.window:
             raise protocol_error(SEQ_OUT_OF_WINDOW, seq=seq, ack_seq=self.ack_seq, window=self.window)
+        if seq != self.next_seq and self.ahead_bytes + len(pcm) > self.max_bytes:
+            held, limit = self.ahead_bytes, self.max_bytes
+            raise protocol_error(SEQ_OUT_OF_WINDOW, seq=seq, ack_seq=self.ack_seq, bytes=held, limit=limit)
         self.ahead[seq] = pcm
+        self.ahead_bytes += len(pcm)
         ready = []
         while self.next_seq in self.ahead:
-            ready.append(self.ahead.pop(self.next_seq))
+            payload = self.ahead.pop(self.next_seq)
+            self.ahead_bytes -= len(payload)
+            ready.append(payload)
             self.next_seq += 1
         return ready
 
     def forget_ahead(self) -> None:
-        """Drop frames waiting for a gap: a finished session decodes nothing more."""
+        """Drop frames waiting for a gap. They were never acknowledged (``ackSeq``
+        stops at the gap), so the client resends them after a resume: a
+        detached or finished session needs none of them."""
         self.ahead.clear()
+        self.ahead_bytes = 0

@@ -15,6 +15,14 @@ frame journal, the recognition state and which connection drives it, until
   drives no resumable session (an OpenAI Realtime socket) is *admitted* as a
   guest: it counts toward that limit, is refused while draining and is told
   to shut down like the drivers.
+* Unfinished sessions held for a resume without a connection are capped too:
+  while ``POLYASR_MAX_HELD_SESSIONS`` of them are held, or they keep
+  ``POLYASR_MAX_HELD_MB`` of audio, a ``start``/``resume`` that would add a
+  session is refused with ``server_busy`` (one that takes a held session over
+  is not: it makes room). A session that loses its connection keeps only what
+  a resume needs: the frames that arrived ahead of a gap were never
+  acknowledged, so they are dropped (at the latest by the resume) and the
+  client resends them.
 * Once the process drains for shutdown (polyasr.api.drain), every ``start``/``resume``
   is refused with ``server_shutting_down``, and after the grace the drivers
   still live are told to shut down.
@@ -39,7 +47,7 @@ from polyasr.dictation.session import DictationSession
 from polyasr.live.basr.journal import FrameJournal
 from polyasr.live.basr.stopstore import StopRecord, StopStore
 from polyasr.live.basr.wire import Opening
-from polyasr.live.refusals import SERVER_BUSY, SHUTTING_DOWN, protocol_error
+from polyasr.live.refusals import SERVER_BUSY, SESSIONS_HELD, SHUTTING_DOWN, protocol_error
 
 PRUNE_INTERVAL_SEC = 5.0
 
@@ -74,7 +82,10 @@ class SessionRegistry:
     resume_ttl: float
     stop_ttl: float
     max_sessions: int = 64
+    max_held_sessions: int = 128
+    max_held_bytes: int = 512 * 1_048_576
     reorder_window: int = 256
+    reorder_max_bytes: int = 2_097_152
     store: StopStore = field(default_factory=lambda: StopStore(None, 10_000))
     clock: Callable[[], float] = time.time
     draining: bool = False
@@ -88,7 +99,10 @@ class SessionRegistry:
             resume_ttl=settings.resume_ttl_sec,
             stop_ttl=settings.stop_result_ttl_sec,
             max_sessions=settings.max_sessions,
+            max_held_sessions=settings.max_held_sessions,
+            max_held_bytes=int(settings.max_held_mb * 1_048_576),
             reorder_window=settings.reorder_window,
+            reorder_max_bytes=settings.reorder_max_bytes,
             store=StopStore.under(log_root, settings.stop_store_max),
         )
 
@@ -104,6 +118,27 @@ class SessionRegistry:
     def driven(self) -> int:
         """Sessions a connection is driving now (guests included)."""
         return sum(record.owner is not None for record in self._records.values()) + len(self._guests)
+
+    def detached(self) -> tuple[int, int]:
+        """Unfinished sessions held for a resume without a connection, and the
+        bytes of audio they keep. A finished one (its stop answered) keeps no
+        audio, only what replays its final, and is not counted."""
+        waiting = [
+            r
+            for r in self._records.values()
+            if r.owner is None and not r.session.finished and not self._expired(r)
+        ]
+        return len(waiting), sum(r.session.held_bytes() + r.journal.ahead_bytes for r in waiting)
+
+    def _check_room(self, new: bool) -> None:
+        """Refuse a claim the limits do not allow (``new``: it would add a session)."""
+        if self.driven() >= self.max_sessions:
+            raise protocol_error(SERVER_BUSY, sessions=self.driven())
+        if not new:
+            return
+        count, held = self.detached()
+        if count >= self.max_held_sessions or held >= self.max_held_bytes:
+            raise protocol_error(SESSIONS_HELD, held_sessions=count, held_bytes=held)
 
     def admit(self, guest: Driver) -> None:
         """Count a connection without a resumable session, or refuse it (busy, draining)."""
@@ -123,11 +158,12 @@ class SessionRegistry:
         if self.draining:
             raise protocol_error(SHUTTING_DOWN)
         held = self.held(opening.session_id)
-        if (held is None or held.owner is None) and self.driven() >= self.max_sessions:
-            raise protocol_error(SERVER_BUSY, sessions=self.driven())
+        if held is None or held.owner is None:
+            self._check_room(new=held is None)
         now = self.clock()
         if opening.resume and held is not None:
             record = held
+            record.journal.forget_ahead()  # the client resends everything after ackSeq
         else:
             if held is not None:
                 self._drop(opening.session_id)
@@ -135,9 +171,8 @@ class SessionRegistry:
             if incarnation is None:
                 incarnation = secrets.token_hex(8)
                 self.store.begin(opening.session_id, incarnation, now)
-            record = SessionRecord(
-                opening.session_id, incarnation, FrameJournal(self.reorder_window), new_session(), now
-            )
+            journal = FrameJournal(self.reorder_window, self.reorder_max_bytes)
+            record = SessionRecord(opening.session_id, incarnation, journal, new_session(), now)
             self._records[opening.session_id] = record
         previous, record.owner = record.owner, owner
         if previous is not None and previous is not owner:
@@ -153,9 +188,11 @@ class SessionRegistry:
         record.updated_at = self.clock()
 
     def release(self, record: SessionRecord, owner: Driver) -> None:
-        """``owner`` is done with the session; it stays resumable until it expires."""
+        """``owner`` is done with the session; it stays resumable until it expires,
+        keeping only what a resume needs."""
         if record.owner is owner:
             record.owner = None
+            record.journal.forget_ahead()
             record.session.detach()
             record.updated_at = self.clock()
 

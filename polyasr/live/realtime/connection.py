@@ -71,7 +71,7 @@ from polyasr.live.realtime.events import (
     speech_started,
     speech_stopped,
 )
-from polyasr.live.refusals import ProtocolError
+from polyasr.live.refusals import ProtocolError, internal_error_message
 from polyasr.live.socket import TIMEOUT, Driving, Inbox, ReaderFailed, Transport
 from polyasr.models.manager import ModelBusy
 from polyasr.models.unit import ModelUnavailable
@@ -256,12 +256,10 @@ class RealtimeConnection(Driving):
             await self._close_with(exc, exc.close or CLOSE_POLICY)
         except ReaderFailed as exc:
             self.archive.event("error", message=str(exc))
-        except Exception as exc:
-            log.exception("realtime connection failed")
-            self.archive.event("error", message=f"{type(exc).__name__}: {exc}")
-            await self._close_with(
-                RealtimeError("internal_error", f"internal error: {type(exc).__name__}"), 1011
-            )
+        except Exception as exc:  # noqa: BLE001 - logged under the error id the client gets
+            message = internal_error_message(exc, log, "realtime connection")
+            self.archive.event("error", message=f"{type(exc).__name__}: {exc}", reply=message)
+            await self._close_with(RealtimeError("internal_error", message), 1011)
         finally:
             self.inbox.stop()
             self.items.cancel()
