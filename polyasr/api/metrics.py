@@ -21,7 +21,7 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from polyasr.core.engine import UNITS
 from polyasr.models.scheduler import Priority
@@ -33,14 +33,25 @@ DECODE_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 
 LOAD_BUCKETS = (0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 
 
+ArchiveCounts = Callable[[], dict[str, tuple[int, int]]]
+
+
+def _no_archive() -> dict[str, tuple[int, int]]:
+    return {}
+
+
 class _ReadAtScrape:
-    """Gauges whose truth lives elsewhere: read from the source at each scrape."""
+    """Series whose truth lives elsewhere: read from the source at each scrape."""
 
     def __init__(
-        self, queue_depth: Callable[[str], int | None], engine_memory: Callable[[], dict[str, float]]
+        self,
+        queue_depth: Callable[[str], int | None],
+        engine_memory: Callable[[], dict[str, float]],
+        archive_writes: ArchiveCounts,
     ) -> None:
         self.queue_depth = queue_depth
         self.engine_memory = engine_memory
+        self.archive_writes = archive_writes
         self.process = psutil.Process()
 
     def collect(self) -> Iterator[Metric]:
@@ -69,15 +80,28 @@ class _ReadAtScrape:
         for kind, mib in self.engine_memory().items():
             engine.add_metric([kind], mib * MIB)
         yield engine
+        archive = CounterMetricFamily(
+            "polyasr_archive_writes_lost",
+            "Archive writes that did not reach the disk: failed (disk error) or skipped (byte budget)",
+            labels=["kind", "outcome"],
+        )
+        for kind, (failed, skipped) in self.archive_writes().items():
+            archive.add_metric([kind, "failed"], failed)
+            archive.add_metric([kind, "skipped"], skipped)
+        yield archive
 
 
 class Metrics(UnitObserver):
     """One app's metrics; subscribed to the model units as their observer."""
 
     def __init__(
-        self, queue_depth: Callable[[str], int | None], engine_memory: Callable[[], dict[str, float]]
+        self,
+        queue_depth: Callable[[str], int | None],
+        engine_memory: Callable[[], dict[str, float]],
+        archive_writes: ArchiveCounts = _no_archive,
     ) -> None:
-        """``engine_memory`` is the engine's :meth:`~polyasr.core.engine.Engine.memory_mib`."""
+        """``engine_memory`` is the engine's :meth:`~polyasr.core.engine.Engine.memory_mib`;
+        ``archive_writes`` the archive status's :meth:`~polyasr.archive.status.ArchiveStatus.counts`."""
         self.registry = CollectorRegistry()
         reg = self.registry
         self.requests = Counter(
@@ -108,7 +132,7 @@ class Metrics(UnitObserver):
         for unit in UNITS:  # every unit's series exists from the first scrape, at 0
             self.loads.labels(unit)
             self.evictions.labels(unit)
-        reg.register(_ReadAtScrape(queue_depth, engine_memory))
+        reg.register(_ReadAtScrape(queue_depth, engine_memory, archive_writes))
 
     def request(self, route: str, method: str, status: int) -> None:
         self.requests.labels(route, method, str(status)).inc()

@@ -26,6 +26,7 @@ from polyasr.audio.decoding import AudioDecodeError, decode_audio
 from polyasr.audio.speech import SpeakerGate, shared_speaker_filter, shared_vad
 from polyasr.core.config import Settings, settings_view
 from polyasr.core.engine import Engine
+from polyasr.core.threads import BATCH, default_batch_threads
 from polyasr.dictation.recognizer import DictationSettings
 from polyasr.live.basr.services import LiveServices
 from polyasr.live.basr.sessions import SessionRegistry
@@ -116,7 +117,7 @@ def build_live_services(
     """What live connections need. The VAD and the speaker encoder are
     process-wide and load once, when :meth:`Services.start` first asks."""
     return LiveServices(
-        registry=SessionRegistry.from_settings(settings, archives.root),
+        registry=SessionRegistry.from_settings(settings, archives.root, archives.status),
         decoder=DictationDecoder(transcriber),
         manager=transcriber.manager,
         settings=dictation_settings(settings, engine),
@@ -144,6 +145,7 @@ def build_services(engine: Engine, settings: Settings, base_dir: Path) -> Servic
     health monitor to the model units, the health monitor to the texts the
     transcriber produces.
     """
+    BATCH.resize(settings.batch_threads or default_batch_threads())
     manager = AsrModelManager(
         engine,
         coload=settings.coload,
@@ -152,12 +154,12 @@ def build_services(engine: Engine, settings: Settings, base_dir: Path) -> Servic
         decode_timeout=settings.decode_timeout_sec,
         max_queued=settings.max_queued_decodes,
     )
-    metrics = Metrics(queue_depth=manager.queue_depth, engine_memory=engine.memory_mib)
+    archives = build_archives(settings, engine, base_dir)
+    metrics = Metrics(manager.queue_depth, engine.memory_mib, archives.status.counts)
     manager.observers.subscribe(metrics)
     transcriber = Transcriber(engine, manager, settings)
     probe_clip = load_probe_clip()
     health = HealthMonitor(settings, manager, transcriber, engine.model_id, probe_clip)
-    archives = build_archives(settings, engine, base_dir)
     return Services(
         settings=settings,
         engine=engine,

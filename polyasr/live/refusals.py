@@ -1,9 +1,12 @@
 """Refusals both live protocols share: the WebSocket close codes, the error that ends a
-connection with one of them, and the refusals of admission (busy, shutting down).
+connection with one of them, the refusals of admission (busy, shutting down), and what a
+client is told of an internal failure.
 """
 
 from __future__ import annotations
 
+import logging
+import secrets
 from typing import Any
 
 CLOSE_NORMAL = 1000
@@ -41,3 +44,15 @@ CLOSE_CODES = {
 
 def protocol_error(kind: tuple[str, str], **log_fields: Any) -> ProtocolError:
     return ProtocolError(kind[0], kind[1], **log_fields)
+
+
+def internal_error(exc: BaseException, log: logging.Logger) -> tuple[str, str]:
+    """``(error id, message for the client)`` for an internal failure.
+
+    As for HTTP 500s: the exception's text may hold paths or data (a SQLite
+    message, a file name), so the client gets only a fresh error id; the
+    exception goes to the server log under the same id.
+    """
+    error_id = secrets.token_hex(6)
+    log.error("error id %s: %s: %s", error_id, type(exc).__name__, exc, exc_info=exc)
+    return error_id, f"internal error (error id {error_id})"

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 from typing import Any
 
@@ -17,6 +16,7 @@ from polyasr.align.manifest import check_manifest, load_manifest
 from polyasr.api.http import unless_disconnected
 from polyasr.api.services import Services, ServicesDep
 from polyasr.audio.decoding import decode_audio
+from polyasr.core.threads import BATCH
 
 router = APIRouter()
 
@@ -63,7 +63,7 @@ async def align(
     given = text.strip() if text and text.strip() else None
 
     async def work() -> dict[str, Any]:
-        samples = await asyncio.to_thread(decode_audio, file.file, services.settings.max_audio_sec)
+        samples = await BATCH.run(decode_audio, file.file, services.settings.max_audio_sec)
         result = await services.aligner.align([AlignInput(samples, given)], pinned, max_chunk_seconds)
         return result.to_json(_label(services))
 
@@ -80,7 +80,7 @@ async def align_manifest(body: ManifestRequest, request: Request, services: Serv
     entries = check_manifest(body.manifest, settings.manifest_root_paths, is_loopback(client))
 
     async def work() -> dict[str, Any]:
-        inputs = await asyncio.to_thread(load_manifest, entries, settings.max_audio_sec)
+        inputs = await BATCH.run(load_manifest, entries, settings.max_audio_sec)
         result = await services.aligner.align(inputs, pinned, body.max_chunk_seconds)
         return result.to_json(_label(services))
 

@@ -24,7 +24,7 @@ class Manager(Protocol):
     def touch(self, name: str) -> None: ...
 
 
-def _no_session_end(signal_sec: float, final_text: str, partials: int) -> None:
+def _no_session_end(signal_sec: float, final_text: str, partials: int, wall_sec: float) -> None:
     return None
 
 
@@ -40,5 +40,6 @@ class LiveServices:
     new_speaker: Callable[[], SpeakerCheck]
     new_log: Callable[[], ConnectionArchive]
     limits: WsLimits = field(default_factory=WsLimits)
-    # Once per decoded stop (not replays): (signal seconds, final text, partials sent).
-    on_session_end: Callable[[float, str, int], None] = _no_session_end
+    # Once per decoded stop (not replays): (signal seconds, final text, partials sent,
+    # wall-clock seconds from the first audio to the stop).
+    on_session_end: Callable[[float, str, int, float], None] = _no_session_end
