@@ -368,7 +368,7 @@ async def load_phase(server: LiveServer, args: argparse.Namespace) -> dict[str, 
     archives = archives_by_session(server.logs)
     verdicts = Counter(check_archive(r, archives.get(r.sid, [])) for r in runs)
     summary = summarize_load(runs, posts, verdicts, sampler, rss_before, wall)
-    summary["upload_sidecars"] = len(list(server.logs.glob("http/*/*.json")))  # one per 200
+    summary["upload_sidecars"] = len(list(server.logs.glob("http/*/*/upload.json")))  # one per 200
     summary["server_events"] = event_counts(
         server.logs, ("partial_begin", "partial_done", "stable_prefix_committed")
     )

@@ -4,10 +4,12 @@ The hourly retention sweep alone let one client add 210 MB in five seconds.
 So every archive write asks first: it must keep the archive under
 ``LOG_MAX_GB`` and leave ``LOG_MIN_FREE_GB`` free on the disk. When it would
 not, the oldest archived items are deleted to make room (as journald keeps
-``SystemMaxUse`` and ``SystemKeepFree``), down to 90 % of the cap so that a
-busy archive does not sweep on every write; when even that cannot make room
-(everything left belongs to open connections), the write is refused and the
-caller counts it as skipped.
+``SystemMaxUse`` and ``SystemKeepFree``), down to 90 % of the cap (or up to
+the floor plus a tenth) so that a busy archive does not sweep on every write;
+when even that cannot make room (everything left belongs to open connections,
+or the disk is full of other things), the write is refused and the caller
+counts it as skipped, and for the next few seconds writes that do not fit are
+refused without another sweep.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ log = logging.getLogger("polyasr.archive")
 
 LOW_WATER = 0.9  # a sweep forced by the cap leaves the archive at this share of it
 BUDGET_SPENT = "the archive's byte budget is spent (POLYASR_LOG_MAX_GB, POLYASR_LOG_MIN_FREE_GB)"
-SWEEP_EVERY_SEC = 5.0  # at most one forced sweep this often; writes in between that do not fit are refused
+STUCK_SEC = 5.0  # after a sweep that could not make room, no other sweep for this long
 
 
 class DiskBudget:
@@ -50,7 +52,7 @@ class DiskBudget:
         self.is_open = is_open
         self.clock = clock
         self.used: int | None = None  # measured at the first write (or sweep)
-        self._swept_at = float("-inf")
+        self._stuck_until = float("-inf")
         self._lock = threading.Lock()
 
     def measured(self, total: int) -> None:
@@ -64,8 +66,10 @@ class DiskBudget:
         with self._lock:
             if self.used is None:
                 self.used = archive_bytes(self.root)
-            if not self._fits(size) and self.clock() - self._swept_at >= SWEEP_EVERY_SEC:
+            if not self._fits(size) and self.clock() >= self._stuck_until:
                 self._make_room(size)
+                if not self._fits(size):
+                    self._stuck_until = self.clock() + STUCK_SEC
             if not self._fits(size):
                 return False
             self.used += size
@@ -84,11 +88,10 @@ class DiskBudget:
         return self.min_free_bytes <= 0 or self._free() - size >= self.min_free_bytes
 
     def _make_room(self, size: int) -> None:
-        """Delete the oldest items until the write fits (with the cap's low water mark)."""
-        self._swept_at = self.clock()
+        """Delete the oldest items until the write fits, with a margin."""
         assert self.used is not None
         over_cap = self.used + size - LOW_WATER * self.max_bytes if self.max_bytes > 0 else 0
-        under_floor = self.min_free_bytes + size - self._free() if self.min_free_bytes > 0 else 0
+        under_floor = self.min_free_bytes / LOW_WATER + size - self._free() if self.min_free_bytes > 0 else 0
         needed = max(over_cap, under_floor, 0)
         try:
             deleted = prune(self.root, max_age_days=0, max_bytes=0, is_open=self.is_open, free_bytes=needed)
