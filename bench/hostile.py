@@ -162,7 +162,7 @@ async def _loop(client: Callable[[str, int], Awaitable[str]], base: str, deadlin
 EXPECTED: dict[str, set[str]] = {
     "duplicates": {"session_idle", "too_many_duplicates", "server_busy"},
     "realtime_chatter": {"session_idle", "too_many_errors", "server_busy"},
-    "trickle": {"408", "503"},
+    "trickle": {"408", "503", "ConnectionResetError"},  # a reset: the server closed with the body unread
     "padded_upload": {"200", "503"},
     "fast_dictation": {"final+done"},
 }

@@ -171,6 +171,7 @@ class RecognizerBase:
     signal_samples: int = 0  # energy-gated audio, in samples
     last_partial: str = ""
     partials_sent: int = 0
+    partial_decodes: int = 0  # partial decodes that finished while the session was open
     closing: bool = False
     stable_text: str = ""  # text no later decode revises (only the incremental one commits any)
 
@@ -185,6 +186,8 @@ class RecognizerBase:
 
     async def _send_partial(self, text: str, audio_sec: float) -> None:
         """Emit ``text`` unless it is empty, unchanged, or the stop came first."""
+        if not self.closing:
+            self.partial_decodes += 1
         if self.closing or not text or text == self.last_partial or self.emit is None:
             return
         previous, self.last_partial = self.last_partial, text

@@ -189,4 +189,5 @@ class DictationSession:
             "wall_sec": round(self.wall_sec, 3),
             "signal_sec": round(self.recognizer.signal_samples / SAMPLE_RATE, 3),
             "partials": self.recognizer.partials_sent,
+            "partial_decodes": self.recognizer.partial_decodes,
         }

@@ -55,6 +55,17 @@ class ProbeState:
     runs: int = 0
 
 
+@dataclass(frozen=True)
+class SessionOutcome:
+    """What one answered dictation says about the model."""
+
+    signal_sec: float  # speech that went in
+    final_text: str
+    partials: int  # partials sent
+    partial_decodes: int = 0  # partial decodes that finished while the session was open
+    wall_sec: float = 0.0  # from the first audio to the stop
+
+
 @dataclass
 class LiveState:
     witnesses: int = 0  # consecutive sessions with speech, a final and no partial
@@ -112,26 +123,30 @@ class HealthMonitor(UnitObserver):
         if text.strip():
             self.probe.last_ok = self.clock()
 
-    def record_session(self, signal_sec: float, final_text: str, partials: int, wall_sec: float) -> None:
-        """A dictation stop was answered: ``signal_sec`` of speech went in over
-        ``wall_sec`` seconds, ``final_text`` came out, after ``partials`` partials.
+    def record_session(self, outcome: SessionOutcome) -> None:
+        """A dictation stop was answered.
 
-        A session with a partial resets the count; one with at least
+        A session with a partial resets the count. A witness has at least
         ``LIVE_MIN_SPEECH_SEC`` of speech that took at least that long and
-        three partial intervals to arrive, a non-empty final and no partial
-        is a witness; any other is inconclusive. ``LIVE_RELOAD_WITNESSES`` in
-        a row request a reload, run (once the probe confirms) at the next idle gap.
+        three partial intervals to arrive, a non-empty final, and partial
+        decodes that finished but sent no partial; any other session is
+        inconclusive (sent faster than partials come, or with every partial
+        decode still queued behind other work: a busy model, not a rotted
+        one). ``LIVE_RELOAD_WITNESSES`` in a row request a reload, run (once
+        the probe confirms) at the next idle gap.
         """
         if not self.live_enabled:
             return
         live = self.live
-        if partials > 0:
+        if outcome.partials > 0:
             live.witnesses = 0
             return
-        if signal_sec < self.settings.live_min_speech_sec or not final_text.strip():
+        earned = max(self.settings.live_min_speech_sec, 3 * self.settings.partial_interval_sec)
+        if outcome.signal_sec < self.settings.live_min_speech_sec or not outcome.final_text.strip():
             return
-        if wall_sec < max(self.settings.live_min_speech_sec, 3 * self.settings.partial_interval_sec):
-            return  # sent faster than partials come: no evidence either way
+        if outcome.wall_sec < earned or outcome.partial_decodes == 0:
+            return  # no partial could have come: no evidence either way
+        signal_sec = outcome.signal_sec
         live.witnesses += 1
         log.warning(
             "live rot witness: %.1f s of speech, a final and no partial (%d)", signal_sec, live.witnesses

@@ -62,7 +62,7 @@ from tests.live.test_ws_protocol import frames, start, stream
 
 TMPFS_MB = 12
 CAP_BYTES = 1_000_000  # LOG_MAX_GB=0.001
-GRACE_SEC = 2.0
+GRACE_SEC = 1.0
 SETTINGS = {
     "POLYASR_LOG_MAX_GB": "0.001",
     "POLYASR_LOG_MIN_FREE_GB": "0.0005",
@@ -71,7 +71,7 @@ SETTINGS = {
     "POLYASR_MAX_NEW_TOKENS": "16",
     "POLYASR_MIN_NEW_TOKENS": "4",
     "POLYASR_HEADER_TIMEOUT_SEC": "1",
-    "POLYASR_BODY_TIMEOUT_SEC": "3",
+    "POLYASR_BODY_TIMEOUT_SEC": "2",
     "POLYASR_MAX_CONNECTIONS": "12",
     "POLYASR_MAX_AUDIO_SEC": "3600",
     "POLYASR_SHUTDOWN_GRACE_SEC": str(GRACE_SEC),
@@ -299,7 +299,7 @@ def test_a_body_that_does_not_arrive_in_time_gets_408(server: LiveServer) -> Non
     while chunk := sock.recv(4096):
         answer += chunk
     head, _, body = answer.partition(b"\r\n\r\n")
-    assert head.startswith(b"HTTP/1.1 408") and 3 <= time.monotonic() - began < 8
+    assert head.startswith(b"HTTP/1.1 408") and 2 <= time.monotonic() - began < 7
     assert "POLYASR_BODY_TIMEOUT_SEC" in json.loads(body)["detail"]
     sock.close()
 

@@ -61,6 +61,7 @@ from polyasr.live.refusals import (
 )
 from polyasr.live.socket import TIMEOUT, Disconnected, Driving, Inbox, Superseded, Transport
 from polyasr.live.strays import Strays
+from polyasr.models.health import SessionOutcome
 from polyasr.models.manager import ModelBusy
 from polyasr.models.unit import ModelUnavailable
 
@@ -95,8 +96,11 @@ def _log_final(
 def _session_ended(services: LiveServices, session: DictationSession, text: str) -> None:
     """Tell the rot detector; its failure must not cost the user the final."""
     stats = session.stats()
+    outcome = SessionOutcome(
+        stats["signal_sec"], text, stats["partials"], stats["partial_decodes"], stats["wall_sec"]
+    )
     try:
-        services.on_session_end(stats["signal_sec"], text, stats["partials"], stats["wall_sec"])
+        services.on_session_end(outcome)
     except Exception:  # a broken detector must not fail the dictation
         log.exception("on_session_end hook failed")
 
