@@ -12,11 +12,20 @@ from __future__ import annotations
 from pathlib import Path
 
 from polyasr.api.app import serve
-from polyasr.engines.mlx import MlxEngine
+from polyasr.core.config import Settings
+from polyasr.core.engine import Engine
+
+
+def engine(settings: Settings) -> Engine:
+    """The engine, imported only now: its libraries take seconds to load, and a
+    server that must refuse to start (log folder or port taken) says so first."""
+    from polyasr.engines.mlx import MlxEngine
+
+    return MlxEngine(settings)
 
 
 def main() -> None:
-    serve("mlx", MlxEngine, base_dir=Path(__file__).resolve().parent)
+    serve("mlx", engine, base_dir=Path(__file__).resolve().parent)
 
 
 if __name__ == "__main__":

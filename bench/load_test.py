@@ -19,10 +19,18 @@ it on the same ``POLYASR_LOG_DIR`` and checks that the recovered archive
 acknowledged frame; where the server does not recover archives it says
 ``recovery: NOT IMPLEMENTED/failed`` and what the raw files still hold.
 
+With ``--hostile`` the hostile and careless clients of :mod:`bench.hostile`
+(duplicate floods, Realtime chatter without audio, half-sent heads, trickled
+bodies, 21 MB padded uploads, dictations sent as fast as the socket takes
+them) run beside the load for the same time; the same checks must hold, each
+hostile client must be ended the documented way, and no live-rot reload may
+happen.
+
 A table goes to stdout and the figures to ``bench/out/load_test-<time>.json``.
 The exit status is 1 when any check failed.
 
     .venv-cuda/bin/python -m bench.load_test                     # 50 + 20 for 60 s
+    .venv-cuda/bin/python -m bench.load_test --hostile           # the same, and hostile clients beside
     .venv-cuda/bin/python -m bench.load_test --quick             # 5 + 2 for 15 s smoke run
     .venv-mlx/bin/python -m bench.load_test --backend mlx
 """
@@ -49,6 +57,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from bench.bench_env import add_model_flags, bench_workspace
+from bench.hostile import hostile_failures, run_hostile
 from polyasr.live.basr.wire import build_frame
 from tests.audio_util import speech, wav_bytes
 from tests.conftest import BACKEND, LiveServer
@@ -358,7 +367,9 @@ async def load_phase(server: LiveServer, args: argparse.Namespace) -> dict[str, 
     pace = 0.1 / args.speed
     dictations = [dictation_loop(url, w, deadline, frames, pace, loop) for w in range(args.sessions)]
     uploads = [upload_loop(server.url, deadline, wav) for _ in range(args.uploads)]
+    hostile = asyncio.create_task(run_hostile(server.url, args.seconds)) if args.hostile else None
     results = await asyncio.gather(*dictations, *uploads)
+    hostile_outcomes = await hostile if hostile is not None else None
     wall = time.monotonic() - began
     runs: list[Dictation] = [run for batch in results[: args.sessions] for run in batch]
     posts: list[Upload] = [u for batch in results[args.sessions :] for u in batch]
@@ -368,11 +379,30 @@ async def load_phase(server: LiveServer, args: argparse.Namespace) -> dict[str, 
     archives = archives_by_session(server.logs)
     verdicts = Counter(check_archive(r, archives.get(r.sid, [])) for r in runs)
     summary = summarize_load(runs, posts, verdicts, sampler, rss_before, wall)
-    summary["upload_sidecars"] = len(list(server.logs.glob("http/*/*.json")))  # one per 200
+    sidecars = [json.loads(p.read_text()) for p in server.logs.glob("http/*/*/upload.json")]
+    summary["upload_sidecars"] = sum(not s["filename"].startswith("pad-") for s in sidecars)  # one per 200
+    if hostile_outcomes is not None:
+        summary["hostile"] = hostile_outcomes
+        summary["hostile_after"] = await hostile_aftermath(server)
     summary["server_events"] = event_counts(
         server.logs, ("partial_begin", "partial_done", "stable_prefix_committed")
     )
     return summary
+
+
+async def hostile_aftermath(server: LiveServer) -> dict[str, Any]:
+    """What the hostile clients left: live-rot reloads, the archive's state, and what the
+    padded uploads cost the archive against what they sent."""
+    async with httpx.AsyncClient(timeout=60) as http:
+        health = (await http.get(f"{server.url}/health")).json()
+    padded = [p.parent for p in server.logs.glob("http/*/*/upload.json") if '"pad-' in p.read_text()]
+    archived = sum(f.stat().st_size for folder in padded for f in folder.iterdir())
+    return {
+        "live_rot": health["streaming_probe"]["live"],
+        "archive": health.get("archive"),
+        "padded_uploads_archived": len(padded),
+        "padded_archive_bytes_each": archived // max(1, len(padded)),
+    }
 
 
 def event_counts(logs: Path, kinds: tuple[str, ...]) -> dict[str, int]:
@@ -528,6 +558,18 @@ def print_table(load: dict[str, Any], crash: dict[str, Any], args: argparse.Name
         )
     for example in load["unanswered_examples"]:
         rows.append(("  unanswered", example))
+    if "hostile" in load:
+        for name, outcomes in load["hostile"].items():
+            rows.append((f"  hostile {name}", ", ".join(f"{n} {o}" for o, n in outcomes.items())))
+        after = load["hostile_after"]
+        rows.append(("  live rot", json.dumps(after["live_rot"])))
+        rows.append(
+            (
+                "  padded uploads",
+                f"{after['padded_uploads_archived']} archived, "
+                f"{after['padded_archive_bytes_each']} bytes each (21 MB sent each)",
+            )
+        )
     width = max(len(name) for name, _ in rows)
     for name, value in rows:
         print(f"{name:<{width}}  {value}")
@@ -549,6 +591,10 @@ def failures(load: dict[str, Any], crash: dict[str, Any]) -> list[str]:
         )
     if crash["recovery"] != "OK":
         found.append(f"recovery: {crash['recovery']}")
+    if "hostile" in load:
+        found += hostile_failures(load["hostile"])
+        if load["hostile_after"]["live_rot"]["reloads"]:
+            found.append("a live-rot reload of a healthy model")
     return found
 
 
@@ -560,6 +606,8 @@ async def main_async(args: argparse.Namespace) -> int:
     )
     if args.partials:
         env["POLYASR_PARTIALS_ENABLED"] = "1"
+    if args.hostile:  # short enough that trickles and half-sent heads end within the run
+        env.update(POLYASR_BODY_TIMEOUT_SEC="10", POLYASR_HEADER_TIMEOUT_SEC="5")
     server = LiveServer(args.backend, env, work / "server.log")
     server.logs = work / "logs"
     try:
@@ -602,6 +650,7 @@ def main() -> None:
         "--partials", action="store_true", help="POLYASR_PARTIALS_ENABLED=1 (more decode load)"
     )
     add_model_flags(parser)
+    parser.add_argument("--hostile", action="store_true", help="hostile and careless clients beside the load")
     parser.add_argument("--quick", action="store_true", help="smoke run: 5 dictations + 2 uploads for 15 s")
     args = parser.parse_args()
     if args.quick:

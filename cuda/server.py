@@ -18,12 +18,21 @@ from pathlib import Path
 
 from polyasr.api.app import serve
 from polyasr.core.allocator import keep_large_buffers_mapped
-from polyasr.engines.cuda import CudaEngine
+from polyasr.core.config import Settings
+from polyasr.core.engine import Engine
+
+
+def engine(settings: Settings) -> Engine:
+    """The engine, imported only now: its libraries take seconds to load, and a
+    server that must refuse to start (log folder or port taken) says so first."""
+    from polyasr.engines.cuda import CudaEngine
+
+    return CudaEngine(settings)
 
 
 def main() -> None:
     keep_large_buffers_mapped()
-    serve("cuda", CudaEngine, base_dir=Path(__file__).resolve().parent)
+    serve("cuda", engine, base_dir=Path(__file__).resolve().parent)
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ from polyasr.core.constants import SAMPLE_RATE
 from polyasr.core.engine import AlignedUnit, Clip, Engine
 from polyasr.core.languages import ALIGNER_NAMES
 from polyasr.core.text import join_texts
+from polyasr.core.threads import BATCH
 from polyasr.models.manager import AsrModelManager, ModelBusy
 from polyasr.models.scheduler import DecodeTimeout, Priority, ServerBusy
 from polyasr.models.transcriber import Transcriber, TranscribeRequest
@@ -123,7 +124,7 @@ class Aligner:
         """
         chunks: list[_Chunk] = []
         for item in inputs:
-            chunks += await asyncio.to_thread(_chunks, item, max_chunk_sec)
+            chunks += await BATCH.run(_chunks, item, max_chunk_sec)
         await self._asr_pass([c for c in chunks if c.needs_asr], language)
         spoken = [c for c in chunks if c.text]
         languages = [_chunk_language(c, language) for c in spoken]
@@ -166,7 +167,7 @@ class Aligner:
         fallback = self.engine.align_coverage_fallback
         for chunk, units in zip(chunks, timings, strict=True):
             local = await _named(
-                chunk.label, asyncio.to_thread(chunk_segments, chunk.text, units, chunk.seconds, fallback)
+                chunk.label, BATCH.run(chunk_segments, chunk.text, units, chunk.seconds, fallback)
             )
             chunk.segments = [s.shifted(chunk.start) for s in local]
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import socket
 import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -23,11 +24,13 @@ from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
 
 from polyasr.api.access import AccessGuard, AccessPolicy, KeyGuard, cors_options, warn_if_open
-from polyasr.api.drain import Drain, DrainGuard, DrainingServer
+from polyasr.api.connections import BodyDeadline, PortBusy, bind, guarded_protocol
+from polyasr.api.drain import SOCKETS_CLOSE_SEC, Drain, DrainGuard, DrainingServer
 from polyasr.api.http import RequestMetrics, UploadLimit, install_error_handlers
 from polyasr.api.routes import align, dictation, openai, ops
 from polyasr.api.routes.ops import VERSION, web_assets
 from polyasr.api.services import build_services
+from polyasr.archive.lock import FolderBusy, FolderLock
 from polyasr.core.config import Backend, ConfigError, Settings, load_settings
 from polyasr.core.engine import Engine
 
@@ -65,6 +68,7 @@ def create_app(engine: Engine, settings: Settings, base_dir: Path) -> FastAPI:
     # Host/Origin guard before CORS, CORS (preflights, headers) before the key.
     policy = AccessPolicy.from_settings(settings)
     app.add_middleware(UploadLimit, max_bytes=settings.max_upload_bytes)
+    app.add_middleware(BodyDeadline, seconds=settings.body_timeout_sec)
     app.add_middleware(DrainGuard, drain=drain)
     app.add_middleware(KeyGuard, policy=policy)
     app.add_middleware(CORSMiddleware, **cors_options(policy))
@@ -73,13 +77,31 @@ def create_app(engine: Engine, settings: Settings, base_dir: Path) -> FastAPI:
     return app
 
 
+def claim(settings: Settings, base_dir: Path) -> tuple[FolderLock | None, socket.socket]:
+    """What must be this process's alone, taken before any model loads: the log
+    folder (a second server on it would "recover" this one's live sessions)
+    and the listening port (a clash is reported now, not after the load)."""
+    root = settings.log_root(base_dir)
+    lock = FolderLock(root) if root is not None else None
+    if lock is not None and not lock.acquire():
+        lock = None
+    try:
+        listener = bind(settings.host, settings.port)
+    except PortBusy:
+        if lock is not None:
+            lock.release()
+        raise
+    return lock, listener
+
+
 def serve(backend: Backend, engine_factory: Callable[[Settings], Engine], base_dir: Path) -> None:
-    """Entry point shared by both servers: settings, engine, uvicorn."""
+    """Entry point shared by both servers: settings, the log folder and port, engine, uvicorn."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         settings = load_settings(backend)
+        _lock, listener = claim(settings, base_dir)  # held until the process exits
         engine = engine_factory(settings)
-    except ConfigError as exc:
+    except (ConfigError, FolderBusy, PortBusy) as exc:
         print(f"polyasr: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
     warn_if_open(settings)
@@ -88,8 +110,17 @@ def serve(backend: Backend, engine_factory: Callable[[Settings], Engine], base_d
     # off by the stack (1009); those in between get our own error with its code.
     ws_max_size = 4 * max(settings.ws_max_text_bytes, settings.ws_max_frame_bytes + 16)
     config = uvicorn.Config(
-        app, host=settings.host, port=settings.port, log_level="info", ws_max_size=ws_max_size
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level="info",
+        ws_max_size=ws_max_size,
+        http=guarded_protocol(settings.header_timeout_sec),
+        limit_concurrency=settings.connection_limit,
+        # After the drain's grace, sockets still open (a client trickling an
+        # upload) get this long to close before their tasks are cancelled.
+        timeout_graceful_shutdown=SOCKETS_CLOSE_SEC,
     )
     # SIGTERM drains first (polyasr.api.drain): finals and running uploads finish.
     with contextlib.suppress(KeyboardInterrupt):  # a SIGINT re-raised after the drain, as uvicorn.run
-        DrainingServer(config, drain=app.state.drain).run()
+        DrainingServer(config, drain=app.state.drain).run(sockets=[listener])

@@ -39,6 +39,10 @@ POLL_SEC = 0.05
 # After the grace, how long cut sessions get to send their 1012 and close
 # their archives before uvicorn takes over (it waits for their tasks anyway).
 CLOSE_WAIT_SEC = 5.0
+# Then uvicorn's own shutdown: how long open sockets may take to close before
+# their tasks are cancelled (uvicorn's timeout_graceful_shutdown), so that no
+# client — one trickling an upload a byte a second — holds the process.
+SOCKETS_CLOSE_SEC = 2
 SHUTTING_DOWN = "server_shutting_down"
 STILL_ANSWERING = ("/health",)
 
@@ -130,6 +134,8 @@ class DrainingServer(uvicorn.Server):
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         self._loop = asyncio.get_running_loop()
         await super().startup(sockets)
+        if sockets and self.started:  # uvicorn says where it listens only for sockets it bound itself
+            self._log_started_message(sockets)
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         if self._loop is None or self.drain.draining or self.should_exit:

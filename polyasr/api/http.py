@@ -137,9 +137,12 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = {404: "not_found", 405: "method_not_allowed", 413: "upload_too_large"}.get(
-            exc.status_code, "invalid_request"
-        )
+        code = {
+            404: "not_found",
+            405: "method_not_allowed",
+            408: "request_timeout",
+            413: "upload_too_large",
+        }.get(exc.status_code, "invalid_request")
         return error_response(exc.status_code, exc.detail, code, exc.headers)
 
     @app.exception_handler(RequestValidationError)

@@ -35,18 +35,27 @@ LOAD_BUCKETS = (0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 24, 32, 64)
 
 
+ArchiveCounts = Callable[[], dict[str, tuple[int, int]]]
+
+
+def _no_archive() -> dict[str, tuple[int, int]]:
+    return {}
+
+
 class _ReadAtScrape:
-    """Gauges whose truth lives elsewhere: read from the source at each scrape."""
+    """Series whose truth lives elsewhere: read from the source at each scrape."""
 
     def __init__(
         self,
         queue_depth: Callable[[str], int | None],
         engine_memory: Callable[[], dict[str, float]],
         engine_counters: Callable[[], dict[str, int]],
+        archive_writes: ArchiveCounts,
     ) -> None:
         self.queue_depth = queue_depth
         self.engine_memory = engine_memory
         self.engine_counters = engine_counters
+        self.archive_writes = archive_writes
         self.process = psutil.Process()
 
     def collect(self) -> Iterator[Metric]:
@@ -84,6 +93,15 @@ class _ReadAtScrape:
         for event, count in self.engine_counters().items():
             events.add_metric([event], count)
         yield events
+        archive = CounterMetricFamily(
+            "polyasr_archive_writes_lost",
+            "Archive writes that did not reach the disk: failed (disk error) or skipped (byte budget)",
+            labels=["kind", "outcome"],
+        )
+        for kind, (failed, skipped) in self.archive_writes().items():
+            archive.add_metric([kind, "failed"], failed)
+            archive.add_metric([kind, "skipped"], skipped)
+        yield archive
 
 
 class Metrics(UnitObserver):
@@ -94,9 +112,11 @@ class Metrics(UnitObserver):
         queue_depth: Callable[[str], int | None],
         engine_memory: Callable[[], dict[str, float]],
         engine_counters: Callable[[], dict[str, int]] = dict,
+        archive_writes: ArchiveCounts = _no_archive,
     ) -> None:
         """``engine_memory`` and ``engine_counters`` are the engine's
-        :meth:`~polyasr.core.engine.Engine.memory_mib` and ``counters``."""
+        :meth:`~polyasr.core.engine.Engine.memory_mib` and ``counters``;
+        ``archive_writes`` the archive status's :meth:`~polyasr.archive.status.ArchiveStatus.counts`."""
         self.registry = CollectorRegistry()
         reg = self.registry
         self.requests = Counter(
@@ -134,7 +154,7 @@ class Metrics(UnitObserver):
         for unit in UNITS:  # every unit's series exists from the first scrape, at 0
             self.loads.labels(unit)
             self.evictions.labels(unit)
-        reg.register(_ReadAtScrape(queue_depth, engine_memory, engine_counters))
+        reg.register(_ReadAtScrape(queue_depth, engine_memory, engine_counters, archive_writes))
 
     def request(self, route: str, method: str, status: int) -> None:
         self.requests.labels(route, method, str(status)).inc()

@@ -27,6 +27,7 @@ from polyasr.audio.decoding import AudioDecodeError, decode_audio
 from polyasr.audio.speech import SpeakerGate, shared_speaker_filter, shared_vad
 from polyasr.core.config import Settings, settings_view
 from polyasr.core.engine import Engine
+from polyasr.core.threads import BATCH, default_batch_threads
 from polyasr.dictation.recognizer import DictationSettings
 from polyasr.live.basr.services import LiveServices
 from polyasr.live.basr.sessions import SessionRegistry
@@ -121,7 +122,7 @@ def build_live_services(
     """What live connections need. The VAD and the speaker encoder are
     process-wide and load once, when :meth:`Services.start` first asks."""
     return LiveServices(
-        registry=SessionRegistry.from_settings(settings, archives.root),
+        registry=SessionRegistry.from_settings(settings, archives.root, archives.status),
         decoder=DictationDecoder(transcriber),
         manager=transcriber.manager,
         settings=dictation_settings(settings, engine),
@@ -149,6 +150,7 @@ def build_services(engine: Engine, settings: Settings, base_dir: Path) -> Servic
     health monitor to the model units, the health monitor to the texts the
     transcriber produces.
     """
+    BATCH.resize(settings.batch_threads or default_batch_threads())
     manager = AsrModelManager(
         engine,
         coload=settings.coload,
@@ -158,14 +160,17 @@ def build_services(engine: Engine, settings: Settings, base_dir: Path) -> Servic
         max_queued=settings.max_queued_decodes,
         batch_window=settings.batch_window_ms / 1000,
     )
+    archives = build_archives(settings, engine, base_dir)
     metrics = Metrics(
-        queue_depth=manager.queue_depth, engine_memory=engine.memory_mib, engine_counters=engine.counters
+        queue_depth=manager.queue_depth,
+        engine_memory=engine.memory_mib,
+        engine_counters=engine.counters,
+        archive_writes=archives.status.counts,
     )
     manager.observers.subscribe(metrics)
     transcriber = Transcriber(engine, manager, settings)
     probe_clip = load_probe_clip()
     health = HealthMonitor(settings, manager, transcriber, engine.model_id, probe_clip)
-    archives = build_archives(settings, engine, base_dir)
     return Services(
         settings=settings,
         engine=engine,

@@ -18,6 +18,7 @@ from typing import IO, Any
 import numpy as np
 import soundfile as sf
 
+from polyasr.archive.budget import BUDGET_SPENT, DiskBudget
 from polyasr.archive.layout import (
     AUDIO_FORMAT,
     CONNECTIONS,
@@ -28,6 +29,7 @@ from polyasr.archive.layout import (
     day_folder,
     event_line,
 )
+from polyasr.archive.status import SESSIONS, ArchiveStatus
 from polyasr.archive.writer import WRITER
 from polyasr.core.constants import BYTES_PER_SAMPLE, SAMPLE_RATE
 
@@ -46,6 +48,10 @@ class ConnectionArchive:
     ``audio`` may be called from the event loop and from decode threads; the
     files are only ever touched by the shared writer thread, and by ``close``
     once the writer is done with them.
+
+    Best effort: the first write that fails, or that the byte ``budget``
+    refuses, turns the archive of this connection off (a gap would misplace
+    every later sample) and is counted in ``status``; the dictation goes on.
     """
 
     def __init__(
@@ -54,6 +60,8 @@ class ConnectionArchive:
         backend: str,
         model: str,
         on_close: Callable[[ConnectionArchive], None] | None = None,
+        budget: DiskBudget | None = None,
+        status: ArchiveStatus | None = None,
     ) -> None:
         self.backend = backend
         self.model = model
@@ -65,6 +73,8 @@ class ConnectionArchive:
         if root is not None:
             self.path = day_folder(root, CONNECTIONS, created) / f"{created:%H%M%S}-ws-{self.session_id}"
         self._on_close = on_close
+        self._budget = budget
+        self._status = status or ArchiveStatus()
         self._opened_at = time.monotonic()
         self._events: IO[str] | None = None
         self._pcm: IO[bytes] | None = None
@@ -122,17 +132,17 @@ class ConnectionArchive:
 
     def _write_event(self, t_ms: int, line: str) -> None:
         try:
-            if self._open(t_ms):
+            if self._open(t_ms) and self._charge(len(line)):
                 assert self._events is not None
                 self._events.write(line)
                 self._events.flush()
-        except Exception:
-            log.warning("could not archive an event; %s is off", self.path, exc_info=True)
-            self._off = True
+                self._status.ok(SESSIONS)
+        except Exception as exc:  # noqa: BLE001 - best effort: counted, the dictation goes on
+            self._fail(exc)
 
     def _write_audio(self, t_ms: int, pcm: bytes) -> None:
         try:
-            if self._open(t_ms):
+            if self._open(t_ms) and self._charge(len(pcm)):
                 assert self.path is not None
                 if self._pcm is None:
                     self._note_rate(t_ms)
@@ -140,9 +150,22 @@ class ConnectionArchive:
                 self._pcm.write(pcm)
                 self._pcm.flush()
                 self.audio_bytes += len(pcm)
-        except Exception:
-            log.warning("could not archive audio; %s is off", self.path, exc_info=True)
-            self._off = True
+                self._status.ok(SESSIONS)
+        except Exception as exc:  # noqa: BLE001 - best effort: counted, the dictation goes on
+            self._fail(exc)
+
+    def _charge(self, size: int) -> bool:
+        """Whether the byte budget lets ``size`` more bytes in; if not, the archive is off."""
+        if self._budget is None or self._budget.allow(size):
+            return True
+        self._off = True
+        self._status.failed(SESSIONS, f"{self.path}: {BUDGET_SPENT}", skipped=True)
+        return False
+
+    def _fail(self, exc: Exception) -> None:
+        log.debug("archive write failed; %s is off", self.path, exc_info=True)
+        self._off = True
+        self._status.failed(SESSIONS, exc)
 
     def _note_rate(self, t_ms: int) -> None:
         """A rate other than 16 kHz is written down before the first audio, so
@@ -158,6 +181,8 @@ class ConnectionArchive:
             return False
         if self._events is None:
             assert self.path is not None
+            if not self._charge(0):
+                return False
             self.path.mkdir(parents=True, exist_ok=True)
             self._events = open(self.path / EVENTS, "a", encoding="utf-8")  # noqa: SIM115 - closed at close
             ids = {"session_id": self.session_id, "kind": "ws", "model": self.model, "backend": self.backend}

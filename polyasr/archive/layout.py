@@ -2,8 +2,9 @@
 
 Layout under ``<LOG_DIR>``::
 
-    http/<YYYY-MM-DD>/<HHMMSS>-<8 hex><suffix>   an upload's bytes
-    http/<YYYY-MM-DD>/<HHMMSS>-<8 hex>.json      and its sidecar
+    http/<YYYY-MM-DD>/<HHMMSS>-<8 hex>/          one batch upload:
+        audio.flac     what it decoded to (16 kHz mono, lossless)
+        upload.json    what was asked and answered
     sessions/<YYYY-MM-DD>/<HHMMSS>-ws-<8 hex>/   one dictation connection:
         events.jsonl   one JSON object per line, ``start`` first, ``close`` last
         input.pcm      while open: the accepted PCM16, appended in ``seq`` order
@@ -28,6 +29,8 @@ import numpy as np
 log = logging.getLogger("polyasr.archive")
 
 UPLOADS = "http"
+UPLOAD_AUDIO = "audio.flac"
+UPLOAD_SIDECAR = "upload.json"
 CONNECTIONS = "sessions"
 EVENTS = "events.jsonl"
 PCM = "input.pcm"

@@ -24,6 +24,7 @@ import av
 import numpy as np
 
 from polyasr.core.constants import SAMPLE_RATE
+from polyasr.core.threads import BATCH
 
 # Input sample rates the resampler is given: telephone-band and up to what
 # studio converters record. A header claiming anything else is a broken or
@@ -245,13 +246,13 @@ class UploadAudio:
 
     async def __aiter__(self) -> AsyncIterator[np.ndarray]:
         try:
-            while (piece := await asyncio.to_thread(self._next)) is not None:
+            while (piece := await BATCH.run(self._next)) is not None:
                 self.sample_count += len(piece)
                 if self._keep:
                     self.kept.append(piece)
                 yield piece
         finally:
-            await asyncio.shield(asyncio.to_thread(self._close))
+            await asyncio.shield(BATCH.run(self._close))
 
     @property
     def seconds(self) -> float:

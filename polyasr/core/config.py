@@ -155,11 +155,19 @@ class Settings(BaseModel):
     # Sessions kept for a resume after their connection went away, and their audio.
     max_held_sessions: int = _env("MAX_HELD_SESSIONS", default=128, ge=1)
     max_held_mb: float = _env("MAX_HELD_MB", default=512.0, gt=0)
+    # Open TCP connections (HTTP and WebSocket) and running requests; 0 = sized
+    # from MAX_SESSIONS (see ``connection_limit``). Beyond it: 503 server_busy.
+    max_connections: int = _env("MAX_CONNECTIONS", default=0, ge=0)
+    header_timeout_sec: float = _env("HEADER_TIMEOUT_SEC", default=10.0, gt=0)
+    body_timeout_sec: float = _env("BODY_TIMEOUT_SEC", default=120.0, gt=0)
     max_session_sec: float = _env("MAX_SESSION_SEC", default=7_200.0, gt=0)
     session_idle_sec: float = _env("SESSION_IDLE_SEC", default=30.0, gt=0)
     start_timeout_sec: float = _env("START_TIMEOUT_SEC", default=30.0, gt=0)
     reorder_window: int = _env("REORDER_WINDOW", default=256, ge=1)
     reorder_max_bytes: int = _env("REORDER_MAX_BYTES", default=2_097_152, ge=0)
+    # Messages that are not progress, per connection: duplicate frames, Realtime errors.
+    max_duplicate_frames: int = _env("MAX_DUPLICATE_FRAMES", default=1_000, ge=1)
+    max_client_errors: int = _env("MAX_CLIENT_ERRORS", default=100, ge=1)
     ws_max_text_bytes: int = _env("WS_MAX_TEXT_BYTES", default=65_536, ge=256)
     ws_max_frame_bytes: int = _env("WS_MAX_FRAME_BYTES", default=262_144, ge=1_024)
     max_id_chars: int = _env("MAX_ID_CHARS", default=128, ge=1)
@@ -169,12 +177,15 @@ class Settings(BaseModel):
     # when others are already queued (never for a final that is alone).
     batch_window_ms: float = _env("BATCH_WINDOW_MS", default=10.0, ge=0, le=1000)
     decode_timeout_sec: float = _env("DECODE_TIMEOUT_SEC", default=300.0, gt=0)
+    # Threads for batch work (upload decoding, alignment planning, FLAC); 0 = half the cores.
+    batch_threads: int = _env("BATCH_THREADS", default=0, ge=0)
     shutdown_grace_sec: float = _env("SHUTDOWN_GRACE_SEC", default=10.0, ge=0)
 
     # Live rot detection.
     live_rot_detect: bool = _env("LIVE_ROT_DETECT", default=True)
     live_min_speech_sec: float = _env("LIVE_MIN_SPEECH_SEC", default=2.0, ge=0)
     live_reload_witnesses: int = _env("LIVE_RELOAD_WITNESSES", default=2, ge=1)
+    live_reload_interval_sec: float = _env("LIVE_RELOAD_INTERVAL_SEC", default=600.0, ge=0)
 
     # Who may talk to the service.
     api_key: str | None = _env("API_KEY", default=None)
@@ -185,6 +196,7 @@ class Settings(BaseModel):
     # Archive retention (both archives), oldest first.
     log_retention_days: float = _env("LOG_RETENTION_DAYS", default=30.0, ge=0)
     log_max_gb: float = _env("LOG_MAX_GB", default=20.0, ge=0)
+    log_min_free_gb: float = _env("LOG_MIN_FREE_GB", default=1.0, ge=0)
 
     device: str = _env("DEVICE", default="cuda:0")
     dtype: Literal["bfloat16", "float16", "float32"] = _env("DTYPE", default="bfloat16")
@@ -266,6 +278,12 @@ class Settings(BaseModel):
     @property
     def decoded_audio_bytes(self) -> int:
         return int(self.decoded_audio_mb * 1_048_576)
+
+    @property
+    def connection_limit(self) -> int:
+        """``MAX_CONNECTIONS``, else every live session twice (a resume overlaps
+        the socket it replaces) plus room for HTTP clients."""
+        return self.max_connections or 2 * self.max_sessions + 64
 
     @property
     def manifest_root_paths(self) -> tuple[Path, ...] | None:

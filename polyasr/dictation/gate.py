@@ -10,7 +10,6 @@ Everything it has decided is handed on and forgotten.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -19,6 +18,7 @@ import numpy as np
 
 from polyasr.audio.speech import SpeakerDecision, VadStream
 from polyasr.core.constants import COMMIT_SILENCE_WINDOWS, SAMPLE_RATE, VAD_THRESHOLD, WINDOW_SAMPLES
+from polyasr.core.threads import LIVE
 
 MIN_SPEAKER_CHECK_SEC = 0.3
 # Speech without a pause this long is cut anyway: the open chunk is audio the
@@ -70,7 +70,7 @@ class VadWindows:
             return []
         windows, self.staged = self.staged[:usable], self.staged[usable:]
         start, self.start = self.start, self.start + usable
-        probs = await asyncio.to_thread(self.vad.window_probs, windows)
+        probs = await LIVE.run(self.vad.window_probs, windows)
         return [
             (start + i * WINDOW_SAMPLES, windows[i * WINDOW_SAMPLES : (i + 1) * WINDOW_SAMPLES], prob)
             for i, prob in enumerate(probs)
@@ -145,7 +145,7 @@ class SpeechGate:
             self.log("boundary_short", pending_bytes=len(chunk.samples) * 2)
             self.accepted += 1
             return chunk  # kept, never discarded
-        verdict = await asyncio.to_thread(self.speaker.check, chunk.samples)
+        verdict = await LIVE.run(self.speaker.check, chunk.samples)
         seconds = round(chunk.seconds, 3)
         if verdict.enrolled:
             self.log("enrolled", ref_sec=seconds)
@@ -167,7 +167,7 @@ class SpeechGate:
         chunk = self._take_pending()
         seconds = round(chunk.seconds, 3)
         if chunk.seconds > MIN_SPEAKER_CHECK_SEC:
-            verdict = await asyncio.to_thread(self.speaker.check, chunk.samples)
+            verdict = await LIVE.run(self.speaker.check, chunk.samples)
             if not verdict.accepted:
                 self.rejected += 1
                 self.log("final_tail_reject", chunk_sec=seconds, speaker_sim=verdict.similarity)
@@ -183,7 +183,7 @@ class SpeechGate:
         if not len(leftover):
             return
         padded = np.concatenate([leftover, np.zeros(WINDOW_SAMPLES - len(leftover), np.float32)])
-        (prob,) = await asyncio.to_thread(self.vad.window_probs, padded)
+        (prob,) = await LIVE.run(self.vad.window_probs, padded)
         if prob >= VAD_THRESHOLD or self.pending:
             if not self.pending:
                 self.pending_start = start

@@ -40,8 +40,8 @@ MIN_DECODE_SEC = 0.3  # shorter raw audio is not worth a fallback decode
 PARTIAL_OVERLAP_SEC = 0.3  # audio before the stable frontier a partial re-hears
 PREFIX_MIN_SEC = 4.0  # the first ~2 chunks of a tail are decoded without a prefix
 RAW_FALLBACK_SEC = 30.0  # the most raw audio a fallback decode hears
-COMMIT_BACKOFF_SEC = 0.5  # first retry delay of a failed commit; doubles per failure
-COMMIT_BACKOFF_MAX_SEC = 30.0
+BACKOFF_SEC = 0.5  # first retry delay of a failed commit or native feed; doubles per failure
+BACKOFF_MAX_SEC = 30.0
 CHUNK_GAP = np.zeros(int(0.2 * SAMPLE_RATE), np.float32)  # between glued chunks
 
 Emit = Callable[[str, dict[str, Any]], Awaitable[None]]
@@ -128,6 +128,30 @@ def _no_log(*_args: object, **_fields: object) -> None:
 
 
 @dataclass
+class Backoff:
+    """Retries of a failing background decode: after 0.5 s, 1 s, 2 s … (at most
+    30 s), not on every tick; a success starts the count again."""
+
+    clock: Callable[[], float]
+    failures: int = 0
+    retry_at: float = 0.0
+
+    @property
+    def waiting(self) -> bool:
+        return self.clock() < self.retry_at
+
+    def failed(self) -> float:
+        """Count a failure; the delay before the next try."""
+        self.failures += 1
+        delay = min(BACKOFF_MAX_SEC, BACKOFF_SEC * 2 ** (self.failures - 1))
+        self.retry_at = self.clock() + delay
+        return delay
+
+    def succeeded(self) -> None:
+        self.failures, self.retry_at = 0, 0.0
+
+
+@dataclass
 class Hints:
     """What every decode of a session carries; a resume may restate it."""
 
@@ -151,6 +175,7 @@ class RecognizerBase:
     signal_samples: int = 0  # energy-gated audio, in samples
     last_partial: str = ""
     partials_sent: int = 0
+    partial_decodes: int = 0  # partial decodes that finished while the session was open
     closing: bool = False
     stable_text: str = ""  # text no later decode revises (only the incremental one commits any)
 
@@ -165,6 +190,8 @@ class RecognizerBase:
 
     async def _send_partial(self, text: str, audio_sec: float) -> None:
         """Emit ``text`` unless it is empty, unchanged, or the stop came first."""
+        if not self.closing:
+            self.partial_decodes += 1
         if self.closing or not text or text == self.last_partial or self.emit is None:
             return
         previous, self.last_partial = self.last_partial, text
@@ -218,12 +245,12 @@ class IncrementalRecognizer(RecognizerBase):
     # queued older one, and each slot says whether its job still waits.
     partial_slot: JobSlot = field(default_factory=JobSlot)
     commit_slot: JobSlot = field(default_factory=JobSlot)
-    commit_failures: int = 0
-    commit_retry_at: float = 0.0
+    commit_backoff: Backoff = field(init=False)
 
     def __post_init__(self) -> None:
         super().__post_init__()
         self.partial_done_at = self.clock()
+        self.commit_backoff = Backoff(self.clock)
 
     def accept(self, chunks: list[Chunk]) -> None:
         self.uncommitted.extend(chunks)
@@ -239,7 +266,7 @@ class IncrementalRecognizer(RecognizerBase):
     # -- stable prefix -----------------------------------------------------
 
     def _maybe_commit(self, decoder: SessionDecoder) -> None:
-        if self.commit_task is not None or self.clock() < self.commit_retry_at:
+        if self.commit_task is not None or self.commit_backoff.waiting:
             return
         chunks = list(self.uncommitted)
         if sum(c.seconds for c in chunks) < self.settings.stable_commit_min_sec:
@@ -258,11 +285,12 @@ class IncrementalRecognizer(RecognizerBase):
             await self._report(exc)
             return
         except Exception as exc:  # noqa: BLE001 - a failed commit is retried, later each time
-            self._back_off(exc)
+            delay = self.commit_backoff.failed()
+            self.log("commit_error", message=f"{type(exc).__name__}: {exc}", retry_in_sec=delay)
             return
         finally:
             self.commit_task = None
-        self.commit_failures = 0
+        self.commit_backoff.succeeded()
         self.stable_text = join_text(self.stable_text, result.text)
         del self.uncommitted[: len(chunks)]  # committed audio is released
         self.stable_end = chunks[-1].end
@@ -274,13 +302,6 @@ class IncrementalRecognizer(RecognizerBase):
             decode_ms=int((self.clock() - started) * 1000),
             chars=len(self.stable_text),
         )
-
-    def _back_off(self, exc: Exception) -> None:
-        """Retry a failing commit after 0.5 s, 1 s, 2 s … (capped), not every tick."""
-        self.commit_failures += 1
-        delay = min(COMMIT_BACKOFF_MAX_SEC, COMMIT_BACKOFF_SEC * 2 ** (self.commit_failures - 1))
-        self.commit_retry_at = self.clock() + delay
-        self.log("commit_error", message=f"{type(exc).__name__}: {exc}", retry_in_sec=delay)
 
     # -- partials ----------------------------------------------------------
 
@@ -426,6 +447,11 @@ class NativeRecognizer(RecognizerBase):
     state: Any = None
     pending: list[np.ndarray] = field(default_factory=list)
     task: asyncio.Task[None] | None = None
+    feed_backoff: Backoff = field(init=False)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.feed_backoff = Backoff(self.clock)
 
     def accept(self, chunks: list[Chunk]) -> None:
         """Native mode runs no speech gate; nothing to take."""
@@ -459,7 +485,7 @@ class NativeRecognizer(RecognizerBase):
                 count = 0
 
     def schedule(self, decoder: SessionDecoder) -> None:
-        if self.closing or self.task is not None:
+        if self.closing or self.task is not None or self.feed_backoff.waiting:
             return
         if self._pending_len() >= self.settings.stream_chunk_sec * SAMPLE_RATE:
             self.task = asyncio.get_running_loop().create_task(self._run(decoder))
@@ -481,11 +507,13 @@ class NativeRecognizer(RecognizerBase):
         try:
             while not self.closing and (audio := self._peek()) is not None:
                 text = await self._feed(decoder, audio)
+                self.feed_backoff.succeeded()
                 await self._send_partial(text, round(self.raw.length / SAMPLE_RATE, 3))
         except ModelUnavailable as exc:
             await self._report(exc)
-        except Exception as exc:  # noqa: BLE001 - the chunk stays pending; the next tick retries
-            self.log("native_feed_error", message=f"{type(exc).__name__}: {exc}")
+        except Exception as exc:  # noqa: BLE001 - the chunk stays pending; retried after a back-off
+            delay = self.feed_backoff.failed()
+            self.log("native_feed_error", message=f"{type(exc).__name__}: {exc}", retry_in_sec=delay)
         finally:
             self.task = None
 

@@ -61,6 +61,9 @@ class DictationSession:
         kind = NativeRecognizer if settings.native else IncrementalRecognizer
         self.recognizer: Recognizer = kind(settings, self.hints, clock=clock)
         self.heard_samples = 0
+        self.clock = clock
+        self.first_audio_at: float | None = None  # when the first audio arrived
+        self.stopped_at: float | None = None  # when the stop came
         self._final: asyncio.Task[FinalResult] | None = None
         self._feeding = asyncio.Lock()  # a superseded and a new connection never feed at once
         self._log: Callable[..., None] = _no_log
@@ -109,6 +112,8 @@ class DictationSession:
     def begin_stop(self) -> None:
         """A stop arrived: no partial is sent from now on."""
         self.recognizer.closing = True
+        if self.stopped_at is None:
+            self.stopped_at = self.clock()
 
     def reopen(self) -> None:
         """A connection (re)attached: partials flow again, unless the utterance is finished."""
@@ -122,6 +127,8 @@ class DictationSession:
         async with self._feeding:
             if self.finished:
                 return
+            if self.first_audio_at is None:
+                self.first_audio_at = self.clock()
             self.heard_samples += len(samples)
             self.recognizer.hear(samples, is_signal)
             if not self.settings.native:
@@ -173,10 +180,19 @@ class DictationSession:
         if self._final is not None and not self._final.done():
             self._final.cancel()
 
+    @property
+    def wall_sec(self) -> float:
+        """Wall-clock seconds from the first audio to the stop (or to now)."""
+        if self.first_audio_at is None:
+            return 0.0
+        return (self.stopped_at or self.clock()) - self.first_audio_at
+
     def stats(self) -> dict[str, Any]:
         """Figures for the rot detector and the logs."""
         return {
             "heard_sec": round(self.heard_sec, 3),
+            "wall_sec": round(self.wall_sec, 3),
             "signal_sec": round(self.recognizer.signal_samples / SAMPLE_RATE, 3),
             "partials": self.recognizer.partials_sent,
+            "partial_decodes": self.recognizer.partial_decodes,
         }

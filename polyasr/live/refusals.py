@@ -1,5 +1,6 @@
 """Refusals both live protocols share: the WebSocket close codes, the error that ends a
-connection with one of them, and the refusals of admission (busy, shutting down).
+connection with one of them, the refusals of admission (busy, shutting down), and what a
+client is told of an internal failure.
 """
 
 from __future__ import annotations
@@ -46,10 +47,13 @@ def protocol_error(kind: tuple[str, str], **log_fields: Any) -> ProtocolError:
     return ProtocolError(kind[0], kind[1], **log_fields)
 
 
-def internal_error_message(exc: BaseException, log: logging.Logger, what: str) -> str:
-    """The ``internal_error`` text for a client: an error id, never the
-    exception's text (it may hold paths, SQL or data). The exception goes to
-    ``log`` under the same id, as for an HTTP 500."""
+def internal_error(exc: BaseException, log: logging.Logger) -> tuple[str, str]:
+    """``(error id, message for the client)`` for an internal failure.
+
+    As for HTTP 500s: the exception's text may hold paths or data (a SQLite
+    message, a file name), so the client gets only a fresh error id; the
+    exception goes to the server log under the same id.
+    """
     error_id = secrets.token_hex(6)
-    log.error("error id %s: %s failed", error_id, what, exc_info=exc)
-    return f"internal error (error id {error_id})"
+    log.error("error id %s: %s: %s", error_id, type(exc).__name__, exc, exc_info=exc)
+    return error_id, f"internal error (error id {error_id})"

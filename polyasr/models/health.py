@@ -16,7 +16,12 @@ final and no partial are witnesses, and enough of them in a row reload the
 ``asr`` unit at the next idle gap. That evidence means something only when
 partials are on: with ``POLYASR_PARTIALS_ENABLED=0`` (the MLX default) every
 session has zero partials, so the detector stays off rather than reloading
-after every second dictation (contract wart 17).
+after every second dictation. Nor is a session a witness that was sent
+faster than it could earn a partial (``polyasr dictate --pace 0``: seconds of
+speech in a fraction of a second): a witness must have run, in wall-clock
+time, at least ``LIVE_MIN_SPEECH_SEC`` and three partial intervals. Before
+reloading, the probe clip is decoded: a model that still writes its text is
+not reloaded. And live reloads are at most one per ``LIVE_RELOAD_INTERVAL_SEC``.
 """
 
 from __future__ import annotations
@@ -52,11 +57,24 @@ class ProbeState:
     runs: int = 0
 
 
+@dataclass(frozen=True)
+class SessionOutcome:
+    """What one answered dictation says about the model."""
+
+    signal_sec: float  # speech that went in
+    final_text: str
+    partials: int  # partials sent
+    partial_decodes: int = 0  # partial decodes that finished while the session was open
+    wall_sec: float = 0.0  # from the first audio to the stop
+
+
 @dataclass
 class LiveState:
     witnesses: int = 0  # consecutive sessions with speech, a final and no partial
     reload_requested: bool = False
     reloads: int = 0
+    not_confirmed: int = 0  # requests the probe overruled: the model still wrote text
+    reloaded_at: float | None = None  # monotonic time of the last live reload
 
 
 # How often a requested live reload looks for an idle gap.
@@ -153,23 +171,30 @@ class HealthMonitor(UnitObserver):
         if text.strip():
             self.probe.last_ok = self.clock()
 
-    def record_session(self, signal_sec: float, final_text: str, partials: int) -> None:
-        """A dictation stop was answered: ``signal_sec`` of speech went in,
-        ``final_text`` came out, after ``partials`` partials.
+    def record_session(self, outcome: SessionOutcome) -> None:
+        """A dictation stop was answered.
 
-        A session with a partial resets the count; one with at least
-        ``LIVE_MIN_SPEECH_SEC`` of speech, a non-empty final and no partial is
-        a witness; any other is inconclusive. ``LIVE_RELOAD_WITNESSES`` in a
-        row request a reload, run at the next idle gap.
+        A session with a partial resets the count. A witness has at least
+        ``LIVE_MIN_SPEECH_SEC`` of speech that took at least that long and
+        three partial intervals to arrive, a non-empty final, and partial
+        decodes that finished but sent no partial; any other session is
+        inconclusive (sent faster than partials come, or with every partial
+        decode still queued behind other work: a busy model, not a rotted
+        one). ``LIVE_RELOAD_WITNESSES`` in a row request a reload, run (once
+        the probe confirms) at the next idle gap.
         """
         if not self.live_enabled:
             return
         live = self.live
-        if partials > 0:
+        if outcome.partials > 0:
             live.witnesses = 0
             return
-        if signal_sec < self.settings.live_min_speech_sec or not final_text.strip():
+        earned = max(self.settings.live_min_speech_sec, 3 * self.settings.partial_interval_sec)
+        if outcome.signal_sec < self.settings.live_min_speech_sec or not outcome.final_text.strip():
             return
+        if outcome.wall_sec < earned or outcome.partial_decodes == 0:
+            return  # no partial could have come: no evidence either way
+        signal_sec = outcome.signal_sec
         live.witnesses += 1
         log.warning(
             "live rot witness: %.1f s of speech, a final and no partial (%d)", signal_sec, live.witnesses
@@ -180,19 +205,50 @@ class HealthMonitor(UnitObserver):
             self._tasks.append(asyncio.get_running_loop().create_task(self._live_reload()))
 
     async def _live_reload(self) -> None:
-        """Reload ``asr`` once nothing uses it (never mid-session); an eviction
-        in the meantime satisfies the request (the next load is fresh anyway)."""
+        """Reload ``asr`` once nothing uses it (never mid-session) and the probe
+        confirms it writes no text; an eviction in the meantime satisfies the
+        request (the next load is fresh anyway)."""
         live = self.live
+        interval = self.settings.live_reload_interval_sec
         try:
+            if live.reloaded_at is not None and self.clock() - live.reloaded_at < interval:
+                log.warning(
+                    "live rot: not reloading again within %g s (POLYASR_LIVE_RELOAD_INTERVAL_SEC)", interval
+                )
+                return
             while self.manager.is_resident("asr"):
-                if not self.manager.is_busy("asr") and await self.manager.reload("asr"):
-                    live.reloads += 1
-                    log.warning("live rot: asr reloaded after %d witness sessions", live.witnesses)
-                    break
+                if not self.manager.is_busy("asr"):
+                    text = await self._confirming_probe()
+                    if text:
+                        live.not_confirmed += 1
+                        log.warning(
+                            "live rot not confirmed: the probe decoded %r; asr is not reloaded", text[:40]
+                        )
+                        return
+                    if text is not None and await self.manager.reload("asr"):
+                        live.reloads += 1
+                        live.reloaded_at = self.clock()
+                        log.warning("live rot: asr reloaded after %d witness sessions", live.witnesses)
+                        return
                 await asyncio.sleep(LIVE_IDLE_POLL_SEC)
         finally:
             live.reload_requested = False
             live.witnesses = 0
+
+    async def _confirming_probe(self) -> str | None:
+        """The probe clip's text (``""``: none, the model looks rotted; without a
+        probe clip the witnesses decide alone); ``None`` when it could not run now."""
+        if self.probe_clip is None:
+            return ""
+        try:
+            result = await self.transcriber.transcribe(
+                self.probe_clip, TranscribeRequest(language="English", probe=True)
+            )
+        except (NotResident, Preempted):
+            return None
+        except (ModelUnavailable, DecodeTimeout):
+            return ""
+        return result.text.strip()
 
     async def check_weights_now(self) -> None:
         """Re-resolve the weights and whether each unit can load, bounded in
@@ -323,5 +379,6 @@ class HealthMonitor(UnitObserver):
                 "witnesses": self.live.witnesses,
                 "reload_requested": self.live.reload_requested,
                 "reloads": self.live.reloads,
+                "not_confirmed": self.live.not_confirmed,
             },
         }

@@ -3,6 +3,7 @@ in process: batch transcription, formats, containers, errors, health, unload."""
 
 from __future__ import annotations
 
+import io
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -10,10 +11,11 @@ from typing import Any
 
 import numpy as np
 import pytest
+import soundfile
 from fastapi.testclient import TestClient
 
 from polyasr.api.http import describe
-from polyasr.audio.decoding import AudioDecodeError, AudioTooLong
+from polyasr.audio.decoding import AudioDecodeError, AudioTooLong, decode_audio
 from polyasr.models.scheduler import ServerBusy
 from tests.audio_util import CONTAINERS, empty_wav, encode, speech, wav_bytes
 from tests.conftest import REPO, SpyEngine
@@ -169,15 +171,23 @@ def test_models_list(client: Any) -> None:
 
 
 def test_http_archive(make_client: Any, tmp_path: Path) -> None:
+    """Each upload gets its own folder: what it decoded to as FLAC (16 kHz mono), and the
+    sidecar; an upload named like a sidecar cannot take its place."""
     http, _ = make_client()
-    data = wav_bytes(SPEECH[:16000])
-    text = post(http, data, name="memo.wav", language="en").json()["text"]
-    sidecars = list((tmp_path / "logs" / "http").glob("*/*.json"))
-    assert len(sidecars) == 1
-    meta = json.loads(sidecars[0].read_text())
-    assert meta["filename"] == "memo.wav" and meta["language"] == "en" and meta["text"] == text
-    assert meta["backend"] and meta["model"]
-    assert sidecars[0].with_suffix(".wav").read_bytes() == data
+    data = encode(SPEECH[:16000], "mp3")[0]
+    text = post(http, data, name="memo.json", language="en").json()["text"]
+    post(http, data, name="upload.json")
+    folders = sorted((tmp_path / "logs" / "http").glob("*/*"))
+    assert len(folders) == 2 and all(
+        sorted(p.name for p in f.iterdir()) == ["audio.flac", "upload.json"] for f in folders
+    )
+    memo = next(f for f in folders if json.loads((f / "upload.json").read_text())["filename"] == "memo.json")
+    meta = json.loads((memo / "upload.json").read_text())
+    assert meta["language"] == "en" and meta["text"] == text and meta["audio_file"] == "audio.flac"
+    assert meta["backend"] and meta["model"] and meta["duration_sec"] == pytest.approx(1.0, abs=0.05)
+    audio, rate = soundfile.read(memo / "audio.flac", dtype="float32")
+    assert rate == 16000 and audio.ndim == 1
+    assert np.allclose(audio, decode_audio(io.BytesIO(data)), atol=1 / 16384)  # the samples the server heard
 
 
 def test_archive_disabled_by_empty_log_dir_and_failures_are_harmless(

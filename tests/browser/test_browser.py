@@ -211,10 +211,10 @@ def test_uncovered_final_is_recovered_through_the_batch_endpoint(
     assert page.get_attribute("#coverage", "data-covered") == "false"
     assert "recovered through POST /v1/audio/transcriptions" in (page.text_content("#coverage") or "")
     assert (page.text_content("#final") or "").strip()
-    # the page uploaded its kept audio as a 16 kHz WAV; the server archived it
-    (upload,) = sorted((tmp_path / "logs" / "http").glob("*/*.wav"))
-    with wave.open(str(upload)) as wav:
-        assert (wav.getframerate(), wav.getnchannels(), wav.getsampwidth()) == (16_000, 1, 2)
+    # the page uploaded its kept audio; the server archived what it decoded to (16 kHz FLAC)
+    (upload,) = sorted((tmp_path / "logs" / "http").glob("*/*/audio.flac"))
+    info = soundfile.info(str(upload))
+    assert (info.samplerate, info.channels, info.subtype) == (16_000, 1, "PCM_16")
     _, audio = session_archive(tmp_path / "logs")
     assert np.allclose(decode_audio(str(upload)), audio, atol=1e-4)  # the same audio the socket got
     assert console.errors == []

@@ -15,6 +15,7 @@ import termios
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from polyasr_client.cli import build_parser
 from polyasr_client.locate import local_server
@@ -100,6 +101,23 @@ def test_cli_dictate_streams_a_file_and_prints_the_covered_final(
     assert result["recognized_through_seq"] == result["final_captured_seq"]
     assert abs(result["final_captured_seq"] - len(voice) / 1600) <= 2  # 100 ms frames of 16 kHz audio
     assert "partial: " in run.stderr
+
+
+def test_cli_dictations_as_fast_as_possible_are_no_evidence_of_live_rot(
+    asr_server: LiveServer, voice_wav: Path
+) -> None:
+    """``dictate --pace 0`` sends seconds of speech in a fraction of a second: no
+    partial can come, and that must not count as a rotted model (it used to
+    reload a healthy one after two such runs)."""
+    live = httpx.get(f"{asr_server.url}/health").json()["streaming_probe"]["live"]
+    assert live["enabled"]  # partials on: the detector is watching
+    witnessed = asr_server.log_path.read_text().count("live rot witness")
+    for _ in range(2):  # two witnesses in a row would request a reload (LIVE_RELOAD_WITNESSES)
+        run = polyasr("--url", asr_server.url, "dictate", str(voice_wav), "--language", "en", "--pace", "0")
+        assert run.returncode == 0 and run.stdout.strip(), run.stderr
+    after = httpx.get(f"{asr_server.url}/health").json()["streaming_probe"]["live"]
+    assert asr_server.log_path.read_text().count("live rot witness") == witnessed
+    assert after["reloads"] == live["reloads"] and not after["reload_requested"]
 
 
 def test_cli_align_prints_the_alignment(asr_server: LiveServer, voice_wav: Path) -> None:

@@ -12,7 +12,7 @@ import pytest
 
 from polyasr.core.engine import Transcript
 from polyasr.core.weights import check_weights
-from polyasr.models.health import HealthMonitor
+from polyasr.models.health import HealthMonitor, SessionOutcome
 from polyasr.models.manager import AsrModelManager
 from polyasr.models.transcriber import Transcriber, TranscribeRequest
 from tests.audio_util import speech
@@ -154,28 +154,50 @@ async def test_live_rot_witnesses_reload_asr_at_the_next_idle_gap(
     settings = make_settings(
         POLYASR_PARTIALS_ENABLED="1", POLYASR_LIVE_RELOAD_WITNESSES="2", POLYASR_KEEPWARM_INTERVAL_SEC="0"
     )
-    mgr, mon, _ = await stack(settings, make_engine(settings))
+    engine = RottedEngine(make_engine(settings))  # the probe confirms: no text comes out
+    mgr, mon, _ = await stack(settings, engine)
     assert mon.probe_block([])["live"] == {
         "enabled": True,
         "witnesses": 0,
         "reload_requested": False,
         "reloads": 0,
+        "not_confirmed": 0,
     }
-    mon.record_session(5.0, "hello there", partials=0)  # witness 1
-    mon.record_session(1.0, "short", partials=0)  # too little speech: inconclusive
-    mon.record_session(5.0, "   ", partials=0)  # no final text: inconclusive
+    mon.record_session(SessionOutcome(5.0, "hello there", 0, 2, 5.0))  # witness 1
+    mon.record_session(SessionOutcome(1.0, "short", 0, 2, 5.0))  # too little speech: inconclusive
+    mon.record_session(SessionOutcome(5.0, "   ", 0, 2, 5.0))  # no final text: inconclusive
+    mon.record_session(SessionOutcome(5.0, "fast", 0, 2, 0.4))  # sent faster than partials come
+    mon.record_session(SessionOutcome(5.0, "busy", 0, 0, 5.0))  # no partial decode ever finished
     assert mon.live.witnesses == 1
-    mon.record_session(5.0, "hello", partials=2)  # partials flowed: the model is fine
+    mon.record_session(SessionOutcome(5.0, "hello", 2, 2, 5.0))  # partials flowed: the model is fine
     assert mon.live.witnesses == 0
     async with mgr.hold("asr"):  # a live dictation: never reloaded mid-session
-        mon.record_session(3.0, "one", partials=0)
-        mon.record_session(3.0, "two", partials=0)
+        mon.record_session(SessionOutcome(3.0, "one", 0, 2, 3.0))
+        mon.record_session(SessionOutcome(3.0, "two", 0, 2, 3.0))
         assert mon.probe_block([])["live"]["reload_requested"] is True
         await asyncio.sleep(1.2)
         assert mon.live.reloads == 0 and mgr.status()["unit_state"]["asr"]["loads"] == 1
     await settle(mon)  # the session ended: the idle gap
     assert mon.live.reloads == 1 and mon.live.witnesses == 0
     assert mgr.status()["unit_state"]["asr"]["loads"] == 2 and mgr.is_resident("asr")
+    # at most one live reload per LIVE_RELOAD_INTERVAL_SEC (600 s by default)
+    mon.record_session(SessionOutcome(3.0, "three", 0, 2, 3.0))
+    mon.record_session(SessionOutcome(3.0, "four", 0, 2, 3.0))
+    await settle(mon)
+    assert mon.live.reloads == 1 and mgr.status()["unit_state"]["asr"]["loads"] == 2
+    await mon.close()
+    await mgr.close()
+
+
+async def test_a_model_the_probe_hears_is_not_reloaded(make_settings: Any, make_engine: Any) -> None:
+    """Witnesses are only evidence: a model that still writes the probe clip's text keeps running."""
+    settings = make_settings(POLYASR_PARTIALS_ENABLED="1", POLYASR_LIVE_RELOAD_WITNESSES="2")
+    mgr, mon, _ = await stack(settings, make_engine(settings))
+    mon.record_session(SessionOutcome(3.0, "one", 0, 2, 3.0))
+    mon.record_session(SessionOutcome(3.0, "two", 0, 2, 3.0))
+    await settle(mon)
+    assert (mon.live.reloads, mon.live.not_confirmed, mon.live.witnesses) == (0, 1, 0)
+    assert mgr.status()["unit_state"]["asr"]["loads"] == 1
     await mon.close()
     await mgr.close()
 
@@ -184,7 +206,7 @@ async def test_live_rot_request_is_satisfied_by_an_eviction(make_settings: Any, 
     settings = make_settings(POLYASR_PARTIALS_ENABLED="1", POLYASR_LIVE_RELOAD_WITNESSES="1")
     mgr, mon, _ = await stack(settings, make_engine(settings))
     async with mgr.hold("asr"):
-        mon.record_session(3.0, "one", partials=0)
+        mon.record_session(SessionOutcome(3.0, "one", 0, 2, 3.0))
         assert mon.live.reload_requested
         await mgr.unload_all()
     await settle(mon)
@@ -200,12 +222,13 @@ async def test_live_rot_is_off_without_partials_or_when_disabled(
     settings = make_settings(**{"POLYASR_PARTIALS_ENABLED": "1", "POLYASR_LIVE_RELOAD_WITNESSES": "1", **env})
     mgr, mon, _ = await stack(settings, make_engine(settings))
     for _ in range(3):
-        mon.record_session(5.0, "a final", partials=0)
+        mon.record_session(SessionOutcome(5.0, "a final", 0, 2, 5.0))
     assert mon.probe_block([])["live"] == {
         "enabled": False,
         "witnesses": 0,
         "reload_requested": False,
         "reloads": 0,
+        "not_confirmed": 0,
     }
     assert mgr.status()["unit_state"]["asr"]["loads"] == 1
     await mon.close()

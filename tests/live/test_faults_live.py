@@ -3,7 +3,8 @@
 itself raises on the unit's thread, the code path is the production one):
 a failing stable-prefix commit backs off 0.5 s, 1 s, 2 s … and the final
 still covers all the audio; a failing native-stream feed keeps its chunk
-and retries it, so the final is the one a fault-free stream gives.
+and retries it with the same back-off, so the final is the one a fault-free
+stream gives.
 
 A dead socket reader (polyasr.live.basr.connection.ReaderFailed) cannot be caused by a client
 here: uvicorn's WebSocket stack turns every read failure (a broken or
@@ -55,21 +56,25 @@ def archive_of(logs: Path, session_id: str) -> Path:
     raise AssertionError(f"no archive for {session_id}")
 
 
-def wait_for_event(logs: Path, session_id: str, kind: str, timeout: float = 60) -> list[dict[str, Any]]:
-    """The session's archived events once one of type ``kind`` is among them."""
+def wait_for_event(
+    logs: Path, session_id: str, kind: str, timeout: float = 60, count: int = 1
+) -> list[dict[str, Any]]:
+    """The session's archived events once ``count`` of type ``kind`` are among them."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
             events = read_events(archive_of(logs, session_id))
         except (AssertionError, FileNotFoundError):
             events = []
-        if any(e["type"] == kind for e in events):
+        if sum(e["type"] == kind for e in events) >= count:
             return events
         time.sleep(0.1)
     raise AssertionError(f"no {kind} event for {session_id} within {timeout} s")
 
 
-def dictate(server: LiveServer, session_id: str, until_event: str | None = None) -> dict[str, Any]:
+def dictate(
+    server: LiveServer, session_id: str, until_event: str | None = None, count: int = 1
+) -> dict[str, Any]:
     """Send every frame (waiting for all acks), optionally wait for an archived
     event, then stop: returns the final (after checking the ``done``)."""
     ws: ClientConnection = connect(server.url.replace("http", "ws") + "/ws/transcribe")
@@ -85,7 +90,7 @@ def dictate(server: LiveServer, session_id: str, until_event: str | None = None)
                 acked = message["ackSeq"]
         if until_event is not None:
             assert server.logs is not None
-            wait_for_event(server.logs, session_id, until_event)
+            wait_for_event(server.logs, session_id, until_event, count=count)
         stop = {"type": "stop", "stopId": "s", "finalCapturedSeq": len(FRAMES)}
         ws.send(json.dumps(stop))
         while (final := json.loads(ws.recv(timeout=120)))["type"] != "final":
@@ -137,12 +142,15 @@ def test_a_failing_native_feed_keeps_its_chunk_and_loses_no_audio(
         "POLYASR_STREAM_CHUNK_SEC": "1",
     }
     with serving(backend, tiny, logs_folder(tmp_path), **env) as server:
-        faulted = dictate(server, "faulted", until_event="native_stream_started")
+        faulted = dictate(server, "faulted", until_event="native_feed_error", count=2)
         clean = dictate(server, "clean")  # the two faults are spent: a fault-free stream
         events = read_events(archive_of(tmp_path / "logs", "faulted"))
         clean_events = read_events(archive_of(tmp_path / "logs", "clean"))
     errors = [e for e in events if e["type"] == "native_feed_error"]
     assert len(errors) == 2 and all("InjectedFault" in e["message"] for e in errors)
+    # retried after the commit's back-off (0.5 s, then 1 s), not on every 0.1 s tick
+    assert [e["retry_in_sec"] for e in errors] == [0.5, 1.0]
+    assert errors[1]["t_ms"] - errors[0]["t_ms"] >= 500 - 50
     assert not [e for e in clean_events if e["type"] == "native_feed_error"]
     assert faulted["recognizedThroughSeq"] == clean["recognizedThroughSeq"] == len(FRAMES)
     assert faulted["text"] and faulted["text"] == clean["text"]  # every chunk reached the stream once

@@ -5,6 +5,7 @@ and crash recovery, each driven through a real server process."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import signal
 import time
@@ -28,6 +29,7 @@ LIMITS = {
     "POLYASR_SESSION_IDLE_SEC": "3",
     "POLYASR_MAX_SESSION_SEC": "2",
     "POLYASR_SHUTDOWN_GRACE_SEC": "3",
+    "POLYASR_MAX_CLIENT_ERRORS": "30",
 }
 PCM16K = (np.clip(speech("voice_a"), -1, 1) * 32767).astype("<i2").tobytes()
 MANUAL_16K = {"format": {"type": "audio/pcm", "rate": 16000}, "turn_detection": None}
@@ -91,6 +93,41 @@ def test_an_idle_session_is_closed(server: LiveServer) -> None:
     events, code = until_closed(ws, 15)
     assert (error_codes(events), code) == (["session_idle"], 1008)
     assert time.monotonic() - started >= 2.9
+
+
+def test_events_that_are_not_audio_keep_no_session_alive_and_errors_are_capped(server: LiveServer) -> None:
+    """A stream of session updates and invalid events is not activity (it used to hold a
+    slot for good); errors beyond MAX_CLIENT_ERRORS close the socket; the archive keeps
+    only a sample of their lines."""
+    chatty = open_session(server)
+    started = time.monotonic()
+    seen: list[dict[str, Any]] = []
+    with contextlib.suppress(ConnectionClosed):
+        while time.monotonic() - started < 8:  # 10 events a second: 5 of each kind, each answered
+            chatty.send(json.dumps({"type": "session.update", "session": {"type": "transcription"}}))
+            chatty.send(json.dumps({"type": "no.such.event"}))
+            for _ in range(2):
+                seen.append(json.loads(chatty.recv(timeout=10)))
+            time.sleep(0.2)
+    closed_after = time.monotonic() - started
+    events, code = until_closed(chatty, 10)
+    assert (error_codes(seen + events)[-1], code) == ("session_idle", 1008)
+    assert closed_after < 6  # idle 3 s after the start, events or not
+    flood = open_session(server)
+    for _ in range(31):
+        flood.send(json.dumps({"type": "no.such.event"}))
+    events, code = until_closed(flood, 10)
+    assert (error_codes(events)[-1], code) == ("too_many_errors", 1008)
+    assert error_codes(events).count("invalid_value") == 30
+    assert server.logs is not None
+    time.sleep(0.5)
+    for path in (server.logs / "sessions").glob("*/*/events.jsonl"):
+        lines = [json.loads(line) for line in path.read_text().splitlines()]
+        if any(e["type"] == "protocol_error" and e["reason"] == "too_many_errors" for e in lines):
+            assert 10 <= sum(e["type"] == "client_error" for e in lines) <= 12  # ten, then one a second
+            break
+    else:
+        raise AssertionError("no archive of the flooding connection")
 
 
 def test_a_session_past_its_length_is_closed_with_its_audio_archived(server: LiveServer) -> None:

@@ -5,6 +5,7 @@ and the server keeps serving after it."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import Iterator
@@ -13,6 +14,7 @@ from typing import Any
 
 import httpx
 import pytest
+from websockets.exceptions import ConnectionClosed
 
 from polyasr.live.basr.wire import build_frame
 from tests.conftest import LiveServer, serving
@@ -28,6 +30,7 @@ LIMITS = {
     "POLYASR_MAX_SESSION_SEC": "3",
     "POLYASR_SESSION_IDLE_SEC": "1.5",
     "POLYASR_START_TIMEOUT_SEC": "1.5",
+    "POLYASR_MAX_DUPLICATE_FRAMES": "40",
 }
 
 
@@ -153,3 +156,31 @@ def archives(logs: Path, session_id: str) -> list[list[dict[str, Any]]]:
         if any(e["type"] == "protocol_started" and e["session_id"] == session_id for e in events):
             found.append(events)
     return found
+
+
+def test_duplicate_frames_are_not_activity_and_are_capped(server: LiveServer) -> None:
+    """Resending acknowledged frames keeps no session alive (only new audio is activity),
+    at most MAX_DUPLICATE_FRAMES per connection, and their archive lines are rate-limited."""
+    assert server.logs is not None
+    held = start(server, "dups")
+    held.recv()
+    stream(held, frames(1))
+    began = time.monotonic()
+    with contextlib.suppress(ConnectionClosed):
+        while time.monotonic() - began < 4:  # a duplicate every 0.1 s, each acknowledged
+            held.send(frames(1)[0])
+            if held.recv(timeout=10)["type"] == "error":
+                break
+            time.sleep(0.1)
+    ended = time.monotonic() - began
+    assert held.closed_with() == 1008 and held.of("error")[0]["code"] == "session_idle"
+    assert 1.4 <= ended < 3  # idle 1.5 s after the one new frame, duplicates or not
+    flood = start(server, "flood")
+    flood.recv()
+    stream(flood, frames(1))
+    for _ in range(41):
+        flood.send(frames(1)[0])
+    assert flood.until("error")["code"] == "too_many_duplicates" and flood.closed_with() == 1008
+    (events,) = archives(server.logs, "flood")
+    lines = [e for e in events if e["type"] == "duplicate_audio"]
+    assert 10 <= len(lines) <= 12  # the first ten, then one a second at most

@@ -199,13 +199,13 @@ def test_retention_by_size_oldest_first(tmp_path: Path) -> None:
 
 
 async def test_retention_never_deletes_an_open_connection(tmp_path: Path) -> None:
-    settings = load_settings("mlx", {"POLYASR_LOG_RETENTION_DAYS": "1", "POLYASR_LOG_MAX_GB": "0.000001"})
+    settings = load_settings("mlx", {"POLYASR_LOG_RETENTION_DAYS": "1", "POLYASR_LOG_MAX_GB": "0.00001"})
     archives = Archives(tmp_path, "mlx", "m", settings)
-    old = connection(tmp_path, "2025-03-01", "101010-ws-00000001", 5000, 3)
     live = archives.new_connection()
     assert isinstance(live, ConnectionArchive)
-    await live.audio(b"\x01\x00" * 4000)
+    await live.audio(b"\x01\x00" * 4000)  # fits the 10 kB cap
     backdate(live.path, 3)  # old enough and big enough to go, but still open
+    old = connection(tmp_path, "2025-03-01", "101010-ws-00000001", 5000, 3)  # now over the cap
 
     assert await archives.prune() == [old]
     assert (live.path / "input.pcm").stat().st_size == 8000

@@ -355,7 +355,7 @@ async def test_a_failing_commit_backs_off_instead_of_retrying_every_tick() -> No
         await asyncio.sleep(0.1)
     attempts = len(decoder.by(Priority.COMMIT))
     assert 2 <= attempts <= 4  # 0.5 s, 1 s, 2 s apart — not 30 tries
-    assert sess.recognizer.commit_failures == attempts and sess.recognizer.uncommitted
+    assert sess.recognizer.commit_backoff.failures == attempts and sess.recognizer.uncommitted
     result = await sess.finalize(decoder)
     assert result.text and result.source == "incremental"  # the final still covers the chunks
 
@@ -368,12 +368,35 @@ async def test_native_streaming_keeps_a_chunk_until_it_was_fed() -> None:
     assert sess.recognizer.task is not None
     await sess.recognizer.task  # the first feed fails: the chunk stays pending
     assert decoder.native_fed == [] and len(sess.recognizer.pending[0]) == int(2.5 * SR)
+    await asyncio.sleep(0.55)  # the first retry waits 0.5 s
     sess.schedule(decoder)
     await sess.recognizer.task
     assert decoder.native_fed == [1.0, 1.0]
     result = await sess.finalize(decoder)
     assert decoder.native_fed == [1.0, 1.0, 0.5]  # every sample fed exactly once
     assert result.text == "final after 3 chunks" and result.source == "native_stream"
+
+
+async def test_a_failing_native_feed_backs_off_instead_of_retrying_every_tick() -> None:
+    now = [0.0]
+    sess = DictationSession(
+        vad=shared_vad().new_stream(),
+        speaker=SpeakerGate(shared_speaker_filter()),
+        settings=DictationSettings(native=True, stream_chunk_sec=1.0),
+        clock=lambda: now[0],
+    )
+    decoder = FailingDecoder(failures=3)
+    await feed(sess, VOICE_A[: int(1.5 * SR)])
+    tries = []
+    for tick in range(40):  # 4 s of 0.1 s ticks
+        now[0] = tick / 10
+        sess.schedule(decoder)
+        if sess.recognizer.task is not None:
+            tries.append(now[0])
+            await sess.recognizer.task
+    # failed at 0 s, then retried after 0.5 s, 1 s and 2 s (the third retry succeeds)
+    assert tries == [0.0, 0.5, 1.5, 3.5]
+    assert decoder.native_fed == [1.0] and sess.recognizer.feed_backoff.failures == 0
 
 
 async def test_one_finalize_per_session_and_no_audio_kept_after_it() -> None:

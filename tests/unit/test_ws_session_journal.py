@@ -192,7 +192,9 @@ async def test_the_receive_queue_is_bounded() -> None:
 async def test_the_session_end_hook_runs_once_per_decoded_stop() -> None:
     ended: list[tuple[float, str, int]] = []
     svc = services(SessionRegistry(resume_ttl=300, stop_ttl=300))
-    svc.on_session_end = lambda signal, text, partials: ended.append((signal, text, partials))
+    svc.on_session_end = lambda outcome: ended.append(
+        (outcome.signal_sec, outcome.final_text, outcome.partials)
+    )
     stop = {"type": "stop", "stopId": "h", "finalCapturedSeq": 5}
     await connect(svc, [{"type": "start", "protocol": 1, "sessionId": "h"}, *silence_frames(5), stop])
     replay = await connect(svc, [{"type": "resume", "protocol": 1, "sessionId": "h"}, stop])
@@ -258,7 +260,7 @@ def speech_pcm(seconds: float) -> list[bytes]:
 async def test_a_failing_session_end_hook_does_not_cost_the_final() -> None:
     svc = services(SessionRegistry(resume_ttl=300, stop_ttl=300))
 
-    def broken(signal: float, text: str, partials: int) -> None:
+    def broken(outcome: Any) -> None:
         raise RuntimeError("detector bug")
 
     svc.on_session_end = broken

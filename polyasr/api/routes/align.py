@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 from typing import Any
 
@@ -17,6 +16,7 @@ from polyasr.align.manifest import check_manifest, load_manifest
 from polyasr.api.http import unless_disconnected
 from polyasr.api.services import Services, ServicesDep
 from polyasr.audio.decoding import decode_audio
+from polyasr.core.threads import BATCH
 
 router = APIRouter()
 
@@ -66,7 +66,7 @@ async def align(
     async def work() -> dict[str, Any]:
         async with services.audio_budget.hold() as held:
             cap, setting = settings.align_cap
-            samples = await asyncio.to_thread(decode_audio, file.file, cap, held.charge, setting)
+            samples = await BATCH.run(decode_audio, file.file, cap, held.charge, setting)
             item = AlignInput(samples, given)
             item.check_text(settings.max_align_text_chars_per_sec)
             result = await services.aligner.align([item], pinned, max_chunk_seconds)
@@ -88,7 +88,7 @@ async def align_manifest(body: ManifestRequest, request: Request, services: Serv
 
     async def work() -> dict[str, Any]:
         async with services.audio_budget.hold() as held:
-            inputs = await asyncio.to_thread(
+            inputs = await BATCH.run(
                 load_manifest, entries, settings.max_audio_sec, held.charge, settings.max_align_sec
             )
             for item in inputs:

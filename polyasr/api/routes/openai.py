@@ -9,7 +9,6 @@ answer's shapes live in polyasr.api.openai.
 
 from __future__ import annotations
 
-import asyncio
 import shutil
 import tempfile
 from collections.abc import AsyncIterator
@@ -41,6 +40,7 @@ from polyasr.audio.budget import Reservation, seconds_to_bytes
 from polyasr.audio.decoding import UploadAudio
 from polyasr.core.languages import normalize_language
 from polyasr.core.text import TimedText, join_text
+from polyasr.core.threads import BATCH
 from polyasr.models.transcriber import (
     MAX_PIECE_SEC,
     PIECES_IN_FLIGHT,
@@ -161,7 +161,7 @@ async def _transcribe(services: Services, form: TranscriptionForm) -> Response |
         audio = _audio(services, upload, form.needs_alignment, held)
         result = await services.transcriber.transcribe_stream(audio, form.request)
         archive = services.archives.uploads
-        await asyncio.to_thread(
+        await BATCH.run(
             archive.record, upload, form.file.filename or "", form.requested_language, result.text
         )
         return await _formatted(services.aligner, form, result, audio)
@@ -211,7 +211,7 @@ async def _stream(services: Services, form: TranscriptionForm) -> StreamingRespo
     headers go out, so bad audio or an unavailable model still get their own
     status; a failure after that ends the stream with an ``error`` event."""
     # The stream outlives this handler (and the upload it was given): keep our own copy.
-    upload = await asyncio.to_thread(_spooled_copy, form.file.file)
+    upload = await BATCH.run(_spooled_copy, form.file.file)
     held = _hold(services, form)
     pieces = services.transcriber.stream_pieces(_audio(services, upload, False, held), form.request)
     try:
@@ -246,9 +246,7 @@ async def _events(
             piece = await anext(rest, None)
         services.transcriber.heard(text)
         archive = services.archives.uploads
-        await asyncio.to_thread(
-            archive.record, upload, form.file.filename or "", form.requested_language, text
-        )
+        await BATCH.run(archive.record, upload, form.file.filename or "", form.requested_language, text)
         yield sse(text_done(text))
     except Exception as exc:  # noqa: BLE001 - the status line is gone: say it in the stream
         failure = describe(exc)

@@ -41,6 +41,9 @@ async def get_health(services: ServicesDep) -> dict[str, Any]:
     reasons = monitor.reasons()
     if services.live.registry.draining:  # SIGTERM: new work is refused (polyasr.api.drain)
         reasons = [*reasons, "draining"]
+    archive = services.archives.status
+    if archive.failing:  # a full or failing disk: finals still go out, the archive misses them
+        reasons = [*reasons, "archive_failing"]
     body: dict[str, Any] = {
         "status": "ok" if not reasons else "degraded",
         "reasons": reasons,
@@ -56,6 +59,7 @@ async def get_health(services: ServicesDep) -> dict[str, Any]:
     body["units"] = monitor.readiness.report()
     body["manager"] = services.manager.status()
     body["streaming_probe"] = monitor.probe_block(reasons)
+    body["archive"] = archive.as_dict()
     return body
 
 

@@ -24,6 +24,7 @@ from polyasr.audio.decoding import pcm16_to_float
 from polyasr.audio.speech import passes_energy_gate
 from polyasr.core.constants import BYTES_PER_SECOND
 from polyasr.core.languages import UnsupportedLanguage, normalize_language
+from polyasr.core.threads import BATCH
 from polyasr.dictation.recognizer import FinalResult
 from polyasr.dictation.session import DictationSession
 from polyasr.live.basr.services import LiveServices
@@ -35,6 +36,7 @@ from polyasr.live.basr.wire import (
     SESSION_TOO_LONG,
     START_TIMEOUT,
     STOP_BEFORE_START,
+    TOO_MANY_DUPLICATES,
     UNSUPPORTED_MESSAGE,
     Opening,
     Stop,
@@ -54,10 +56,12 @@ from polyasr.live.refusals import (
     CLOSE_INTERNAL,
     CLOSE_NORMAL,
     ProtocolError,
-    internal_error_message,
+    internal_error,
     protocol_error,
 )
 from polyasr.live.socket import TIMEOUT, Disconnected, Driving, Inbox, Superseded, Transport
+from polyasr.live.strays import Strays
+from polyasr.models.health import SessionOutcome
 from polyasr.models.manager import ModelBusy
 from polyasr.models.unit import ModelUnavailable
 
@@ -89,6 +93,18 @@ def _log_final(
     )
 
 
+def _session_ended(services: LiveServices, session: DictationSession, text: str) -> None:
+    """Tell the rot detector; its failure must not cost the user the final."""
+    stats = session.stats()
+    outcome = SessionOutcome(
+        stats["signal_sec"], text, stats["partials"], stats["partial_decodes"], stats["wall_sec"]
+    )
+    try:
+        services.on_session_end(outcome)
+    except Exception:  # a broken detector must not fail the dictation
+        log.exception("on_session_end hook failed")
+
+
 class Connection(Driving):
     """The protocol state machine of one WebSocket connection."""
 
@@ -101,6 +117,7 @@ class Connection(Driving):
         self.control = 1
         self.record: SessionRecord | None = None
         self.fatal: ModelUnavailable | None = None
+        self.duplicates = Strays(self.limits.max_duplicate_frames)
         self._send_lock = asyncio.Lock()
 
     async def run(self) -> None:
@@ -111,7 +128,7 @@ class Connection(Driving):
             self.inbox.stop()
             if self.record is not None:
                 self.services.registry.release(self.record, self)
-            await asyncio.to_thread(self.log.close)  # FLAC encoding is blocking work
+            await BATCH.run(self.log.close)  # FLAC encoding is blocking batch work
 
     async def _run(self) -> None:
         try:
@@ -139,9 +156,9 @@ class Connection(Driving):
         except Superseded:
             self.log.event("superseded")
             await self.transport.close(CLOSE_NORMAL)
-        except Exception as exc:  # noqa: BLE001 - logged under the error id the client gets
-            message = internal_error_message(exc, log, "dictation connection")
-            self.log.event("error", message=f"{type(exc).__name__}: {exc}", reply=message)
+        except Exception as exc:  # noqa: BLE001 - logged under its error id
+            error_id, message = internal_error(exc, log)
+            self.log.event("error", message=f"{type(exc).__name__}: {exc}", error_id=error_id)
             await self._fail("internal_error", message, CLOSE_INTERNAL)
 
     async def _fail(self, code: str, message: str, close_code: int) -> None:
@@ -216,13 +233,13 @@ class Connection(Driving):
             raise self.fatal
 
     async def _serve(self, record: SessionRecord) -> None:
-        last_frame = time.monotonic()
+        last_audio = time.monotonic()
         while True:
             message = await self.inbox.next(RECEIVE_POLL_SEC)
             self._check(record)
             if isinstance(message, bytes):
-                await self._frame(record, message)
-                last_frame = time.monotonic()
+                if await self._frame(record, message):
+                    last_audio = time.monotonic()  # only new audio is activity, not a duplicate
             elif message is None:
                 raise Disconnected
             elif message is not TIMEOUT:
@@ -234,17 +251,24 @@ class Connection(Driving):
                 raise protocol_error(
                     ALREADY_STARTED if kind in ("start", "resume") else UNSUPPORTED_MESSAGE, message_type=kind
                 )
-            elif time.monotonic() - last_frame > self.limits.session_idle_sec:
+            elif time.monotonic() - last_audio > self.limits.session_idle_sec:
                 raise protocol_error(SESSION_IDLE, idle_sec=self.limits.session_idle_sec)
             record.session.schedule(self.services.decoder)
 
-    async def _frame(self, record: SessionRecord, message: bytes) -> None:
+    async def _frame(self, record: SessionRecord, message: bytes) -> bool:
+        """Take one frame; whether it was new audio (a duplicate is acknowledged, not used)."""
         seq, pcm = parse_frame(message, self.limits.max_frame_bytes)
         journal, session = record.journal, record.session
         if journal.is_duplicate(seq):
-            self.log.event("duplicate_audio", session_id=record.session_id, seq=seq, ack_seq=journal.ack_seq)
+            line = self.duplicates.note()
+            if line is not None:
+                self.log.event(
+                    "duplicate_audio", session_id=record.session_id, seq=seq, ack_seq=journal.ack_seq, **line
+                )
+            if self.duplicates.exceeded:
+                raise protocol_error(TOO_MANY_DUPLICATES, duplicates=self.duplicates.count)
             await self.send(ack(record.session_id, journal.ack_seq))
-            return
+            return False
         if session.heard_sec + len(pcm) / BYTES_PER_SECOND > self.limits.max_session_sec:
             limit = self.limits.max_session_sec
             raise protocol_error(SESSION_TOO_LONG, heard_sec=session.heard_sec, limit=limit)
@@ -257,6 +281,7 @@ class Connection(Driving):
         for payload in ready:
             samples = pcm16_to_float(payload)
             await session.feed(samples, passes_energy_gate(samples))
+        return True
 
     async def _stop(self, record: SessionRecord, stop: Stop) -> None:
         registry, session = self.services.registry, record.session
@@ -296,16 +321,8 @@ class Connection(Driving):
         recognized = record.journal.ack_seq + 1 if result.decoded and not incomplete else None
         registry.record_stop(record, stop.stop_id, result.text, recognized)
         _log_final(self.log.event, stop, result, recognized, incomplete, self.control)
-        self._session_ended(session, result.text)
+        _session_ended(self.services, session, result.text)
         await self._answer(record, stop.stop_id, result.text, recognized)
-
-    def _session_ended(self, session: DictationSession, text: str) -> None:
-        """Tell the rot detector; its failure must not cost the user the final."""
-        stats = session.stats()
-        try:
-            self.services.on_session_end(stats["signal_sec"], text, stats["partials"])
-        except Exception:  # a broken detector must not fail the dictation
-            log.exception("on_session_end hook failed")
 
     async def _await_coverage(self, record: SessionRecord, captured: int) -> bool:
         """Wait up to 2 s for frames ``0..captured-1``, still acking (and keeping) audio."""

@@ -16,6 +16,7 @@ from polyasr.live.basr.sessions import SessionRegistry
 from polyasr.live.basr.wire import (
     WsLimits,
 )
+from polyasr.models.health import SessionOutcome
 
 
 class Manager(Protocol):
@@ -24,7 +25,7 @@ class Manager(Protocol):
     def touch(self, name: str) -> None: ...
 
 
-def _no_session_end(signal_sec: float, final_text: str, partials: int) -> None:
+def _no_session_end(outcome: SessionOutcome) -> None:
     return None
 
 
@@ -40,5 +41,5 @@ class LiveServices:
     new_speaker: Callable[[], SpeakerCheck]
     new_log: Callable[[], ConnectionArchive]
     limits: WsLimits = field(default_factory=WsLimits)
-    # Once per decoded stop (not replays): (signal seconds, final text, partials sent).
-    on_session_end: Callable[[float, str, int], None] = _no_session_end
+    # Once per decoded stop (not replays): what the session says about the model.
+    on_session_end: Callable[[SessionOutcome], None] = _no_session_end

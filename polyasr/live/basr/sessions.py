@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from polyasr.archive.status import ArchiveStatus
 from polyasr.core.config import Settings
 from polyasr.dictation.session import DictationSession
 from polyasr.live.basr.journal import FrameJournal
@@ -93,8 +94,11 @@ class SessionRegistry:
     _guests: set[Driver] = field(default_factory=set)
 
     @classmethod
-    def from_settings(cls, settings: Settings, log_root: Path | None) -> SessionRegistry:
-        """The registry a server runs with: its limits and a stop store under ``log_root``."""
+    def from_settings(
+        cls, settings: Settings, log_root: Path | None, status: ArchiveStatus | None = None
+    ) -> SessionRegistry:
+        """The registry a server runs with: its limits and a stop store under ``log_root``
+        (whose failed writes count in the archive's ``status``)."""
         return cls(
             resume_ttl=settings.resume_ttl_sec,
             stop_ttl=settings.stop_result_ttl_sec,
@@ -103,7 +107,7 @@ class SessionRegistry:
             max_held_bytes=int(settings.max_held_mb * 1_048_576),
             reorder_window=settings.reorder_window,
             reorder_max_bytes=settings.reorder_max_bytes,
-            store=StopStore.under(log_root, settings.stop_store_max),
+            store=StopStore.under(log_root, settings.stop_store_max, status),
         )
 
     # -- sessions ------------------------------------------------------------

@@ -51,6 +51,10 @@ UNAUTHORIZED = (
     "a valid API key is required: send Authorization: Bearer <POLYASR_API_KEY>"
     " or offer the subprotocol polyasr-key.<POLYASR_API_KEY>",
 )
+TOO_MANY_DUPLICATES = (
+    "too_many_duplicates",
+    "more duplicate frames on this connection than POLYASR_MAX_DUPLICATE_FRAMES allows",
+)
 
 
 @dataclass(frozen=True)
@@ -62,8 +66,10 @@ class WsLimits:
     max_id_chars: int = 128
     max_context_chars: int = 4_096
     max_session_sec: float = 7_200.0  # audio received, not wall time
-    session_idle_sec: float = 30.0
+    session_idle_sec: float = 30.0  # without new audio
     start_timeout_sec: float = 30.0
+    max_duplicate_frames: int = 1_000  # per connection
+    max_client_errors: int = 100  # per Realtime connection
 
     @classmethod
     def from_settings(cls, settings: Settings) -> WsLimits:

@@ -21,9 +21,11 @@ What the Realtime protocol adds lives here:
   final, so concatenated deltas equal the ``completed`` transcript. (Partial
   hypotheses may still change and are not decoded at all here.)
 
-Client errors become ``error`` events and the socket stays open; limit
-breaches (message size, session length, idleness) close it, as do a full
-server (1013) and the end of a shutdown drain (1012).
+Client errors become ``error`` events and the socket stays open, up to
+``MAX_CLIENT_ERRORS`` of them; limit breaches (message size, session length,
+idleness, too many errors) close it, as do a full server (1013) and the end
+of a shutdown drain (1012). Only new audio (or a transcript still pending)
+keeps a connection from being idle: a stream of other events does not.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ import numpy as np
 from polyasr.audio.speech import SpeakerDecision, passes_energy_gate
 from polyasr.core.constants import SAMPLE_RATE, WINDOW_SAMPLES
 from polyasr.core.text import join_texts
+from polyasr.core.threads import BATCH
 from polyasr.dictation.gate import SpeakerCheck, VadWindows
 from polyasr.dictation.recognizer import SessionDecoder
 from polyasr.dictation.session import DictationSession
@@ -71,8 +74,9 @@ from polyasr.live.realtime.events import (
     speech_started,
     speech_stopped,
 )
-from polyasr.live.refusals import ProtocolError, internal_error_message
+from polyasr.live.refusals import ProtocolError, internal_error
 from polyasr.live.socket import TIMEOUT, Driving, Inbox, ReaderFailed, Transport
+from polyasr.live.strays import Strays
 from polyasr.models.manager import ModelBusy
 from polyasr.models.unit import ModelUnavailable
 
@@ -196,10 +200,10 @@ class Items:
             self.log("transcription_failed", item_id=turn.item_id, message=str(exc))
             await self.connection.send(failed(turn.item_id, "model_unavailable", str(exc)))
             return
-        except Exception as exc:  # one failed turn must not end the session
-            log.exception("realtime turn failed")
-            message = f"{type(exc).__name__}: {exc}"
-            self.log("transcription_failed", item_id=turn.item_id, message=message)
+        except Exception as exc:  # noqa: BLE001 - logged under its error id; the session goes on
+            error_id, message = internal_error(exc, log)
+            detail = f"{type(exc).__name__}: {exc}"
+            self.log("transcription_failed", item_id=turn.item_id, message=detail, error_id=error_id)
             await self.connection.send(failed(turn.item_id, "transcription_failed", message))
             return
         text = result.text
@@ -235,6 +239,8 @@ class RealtimeConnection(Driving):
         self.speaking = False
         self.silence_ms = 0
         self.heard = 0  # 16 kHz samples of the whole connection
+        self.errors = Strays(self.limits.max_client_errors)  # client errors, capped
+        self.updates = Strays(None)  # session.update lines, rate-limited only
         self._send_lock = asyncio.Lock()
         self.items = Items(self, services.decoder, self.archive.event, self.limits.max_context_chars)
 
@@ -256,9 +262,9 @@ class RealtimeConnection(Driving):
             await self._close_with(exc, exc.close or CLOSE_POLICY)
         except ReaderFailed as exc:
             self.archive.event("error", message=str(exc))
-        except Exception as exc:  # noqa: BLE001 - logged under the error id the client gets
-            message = internal_error_message(exc, log, "realtime connection")
-            self.archive.event("error", message=f"{type(exc).__name__}: {exc}", reply=message)
+        except Exception as exc:  # noqa: BLE001 - logged under its error id
+            error_id, message = internal_error(exc, log)
+            self.archive.event("error", message=f"{type(exc).__name__}: {exc}", error_id=error_id)
             await self._close_with(RealtimeError("internal_error", message), 1011)
         finally:
             self.inbox.stop()
@@ -267,7 +273,7 @@ class RealtimeConnection(Driving):
                 self.turn.session.cancel_work()
             if admitted:
                 self.services.registry.dismiss(self)
-            await asyncio.to_thread(self.archive.close)
+            await BATCH.run(self.archive.close)
 
     async def send(self, message: dict[str, Any]) -> None:
         async with self._send_lock:
@@ -281,31 +287,42 @@ class RealtimeConnection(Driving):
     # -- events -----------------------------------------------------------------
 
     async def _serve(self) -> None:
-        last_event = time.monotonic()
+        last_audio = time.monotonic()
         while True:
             message = await self.inbox.next(RECEIVE_POLL_SEC)
             if message is None:
                 self.archive.event("disconnect", pending_turns=len(self.items.pending))
                 return
+            if self.items.pending:
+                last_audio = time.monotonic()  # a client awaiting its transcripts is not idle
             if message is TIMEOUT:
-                if self.items.pending:
-                    last_event = time.monotonic()  # a client awaiting its transcripts is not idle
-                elif time.monotonic() - last_event > self.limits.session_idle_sec:
-                    message = f"no event for {self.limits.session_idle_sec:g} s (POLYASR_SESSION_IDLE_SEC)"
+                if time.monotonic() - last_audio > self.limits.session_idle_sec:
+                    message = f"no audio for {self.limits.session_idle_sec:g} s (POLYASR_SESSION_IDLE_SEC)"
                     raise RealtimeError("session_idle", message, close=CLOSE_POLICY)
-            else:
-                last_event = time.monotonic()
-                try:
-                    await self._handle(message)
-                except RealtimeError as exc:
-                    if exc.close is not None:
-                        raise
-                    self.archive.event("client_error", code=exc.code, param=exc.param)
-                    await self.send(error(exc))
+            elif await self._event(message):
+                last_audio = time.monotonic()
             if self.turn is not None:
                 self.turn.session.schedule(self.services.decoder)
 
-    async def _handle(self, message: bytes | str) -> None:
+    async def _event(self, message: bytes | str) -> bool:
+        """One client event; whether it brought new audio. A client error is answered with
+        an ``error`` event (the socket stays open) until there have been too many."""
+        try:
+            return await self._handle(message)
+        except RealtimeError as exc:
+            if exc.close is not None:
+                raise
+            line = self.errors.note()
+            if line is not None:
+                self.archive.event("client_error", code=exc.code, param=exc.param, **line)
+            if self.errors.exceeded:
+                limit = self.limits.max_client_errors
+                message = f"more than {limit} errors on this connection (POLYASR_MAX_CLIENT_ERRORS)"
+                raise RealtimeError("too_many_errors", message, close=CLOSE_POLICY) from None
+            await self.send(error(exc))
+            return False
+
+    async def _handle(self, message: bytes | str) -> bool:
         if isinstance(message, bytes):
             raise RealtimeError(
                 "invalid_json", "binary messages are not part of the Realtime API; send JSON text"
@@ -313,8 +330,8 @@ class RealtimeConnection(Driving):
         event = parse_event(message, self.max_event_bytes)
         kind, event_id = event["type"], event.get("event_id")
         if kind == "input_audio_buffer.append":
-            await self._append(event)
-        elif kind == "input_audio_buffer.commit":
+            return await self._append(event)
+        if kind == "input_audio_buffer.commit":
             await self._commit(event_id)
         elif kind == "input_audio_buffer.clear":
             await self._clear()
@@ -322,16 +339,20 @@ class RealtimeConnection(Driving):
             self.config = apply_update(
                 self.config, event, self.limits.max_context_chars, self.input is not None
             )
-            self.archive.event("session_updated", session=self.config.as_dict())
+            line = self.updates.note()
+            if line is not None:
+                self.archive.event("session_updated", session=self.config.as_dict(), **line)
             await self.send(session_event("session.updated", self.config))
         else:
             supported = ", ".join(f"'{name}'" for name in CLIENT_EVENTS)
             message = f"Invalid value: '{kind}'. Supported values are: {supported}."
             raise RealtimeError("invalid_value", message, "type", event_id)
+        return False
 
     # -- audio ------------------------------------------------------------------
 
-    async def _append(self, event: dict[str, Any]) -> None:
+    async def _append(self, event: dict[str, Any]) -> bool:
+        """Archive and hear one append; whether it held any audio."""
         try:
             payload = base64.b64decode(audio_of(event), validate=True)
         except (binascii.Error, ValueError):
@@ -350,6 +371,7 @@ class RealtimeConnection(Driving):
         await self.archive.audio(pcm)
         self.services.manager.touch("asr")
         await self._hear(samples)
+        return len(pcm) > 0
 
     async def _hear(self, samples: np.ndarray) -> None:
         self.heard += len(samples)
