@@ -125,6 +125,21 @@ class UnitReadiness:
         return {name: {"ready": (why := self.why_not(name)) is None, "detail": why} for name in UNITS}
 
 
+async def _probe_text(transcriber: Transcriber, clip: np.ndarray | None) -> str | None:
+    """The probe clip's text, to confirm live rot before a reload (``""``: none,
+    the model looks rotted; without a probe clip the witnesses decide alone);
+    ``None`` when it could not run now."""
+    if clip is None:
+        return ""
+    try:
+        result = await transcriber.transcribe(clip, TranscribeRequest(language="English", probe=True))
+    except (NotResident, Preempted):
+        return None
+    except (ModelUnavailable, DecodeTimeout):
+        return ""
+    return result.text.strip()
+
+
 class HealthMonitor(UnitObserver):
     """Weights checks, the streaming probe, and the derived ``status``."""
 
@@ -218,7 +233,7 @@ class HealthMonitor(UnitObserver):
                 return
             while self.manager.is_resident("asr"):
                 if not self.manager.is_busy("asr"):
-                    text = await self._confirming_probe()
+                    text = await _probe_text(self.transcriber, self.probe_clip)
                     if text:
                         live.not_confirmed += 1
                         log.warning(
@@ -234,21 +249,6 @@ class HealthMonitor(UnitObserver):
         finally:
             live.reload_requested = False
             live.witnesses = 0
-
-    async def _confirming_probe(self) -> str | None:
-        """The probe clip's text (``""``: none, the model looks rotted; without a
-        probe clip the witnesses decide alone); ``None`` when it could not run now."""
-        if self.probe_clip is None:
-            return ""
-        try:
-            result = await self.transcriber.transcribe(
-                self.probe_clip, TranscribeRequest(language="English", probe=True)
-            )
-        except (NotResident, Preempted):
-            return None
-        except (ModelUnavailable, DecodeTimeout):
-            return ""
-        return result.text.strip()
 
     async def check_weights_now(self) -> None:
         """Re-resolve the weights and whether each unit can load, bounded in
