@@ -388,11 +388,11 @@ def test_graph_replays_grow_their_span_with_the_position_and_match_generate(
 ) -> None:
     """The graph path on the CPU: a bucket's padding rows, a fixed span per
     replay (the smallest that holds the position, so it changes mid-decode:
-    spans every 16 positions here), unwritten positions masked; still
+    spans every 32 positions here), unwritten positions masked; still
     ``generate``'s tokens."""
     engine, model = pair["fast"]
     graphs = EagerGraphs()
-    monkeypatch.setattr(fast_decode, "SPAN_STEP", 16)
+    monkeypatch.setattr(fast_decode, "SPAN_STEP", 32)
     decoder = FastDecoder(model, max_new_tokens=64, rows=4, positions=512, graphs=graphs, compile=False)
     assert len({key for key in decoder._graphs}) == len(decoder.buckets) * len(decoder.spans)
     clips = THREE
