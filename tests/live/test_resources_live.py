@@ -374,8 +374,14 @@ def test_a_second_server_refuses_a_taken_log_folder_or_port_before_loading(
     assert server.logs is not None
     same_folder = entry(backend, tiny, POLYASR_LOG_DIR=str(server.logs), POLYASR_PORT="0")
     same_port = entry(backend, tiny, POLYASR_LOG_DIR=str(tmp_path / "logs"), POLYASR_PORT=str(server.port))
-    folder_out, _ = same_folder.communicate(timeout=120)
-    port_out, _ = same_port.communicate(timeout=120)
+    try:
+        folder_out, _ = same_folder.communicate(timeout=60)
+        port_out, _ = same_port.communicate(timeout=60)
+    finally:  # a server that did start (the refusal missing) must not outlive the test
+        for proc in (same_folder, same_port):
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
     assert same_folder.returncode == 2 and same_port.returncode == 2
     assert f"log folder {server.logs} (POLYASR_LOG_DIR)" in folder_out
     assert f"pid {server.proc.pid}" in folder_out
