@@ -23,7 +23,11 @@ from the published dimensions, then measures, in one run of a few minutes:
   partial (p50/p95, from the first frame) for 5, 30 and 120 s utterances
   with 1 and 8 sessions, replayed at ``--speed`` x real time (the JSON and
   the table say which), the server's host CPU per live session, and the
-  live-rot reloads the server did meanwhile.
+  live-rot reloads the server did meanwhile;
+* capacity: concurrent dictations at real-time pace in growing steps
+  (``--capacity``), until stop-to-final p95 passes 300 ms or a session gets
+  no partial; the largest step that held is the number of real-time
+  dictations one GPU sustains, with the host CPU per live session of each step.
 
 Random weights write their whole token budget, so decode cost is an upper
 bound; the server keeps its default token budget unless ``--tokens-per-sec``
@@ -319,6 +323,36 @@ def summarize(runs: list[Any]) -> dict[str, Any]:
     }
 
 
+CAPACITY_P95_S = 0.3  # stop-to-final p95 a sustained real-time load must keep
+
+
+async def capacity(ws: str, process: psutil.Process, args: argparse.Namespace) -> dict[str, Any]:
+    """How many concurrent real-time dictations one device sustains: sessions
+    at real-time pace, in growing steps, until stop-to-final p95 passes
+    ``CAPACITY_P95_S`` or a session gets no partial. Each step's figures and
+    host CPU per live session are kept; ``sustained`` is the largest step that held."""
+    steps: dict[str, Any] = {}
+    sustained = 0
+    for sessions in args.capacity:
+        cpu, began = process.cpu_times(), time.perf_counter()
+        runs = await measure(ws, sessions, args.capacity_sec, f"cap{sessions}", 1.0)
+        used = sum(process.cpu_times()[:2]) - sum(cpu[:2])
+        summary = summarize(runs)
+        summary["host_cpu_per_session"] = round(used / (time.perf_counter() - began) / sessions, 3)
+        steps[str(sessions)] = summary
+        print(f"capacity {sessions} real-time sessions: {summary}", flush=True)
+        held = (
+            summary["final_p95_s"] is not None
+            and summary["final_p95_s"] <= CAPACITY_P95_S
+            and summary["sessions_without_partial"] == 0
+            and summary["errors"] == 0
+        )
+        if not held:
+            break
+        sustained = sessions
+    return {"sustained_sessions": sustained, "p95_target_s": CAPACITY_P95_S, "steps": steps}
+
+
 async def server_part(models: TinyModels, args: argparse.Namespace, work: Path) -> dict[str, Any]:
     budget = {} if args.tokens_per_sec is None else {"POLYASR_TOKENS_PER_AUDIO_SEC": str(args.tokens_per_sec)}
     env = env_for(
@@ -356,6 +390,7 @@ async def server_part(models: TinyModels, args: argparse.Namespace, work: Path) 
                 summary["host_cpu_per_session"] = round(used / (time.perf_counter() - began) / sessions, 3)
                 out["dictation"][f"{sessions}x{seconds:g}s"] = summary
                 print(f"dictation {sessions} x {seconds:g} s: {summary}", flush=True)
+        out["capacity"] = await capacity(ws, process, args)
         httpx.post(f"{server.url}/model/unload", timeout=120).raise_for_status()
         time.sleep(1.0)
         out["health_after_unload"] = server_health(server.url)
@@ -392,6 +427,16 @@ def table(result: dict[str, Any]) -> str:
             f"first partial p50 {value['first_partial_median_s']} p95 {value['first_partial_p95_s']} s "
             f"(none: {value['sessions_without_partial']}) | host CPU/session {value['host_cpu_per_session']}"
         )
+    cap = server["capacity"]
+    lines.append(
+        f"real-time dictations sustained (p95 <= {cap['p95_target_s']} s, every session partials): "
+        f"{cap['sustained_sessions']} | by step: "
+        + ", ".join(
+            f"{n}: p95 {v['final_p95_s']} s, no partial {v['sessions_without_partial']}, "
+            f"CPU/session {v['host_cpu_per_session']}"
+            for n, v in cap["steps"].items()
+        )
+    )
     for when in ("health_before_load", "health_after_load", "health_after_unload"):
         lines.append(f"server {when}: {server.get(when)}")
     return "\n".join(lines)
@@ -442,6 +487,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--lengths", default="5,30,120")
     parser.add_argument("--sessions", default="1,8")
     parser.add_argument("--concurrency", default="1,8,32")
+    parser.add_argument("--capacity", default="16,32,64,96", help="real-time sessions per capacity step")
+    parser.add_argument("--capacity-sec", type=float, default=15.0, help="seconds each capacity session")
     parser.add_argument("--min-requests", type=int, default=4)
     parser.add_argument("--token-budgets", default="16,144", help="two budgets for ms/token")
     parser.add_argument("--server-decode", default="fast", help="POLYASR_DECODE of the server")
@@ -455,10 +502,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.lengths, args.speed, args.clip_sec = "5,10", 2.0, 10.0
         args.concurrency, args.min_requests, args.token_budgets = "1,8", 2, "8,40"
         args.token_clip_sec = "5"
+        args.capacity, args.capacity_sec = "1,2", 5.0
     args.sizes = args.sizes.split(",")
     args.lengths = [float(x) for x in args.lengths.split(",")]
     args.sessions = [int(x) for x in args.sessions.split(",")]
     args.concurrency = [int(x) for x in args.concurrency.split(",")]
+    args.capacity = [int(x) for x in args.capacity.split(",")]
     args.token_budgets = tuple(int(x) for x in args.token_budgets.split(","))
     args.token_clip_sec = [float(x) for x in args.token_clip_sec.split(",")]
     return args
