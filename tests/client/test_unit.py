@@ -250,6 +250,7 @@ def test_every_ws_error_code_has_its_own_class() -> None:
         "invalid_frame",
         "start_timeout",
         "session_idle",
+        "too_many_duplicates",
     }
 
 

@@ -163,6 +163,10 @@ class InvalidFrame(ProtocolError):
     code = "invalid_frame"
 
 
+class TooManyDuplicates(ProtocolError):
+    code = "too_many_duplicates"
+
+
 class StartTimeout(ProtocolError):
     code = "start_timeout"
 
@@ -234,6 +238,7 @@ WS_ERRORS: dict[str, type[PolyAsrError]] = {
     "context_too_long": ContextTooLong,
     "seq_out_of_window": SeqOutOfWindow,
     "invalid_frame": InvalidFrame,
+    "too_many_duplicates": TooManyDuplicates,
     "start_timeout": StartTimeout,
     "session_idle": SessionIdle,
     "session_too_long": SessionTooLong,

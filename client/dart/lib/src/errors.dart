@@ -172,6 +172,11 @@ class InvalidFrame extends ProtocolError {
       : super(code: code ?? 'invalid_frame');
 }
 
+class TooManyDuplicates extends ProtocolError {
+  TooManyDuplicates(super.message, {String? code, super.status, super.detail, super.retryAfter})
+      : super(code: code ?? 'too_many_duplicates');
+}
+
 class StartTimeout extends ProtocolError {
   StartTimeout(super.message, {String? code, super.status, super.detail, super.retryAfter})
       : super(code: code ?? 'start_timeout');
@@ -255,6 +260,7 @@ final Map<String, ErrorFactory> wsErrors = {
   'context_too_long': ContextTooLong.new,
   'seq_out_of_window': SeqOutOfWindow.new,
   'invalid_frame': InvalidFrame.new,
+  'too_many_duplicates': TooManyDuplicates.new,
   'start_timeout': StartTimeout.new,
   'session_idle': SessionIdle.new,
   'session_too_long': SessionTooLong.new,
