@@ -39,10 +39,28 @@ class Clip:
 
 
 @dataclass(frozen=True)
+class TokenScore:
+    """One generated token of the answer text with the model's confidence in it.
+
+    ``bytes`` is authoritative: a character outside ASCII may span several
+    byte-level tokens, so one token's ``text`` can be a partial character.
+    """
+
+    text: str
+    logprob: float
+    bytes: tuple[int, ...]
+
+
+@dataclass(frozen=True)
 class Transcript:
     text: str
     language: str | None = None  # Qwen name detected (or pinned), if any
     raw: str = ""  # the engine's raw answer, usable as a later clip's prefix
+    # The scored tokens of the generated part of ``text`` (after the format
+    # markers), in order; empty where the engine cannot score a decode.
+    tokens: tuple[TokenScore, ...] = ()
+    # The repetition-loop guard cut this decode's looping tail.
+    loop_cut: bool = False
 
 
 # Tokens of a previous hypothesis left unfixed when it is fed back as the
