@@ -10,32 +10,63 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
+from polyasr.core.confidence import ScoredText
+from polyasr.core.engine import TokenScore
 from polyasr.core.text import TimedText
 
 FORMATS = ("json", "text", "verbose_json", "srt", "vtt")
 GRANULARITIES = ("word", "segment")
+INCLUDES = ("logprobs",)
 
 
 def verbose_json(
-    text: str, language: str | None, duration: float, segments: Sequence[TimedText], with_words: bool
+    text: str,
+    language: str | None,
+    duration: float,
+    segments: Sequence[TimedText],
+    with_words: bool,
+    scored: ScoredText,
 ) -> dict[str, Any]:
-    """OpenAI's ``verbose_json``: ``duration`` is the audio's length, not processing time."""
+    """OpenAI's ``verbose_json``: ``duration`` is the audio's length, not processing time.
+
+    A segment carries ``avg_logprob`` (the mean logprob of its tokens) and a
+    word ``probability`` (see :mod:`polyasr.core.confidence`) where the decode
+    scored them; a figure the decode could not give is left out, never made up.
+    """
     body: dict[str, Any] = {
         "text": text,
         "language": language,
         "duration": round(duration, 3),
         "segments": [
-            {"id": i, "start": round(s.start, 3), "end": round(s.end, 3), "text": s.text}
-            for i, s in enumerate(segments)
+            _scored(
+                {"id": i, "start": round(s.start, 3), "end": round(s.end, 3), "text": s.text},
+                "avg_logprob",
+                mean,
+            )
+            for i, (s, mean) in enumerate(
+                zip(segments, scored.avg_logprobs([s.text for s in segments]), strict=True)
+            )
         ],
     }
     if with_words:
+        words = [w for s in segments for w in s.words]
         body["words"] = [
-            {"word": w.text, "start": round(w.start, 3), "end": round(w.end, 3)}
-            for s in segments
-            for w in s.words
+            _scored({"word": w.text, "start": round(w.start, 3), "end": round(w.end, 3)}, "probability", p)
+            for w, p in zip(words, scored.probabilities([w.text for w in words]), strict=True)
         ]
     return body
+
+
+def _scored(item: dict[str, Any], name: str, value: float | None) -> dict[str, Any]:
+    if value is not None:
+        item[name] = value
+    return item
+
+
+def logprobs_array(tokens: Sequence[TokenScore]) -> list[dict[str, Any]]:
+    """OpenAI's ``logprobs`` (``include[]=logprobs``): each generated token
+    with its logprob and its bytes (a token may be part of a character)."""
+    return [{"token": t.text, "logprob": t.logprob, "bytes": list(t.bytes)} for t in tokens]
 
 
 def _clock(seconds: float, separator: str) -> str:
@@ -68,12 +99,20 @@ def sse(event: dict[str, Any]) -> bytes:
     return f"data: {json.dumps(event, ensure_ascii=False)}\n\n".encode()
 
 
-def text_delta(delta: str) -> dict[str, Any]:
-    return {"type": "transcript.text.delta", "delta": delta}
+def text_delta(delta: str, tokens: Sequence[TokenScore] | None = None) -> dict[str, Any]:
+    """A delta event; with ``tokens`` (``include[]=logprobs``) the delta's ``logprobs``."""
+    event: dict[str, Any] = {"type": "transcript.text.delta", "delta": delta}
+    if tokens is not None:
+        event["logprobs"] = logprobs_array(tokens)
+    return event
 
 
-def text_done(text: str) -> dict[str, Any]:
-    return {"type": "transcript.text.done", "text": text}
+def text_done(text: str, tokens: Sequence[TokenScore] | None = None) -> dict[str, Any]:
+    """The done event; with ``tokens`` (``include[]=logprobs``) the whole text's ``logprobs``."""
+    event: dict[str, Any] = {"type": "transcript.text.done", "text": text}
+    if tokens is not None:
+        event["logprobs"] = logprobs_array(tokens)
+    return event
 
 
 def error_body(status: int, detail: str, code: str) -> dict[str, Any]:

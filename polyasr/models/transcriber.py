@@ -41,7 +41,12 @@ class TimedPiece(Transcript):
 
 @dataclass(frozen=True)
 class Transcription(Transcript):
-    """A whole decode: the joined text plus each piece with its times."""
+    """A whole decode: the joined text plus each piece with its times.
+
+    ``tokens`` are every piece's scored tokens in order: matched by their
+    bytes onto the joined text (:mod:`polyasr.core.confidence`), they survive
+    the join, whose only change is the space between pieces.
+    """
 
     pieces: tuple[TimedText, ...] = ()
 
@@ -166,6 +171,8 @@ class Transcriber:
             text=text,
             language=detected or request.language,
             raw=raw,
+            tokens=tuple(token for t in timed for token in t.tokens),
+            loop_cut=any(t.loop_cut for t in timed),
             pieces=tuple(TimedText(t.start, t.end, t.text) for t in timed),
         )
 
@@ -249,7 +256,13 @@ class Transcriber:
                     slots.release()
                 end = start + length
                 yield TimedPiece(
-                    result.text, result.language, result.raw, start / SAMPLE_RATE, end / SAMPLE_RATE
+                    result.text,
+                    result.language,
+                    result.raw,
+                    tokens=result.tokens,
+                    loop_cut=result.loop_cut,
+                    start=start / SAMPLE_RATE,
+                    end=end / SAMPLE_RATE,
                 )
                 start = end
         finally:

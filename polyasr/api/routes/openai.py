@@ -27,6 +27,8 @@ from polyasr.api.http import describe, unless_disconnected
 from polyasr.api.openai import (
     FORMATS,
     GRANULARITIES,
+    INCLUDES,
+    logprobs_array,
     srt,
     sse,
     stream_error,
@@ -38,6 +40,8 @@ from polyasr.api.openai import (
 from polyasr.api.services import Services, ServicesDep
 from polyasr.audio.budget import Reservation, seconds_to_bytes
 from polyasr.audio.decoding import UploadAudio
+from polyasr.core.confidence import ScoredText
+from polyasr.core.engine import TokenScore
 from polyasr.core.languages import normalize_language
 from polyasr.core.text import TimedText, join_text
 from polyasr.core.threads import BATCH
@@ -67,6 +71,7 @@ class TranscriptionForm:
     language: str | None  # the Qwen name, None = detect
     requested_language: str | None  # as sent (archived)
     context: str
+    logprobs: bool = False  # include[]=logprobs (json only)
 
     @property
     def words(self) -> bool:
@@ -92,10 +97,13 @@ def transcription_form(
     response_format: str = Form("json"),
     stream: bool = Form(False),
     timestamp_granularities: list[str] | None = Form(None, alias="timestamp_granularities[]"),
+    include: list[str] | None = Form(None, alias="include[]"),
 ) -> TranscriptionForm:
     """``model`` is accepted and ignored; ``context`` (else ``prompt``) is the hint,
     as long as the dictation socket's (``MAX_CONTEXT_CHARS``): a hint is part
-    of every decode's prompt, so its length is the model's work and memory."""
+    of every decode's prompt, so its length is the model's work and memory.
+    ``include[]=logprobs`` is OpenAI's: with ``json`` only (streamed or not),
+    any other format is refused with 400 as OpenAI refuses it."""
     del model
     limit = services.settings.max_context_chars
     for name, value in (("context", context), ("prompt", prompt)):
@@ -114,8 +122,15 @@ def transcription_form(
         )
     if stream and fmt not in ("json", "text"):
         raise HTTPException(400, "stream=true is supported with response_format json or text")
+    included = frozenset(include or ())
+    if included - set(INCLUDES):
+        raise HTTPException(400, f"include must be among {', '.join(INCLUDES)}")
+    logprobs = "logprobs" in included
+    if logprobs and fmt != "json":
+        raise HTTPException(400, "include[]=logprobs is only supported with response_format json")
     hint = context or prompt or ""
-    return TranscriptionForm(file, fmt, granularities, stream, normalize_language(language), language, hint)
+    language_name = normalize_language(language)
+    return TranscriptionForm(file, fmt, granularities, stream, language_name, language, hint, logprobs)
 
 
 Form_ = Annotated[TranscriptionForm, Depends(transcription_form)]
@@ -174,7 +189,10 @@ async def _formatted(
     if fmt == "text":
         return PlainTextResponse(result.text)
     if fmt == "json":
-        return {"text": result.text}
+        body: dict[str, Any] = {"text": result.text}
+        if form.logprobs:
+            body["logprobs"] = logprobs_array(result.tokens)
+        return body
     segments = list(result.pieces)
     if form.needs_alignment:
         segments = await _timed_segments(aligner, audio, result) or segments
@@ -182,7 +200,8 @@ async def _formatted(
         return PlainTextResponse(srt(segments))
     if fmt == "vtt":
         return PlainTextResponse(vtt(segments), media_type="text/vtt")
-    return verbose_json(result.text, result.language, audio.seconds, segments, form.words)
+    scored = ScoredText.of(result.text, result.tokens)
+    return verbose_json(result.text, result.language, audio.seconds, segments, form.words, scored)
 
 
 async def _timed_segments(
@@ -234,20 +253,23 @@ async def _events(
     first: TimedPiece | None,
     rest: AsyncIterator[TimedPiece],
 ) -> AsyncIterator[bytes]:
-    """A delta per decoded piece, then the whole text (or an ``error`` event)."""
+    """A delta per decoded piece, then the whole text (or an ``error`` event);
+    with ``include[]=logprobs`` each carries the ``logprobs`` of its tokens."""
     text = ""
+    tokens: list[TokenScore] = []
     try:
         piece = first
         while piece is not None:
             joined = join_text(text, piece.text)
+            tokens += piece.tokens
             if joined != text:
-                yield sse(text_delta(joined[len(text) :]))
+                yield sse(text_delta(joined[len(text) :], piece.tokens if form.logprobs else None))
                 text = joined
             piece = await anext(rest, None)
         services.transcriber.heard(text)
         archive = services.archives.uploads
         await BATCH.run(archive.record, upload, form.file.filename or "", form.requested_language, text)
-        yield sse(text_done(text))
+        yield sse(text_done(text, tokens if form.logprobs else None))
     except Exception as exc:  # noqa: BLE001 - the status line is gone: say it in the stream
         failure = describe(exc)
         yield sse(stream_error(failure.message, failure.code, failure.status))
