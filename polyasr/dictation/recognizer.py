@@ -29,7 +29,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from polyasr.core.constants import SAMPLE_RATE
-from polyasr.core.engine import Preempted, Transcript
+from polyasr.core.engine import Preempted, TokenScore, Transcript
 from polyasr.core.text import join_text
 from polyasr.dictation.gate import Chunk
 from polyasr.models.scheduler import JobSlot, Priority
@@ -76,6 +76,9 @@ class FinalResult:
     text: str
     source: str  # incremental | native_stream | raw_fallback | last_partial
     decoded: bool  # the text (even "") came from decoding the audio
+    # The scored tokens of the decodes ``text`` is made of, in order (kept
+    # only for a session that asked for its confidence).
+    tokens: tuple[TokenScore, ...] = ()
 
 
 def glue(chunks: list[Chunk]) -> np.ndarray:
@@ -178,6 +181,11 @@ class RecognizerBase:
     partial_decodes: int = 0  # partial decodes that finished while the session was open
     closing: bool = False
     stable_text: str = ""  # text no later decode revises (only the incremental one commits any)
+    # Keep the scored tokens of the decodes the final is made of (the session
+    # asked for its confidence). Commits and the final's tail are decoded
+    # without an answer prefix, so their tokens cover every word of the final.
+    scored: bool = False
+    stable_tokens: list[TokenScore] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         keep = max(self.settings.partial_window_sec + PARTIAL_OVERLAP_SEC, RAW_FALLBACK_SEC)
@@ -215,11 +223,14 @@ class RecognizerBase:
             result = await decoder.decode(audio, self.hints.request(Priority.FINAL))
             self.log("final_raw_fallback", text=result.text)
             if result.text:
-                return FinalResult(result.text, "raw_fallback", decoded=True)
+                return FinalResult(result.text, "raw_fallback", decoded=True, tokens=self._kept(result))
         if self.last_partial:
             self.log("final_from_last_partial", text=self.last_partial)
             return FinalResult(self.last_partial, "last_partial", decoded=False)
         return FinalResult("", "incremental", decoded=True)
+
+    def _kept(self, result: Transcript) -> tuple[TokenScore, ...]:
+        return result.tokens if self.scored else ()
 
     def release(self) -> None:
         self.raw.clear()
@@ -292,6 +303,7 @@ class IncrementalRecognizer(RecognizerBase):
             self.commit_task = None
         self.commit_backoff.succeeded()
         self.stable_text = join_text(self.stable_text, result.text)
+        self.stable_tokens += self._kept(result)
         del self.uncommitted[: len(chunks)]  # committed audio is released
         self.stable_end = chunks[-1].end
         self.tail_raw = ""
@@ -394,9 +406,10 @@ class IncrementalRecognizer(RecognizerBase):
                 await commit
         chunks = list(self.uncommitted)
         tail_text = ""
+        tail_tokens: tuple[TokenScore, ...] = ()
         if chunks:
             result = await decoder.decode(glue(chunks), self.hints.request(Priority.FINAL))
-            tail_text = result.text
+            tail_text, tail_tokens = result.text, self._kept(result)
         self.log(
             "final_incremental",
             stable_sec=round(self.stable_end / SAMPLE_RATE, 3),
@@ -405,7 +418,7 @@ class IncrementalRecognizer(RecognizerBase):
         )
         text = join_text(self.stable_text, tail_text)
         if text:
-            return FinalResult(text, "incremental", decoded=True)
+            return FinalResult(text, "incremental", decoded=True, tokens=(*self.stable_tokens, *tail_tokens))
         return await self.fallbacks(decoder, speech_seen)
 
     async def _settle_partial(self, decoder: SessionDecoder) -> None:
@@ -435,6 +448,7 @@ class IncrementalRecognizer(RecognizerBase):
     def release(self) -> None:
         super().release()
         self.uncommitted.clear()
+        self.stable_tokens.clear()  # the final holds its own copy
 
     def held_bytes(self) -> int:
         return super().held_bytes() + sum(chunk.samples.nbytes for chunk in self.uncommitted)

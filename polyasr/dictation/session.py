@@ -54,12 +54,13 @@ class DictationSession:
         context: str = "",
         language: str | None = None,
         clock: Callable[[], float] = time.monotonic,
+        confidence: bool = False,
     ) -> None:
         self.settings = settings
         self.hints = Hints(context, language)
         self.gate = SpeechGate(vad, speaker)
         kind = NativeRecognizer if settings.native else IncrementalRecognizer
-        self.recognizer: Recognizer = kind(settings, self.hints, clock=clock)
+        self.recognizer: Recognizer = kind(settings, self.hints, clock=clock, scored=confidence)
         self.heard_samples = 0
         self.clock = clock
         self.first_audio_at: float | None = None  # when the first audio arrived
@@ -90,6 +91,11 @@ class DictationSession:
         """The driving connection left: events go nowhere until a resume attaches."""
         self.log = _no_log
         self.emit = None
+
+    @property
+    def confidence(self) -> bool:
+        """The final carries each word's probability (asked for when the session was created)."""
+        return self.recognizer.scored
 
     @property
     def heard_sec(self) -> float:

@@ -1,23 +1,29 @@
-"""Confidence on the HTTP surface, in process on the real engine of this run,
-with scores the test knows: ``include[]=logprobs`` (json, streamed or not),
-its refusal with other formats, word ``probability`` and segment
-``avg_logprob`` in verbose_json."""
+"""Confidence on the HTTP and dictation surfaces, in process on the real
+engine of this run, with scores the test knows: ``include[]=logprobs`` (json,
+streamed or not), its refusal with other formats, word ``probability`` and
+segment ``avg_logprob`` in verbose_json, and a dictation final's
+``confidence``."""
 
 from __future__ import annotations
 
 import json
 import math
+import time
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from starlette.websockets import WebSocketDisconnect
 
 from polyasr.api.app import create_app
-from polyasr.core.confidence import ScoredText
+from polyasr.core.confidence import ScoredText, split_words
 from polyasr.core.engine import TokenScore, Transcript
+from polyasr.core.text import join_texts
+from polyasr.live.basr.wire import build_frame
 from tests.audio_util import speech, wav_bytes
 from tests.conftest import LOOPBACK, TEST_BASE_URL
 
@@ -31,25 +37,44 @@ def known_tokens(text: str) -> tuple[TokenScore, ...]:
 
 
 class KnownScores:
-    """The real engine, its transcripts scored by :func:`known_tokens`."""
+    """The real engine, its transcripts scored by :func:`known_tokens`; ``texts``
+    lists every decode's text in order."""
 
     def __init__(self, engine: Any) -> None:
         self._engine = engine
+        self.texts: list[str] = []
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._engine, name)
 
     def transcribe(self, model: Any, clips: list[Any], should_stop: Any = None) -> list[Transcript]:
-        results = self._engine.transcribe(model, clips, should_stop)
-        return [replace(r, text=r.text.strip(), tokens=known_tokens(r.text.strip())) for r in results]
+        results = [
+            replace(r, text=r.text.strip()) for r in self._engine.transcribe(model, clips, should_stop)
+        ]
+        self.texts += [r.text for r in results]
+        return [replace(r, tokens=known_tokens(r.text)) for r in results]
 
 
 @pytest.fixture
-def http(make_settings: Any, make_engine: Any, tmp_path: Path) -> Iterator[TestClient]:
-    settings = make_settings()
-    app = create_app(KnownScores(make_engine(settings)), settings, base_dir=tmp_path)
-    with TestClient(app, base_url=TEST_BASE_URL, raise_server_exceptions=False, client=LOOPBACK) as client:
-        yield client
+def app(make_settings: Any, make_engine: Any, tmp_path: Path) -> Iterator[tuple[TestClient, KnownScores]]:
+    # commits after 1 s of speech: a dictation's final joins commits and a tail
+    # (no keep-warm probe: ``texts`` then holds only what the test asked for)
+    settings = make_settings(
+        POLYASR_STABLE_COMMIT_MIN_SEC="1", POLYASR_PARTIALS_ENABLED="0", POLYASR_KEEPWARM_INTERVAL_SEC="0"
+    )
+    engine = KnownScores(make_engine(settings))
+    with TestClient(
+        create_app(engine, settings, base_dir=tmp_path),
+        base_url=TEST_BASE_URL,
+        raise_server_exceptions=False,
+        client=LOOPBACK,
+    ) as client:
+        yield client, engine
+
+
+@pytest.fixture
+def http(app: tuple[TestClient, KnownScores]) -> TestClient:
+    return app[0]
 
 
 def post(client: TestClient, audio: Any = SPEECH, **form: Any) -> Any:
@@ -116,3 +141,68 @@ def test_verbose_json_words_and_segments_carry_the_scores(http: TestClient) -> N
         mean /= sum(not ch.isspace() for ch in body["text"][start:end])
         assert segment["avg_logprob"] == pytest.approx(mean) and segment["avg_logprob"] <= 0
         assert math.isfinite(segment["avg_logprob"])
+
+
+# one speaker twice (the speaker filter would leave another voice out of the final)
+DICTATION = np.concatenate([speech("voice_a"), np.zeros(16000, np.float32), speech("voice_a")])
+FIRST_CLIP = (len(speech("voice_a")) + 16000) // 1600 * 3200  # the PCM bytes up to the second clip
+WS_URL = TEST_BASE_URL.replace("http", "ws") + "/ws/transcribe"
+PCM = (np.clip(DICTATION, -1, 1) * 32767).astype("<i2").tobytes()
+
+
+def dictate(client: TestClient, engine: KnownScores, sid: str, **start: Any) -> dict[str, Any]:
+    """Dictate the two clips (a pause between them) in 100 ms frames, the
+    second once the first is committed, then stop: the ``final``."""
+    decodes = len(engine.texts)
+    with client.websocket_connect(WS_URL) as ws:
+        ws.send_json({"type": "start", "protocol": 1, "sessionId": sid, "language": "en", **start})
+        assert ws.receive_json()["type"] == "started"
+        for seq, at in enumerate(range(0, len(PCM), 3200)):
+            if at == FIRST_CLIP:
+                deadline = time.monotonic() + 60
+                while len(engine.texts) == decodes and time.monotonic() < deadline:
+                    time.sleep(0.05)  # the first clip's commit, before the second clip
+            ws.send_bytes(build_frame(seq, PCM[at : at + 3200]))
+            assert ws.receive_json()["type"] == "ack"
+        ws.send_json({"type": "stop", "stopId": f"{sid}-stop"})
+        final = ws.receive_json()
+        assert final["type"] == "final" and ws.receive_json()["type"] == "done"
+        return final
+
+
+def replay(client: TestClient, sid: str) -> dict[str, Any]:
+    with client.websocket_connect(WS_URL) as ws:
+        ws.send_json({"type": "resume", "protocol": 1, "sessionId": sid})
+        ws.receive_json()
+        ws.send_json({"type": "stop", "stopId": f"{sid}-stop"})
+        return ws.receive_json()
+
+
+def test_dictation_final_carries_word_confidence_only_when_asked(app: tuple[TestClient, KnownScores]) -> None:
+    client, engine = app
+    engine.texts.clear()  # the start-up probe's
+    final = dictate(client, engine, "scored", confidence=True)
+    decodes = [t for t in engine.texts if t]
+    assert len(decodes) >= 2  # a commit and the tail: the final joins decodes
+    assert final["text"] == join_texts(decodes)
+    words = split_words(final["text"])
+    assert [w["text"] for w in final["confidence"]] == words
+    tokens = [t for text in decodes for t in known_tokens(text)]
+    expected = ScoredText.of(final["text"], tokens).probabilities(words)
+    assert all(p is not None for p in expected)  # every decode's tokens were kept
+    assert [w["probability"] for w in final["confidence"]] == pytest.approx(expected)
+    assert replay(client, "scored") == final  # a retried stop gets the same final
+
+    assert "confidence" not in dictate(client, engine, "plain")
+
+
+def test_a_confidence_that_is_not_a_boolean_is_refused(http: TestClient) -> None:
+    with http.websocket_connect(WS_URL) as ws:
+        ws.send_json({"type": "start", "protocol": 1, "sessionId": "bad", "confidence": "yes"})
+        error = ws.receive_json()
+        assert (
+            error["type"] == "error" and error["code"] == "invalid_option" and "confidence" in error["error"]
+        )
+        with pytest.raises(WebSocketDisconnect) as closed:
+            ws.receive_json()
+        assert closed.value.code == 1008

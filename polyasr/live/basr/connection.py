@@ -15,6 +15,7 @@ this one, which then steps aside at once.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -51,6 +52,7 @@ from polyasr.live.basr.wire import (
     parse_stop,
     partial,
     stop_expired,
+    word_confidence,
 )
 from polyasr.live.refusals import (
     CLOSE_INTERNAL,
@@ -199,7 +201,16 @@ class Connection(Driving):
         svc = self.services
 
         def new_session() -> DictationSession:
-            return DictationSession(svc.new_vad(), svc.new_speaker(), svc.settings, opening.context, language)
+            # a resume that recreates the session (after a restart) asks as a start does;
+            # a held session keeps what its start asked for
+            return DictationSession(
+                svc.new_vad(),
+                svc.new_speaker(),
+                svc.settings,
+                opening.context,
+                language,
+                confidence=opening.confidence,
+            )
 
         record = svc.registry.claim(opening, self, new_session)
         self.control = opening.control
@@ -298,7 +309,10 @@ class Connection(Driving):
         if answered is not None:
             if registry.is_fresh(answered):
                 self.log.event("stop_result_replayed", stop_id=stop.stop_id)
-                await self._answer(record, stop.stop_id, answered.text or "", answered.recognized_through)
+                confidence = json.loads(answered.confidence) if answered.confidence is not None else None
+                await self._answer(
+                    record, stop.stop_id, answered.text or "", answered.recognized_through, confidence
+                )
             else:
                 self.log.event("stop_result_expired", stop_id=stop.stop_id, ttl_sec=registry.stop_ttl)
                 await self._expired(record, stop.stop_id, "stop_result_expired")
@@ -319,10 +333,12 @@ class Connection(Driving):
         self._check(record)
         record.journal.forget_ahead()
         recognized = record.journal.ack_seq + 1 if result.decoded and not incomplete else None
-        registry.record_stop(record, stop.stop_id, result.text, recognized)
+        confidence = word_confidence(result.text, result.tokens) if session.confidence else None
+        stored = json.dumps(confidence, ensure_ascii=False) if confidence is not None else None
+        registry.record_stop(record, stop.stop_id, result.text, recognized, stored)
         _log_final(self.log.event, stop, result, recognized, incomplete, self.control)
         _session_ended(self.services, session, result.text)
-        await self._answer(record, stop.stop_id, result.text, recognized)
+        await self._answer(record, stop.stop_id, result.text, recognized, confidence)
 
     async def _await_coverage(self, record: SessionRecord, captured: int) -> bool:
         """Wait up to 2 s for frames ``0..captured-1``, still acking (and keeping) audio."""
@@ -339,9 +355,16 @@ class Connection(Driving):
             # text messages during the wait are dropped
         return True
 
-    async def _answer(self, record: SessionRecord, stop_id: str, text: str, recognized: int | None) -> None:
+    async def _answer(
+        self,
+        record: SessionRecord,
+        stop_id: str,
+        text: str,
+        recognized: int | None,
+        confidence: list[dict[str, Any]] | None = None,
+    ) -> None:
         through = recognized if self.control >= 2 else None
-        await self.send(final(record.session_id, stop_id, text, through))
+        await self.send(final(record.session_id, stop_id, text, through, confidence))
         await self.send(done(record.session_id, stop_id))
         self.log.event("done", stop_id=stop_id)
         await self._end()

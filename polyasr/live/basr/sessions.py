@@ -240,8 +240,16 @@ class SessionRegistry:
             return record.result
         return None
 
-    def record_stop(self, record: SessionRecord, stop_id: str, text: str, recognized: int | None) -> None:
-        result = StopRecord(record.incarnation, text, recognized, self.clock())
+    def record_stop(
+        self,
+        record: SessionRecord,
+        stop_id: str,
+        text: str,
+        recognized: int | None,
+        confidence: str | None = None,
+    ) -> None:
+        """This incarnation's answer; ``confidence`` is the final's word list as JSON."""
+        result = StopRecord(record.incarnation, text, recognized, self.clock(), confidence)
         record.result = result
         self.store.put(record.session_id, stop_id, result)
 

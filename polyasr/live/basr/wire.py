@@ -11,9 +11,11 @@ import struct
 from dataclasses import dataclass
 from typing import Any
 
+from polyasr.core.confidence import ScoredText, split_words
 from polyasr.core.config import Settings, settings_view
 from polyasr.core.constants import SAMPLE_RATE
-from polyasr.live.refusals import protocol_error
+from polyasr.core.engine import TokenScore
+from polyasr.live.refusals import ProtocolError, protocol_error
 
 MAGIC = b"BASR"
 FRAMING_VERSION = 1
@@ -35,6 +37,7 @@ UNSUPPORTED_AUDIO = (
     "unsupported_audio_format",
     "only 16000 Hz, 1 channel, pcm16le audio is accepted",
 )
+INVALID_OPTION = ("invalid_option", "a start/resume option has a value of the wrong type")
 # Limits: every one a refusal with its own code
 TEXT_TOO_LARGE = ("text_too_large", "ASR protocol message exceeds the size limit")
 FRAME_TOO_LARGE = ("frame_too_large", "ASR audio frame exceeds the size limit")
@@ -128,6 +131,17 @@ class Opening:
     control: int
     context: str
     language: str | None  # raw value; normalized by the caller
+    confidence: bool = False  # the final carries each word's probability
+
+
+def _flag(msg: dict[str, Any], name: str) -> bool:
+    """An optional boolean option: absent is false, anything but a JSON boolean is refused."""
+    value = msg.get(name, False)
+    if not isinstance(value, bool):
+        raise ProtocolError(
+            INVALID_OPTION[0], f"{INVALID_OPTION[1]}: '{name}' must be true or false", field=name
+        )
+    return value
 
 
 def parse_opening(msg: dict[str, Any], limits: WsLimits = WsLimits()) -> Opening:
@@ -155,6 +169,7 @@ def parse_opening(msg: dict[str, Any], limits: WsLimits = WsLimits()) -> Opening
         control=control,
         context=context if isinstance(context, str) else "",
         language=language if isinstance(language, str) else None,
+        confidence=_flag(msg, "confidence"),
     )
 
 
@@ -200,11 +215,31 @@ def partial(session_id: str, text: str, previous: str) -> dict[str, Any]:
     return msg
 
 
-def final(session_id: str, stop_id: str, text: str, recognized_through: int | None) -> dict[str, Any]:
+def final(
+    session_id: str,
+    stop_id: str,
+    text: str,
+    recognized_through: int | None,
+    confidence: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
     msg: dict[str, Any] = {"type": "final", "sessionId": session_id, "stopId": stop_id, "text": text}
     if recognized_through is not None:
         msg["recognizedThroughSeq"] = recognized_through
+    if confidence is not None:
+        msg["confidence"] = confidence
     return msg
+
+
+def word_confidence(text: str, tokens: tuple[TokenScore, ...]) -> list[dict[str, Any]]:
+    """The final's ``confidence``: each word of ``text`` (split on spaces, a
+    CJK character a word of its own) with its ``probability``, ``None`` where
+    the decode that gave the word scored no tokens (see
+    :mod:`polyasr.core.confidence`)."""
+    words = split_words(text)
+    scored = ScoredText.of(text, tokens)
+    return [
+        {"text": word, "probability": p} for word, p in zip(words, scored.probabilities(words), strict=True)
+    ]
 
 
 def done(session_id: str, stop_id: str) -> dict[str, Any]:
