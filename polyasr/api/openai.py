@@ -25,7 +25,13 @@ def verbose_json(
         "language": language,
         "duration": round(duration, 3),
         "segments": [
-            {"id": i, "start": round(s.start, 3), "end": round(s.end, 3), "text": s.text}
+            {
+                "id": i,
+                "start": round(s.start, 3),
+                "end": round(s.end, 3),
+                "text": s.text,
+                "loop_cut": s.loop_cut,
+            }
             for i, s in enumerate(segments)
         ],
     }

@@ -33,6 +33,7 @@ _SPECIAL = re.compile(r"<\|[a-z_0-9]+\|>")
 # A preamble cut short before its marker (the token budget ran out there).
 _BARE_LANGUAGE = re.compile(r"\s*language[ \t]+([A-Za-z]+)\s*", re.IGNORECASE)
 _NAMES = {name.lower(): name for name in SUPPORTED_NAMES}
+_LEADING_PREAMBLES = re.compile(rf"(?:\s*(?:{_PREAMBLE.pattern}))+", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -119,11 +120,31 @@ def scored_tokens(
     text: Callable[[int], str],
 ) -> tuple[TokenScore, ...]:
     """The scored tokens of the words among a decode's generated ``ids``: those
-    after the preamble the model wrote, without special tokens (``skip``).
+    after the preamble the model wrote (the marker token, or a preamble spelled
+    in plain tokens at the start), without special tokens (``skip``).
     ``piece`` gives a token's vocabulary entry, ``text`` its decoded text."""
     start = answer_start(ids, marker_id)
-    return tuple(
+    tokens = [
         TokenScore(text(token), float(logprob), token_bytes(piece(token)))
         for token, logprob in zip(ids[start:], logprobs[start:], strict=True)
         if token not in skip
-    )
+    ]
+    return tuple(tokens[_spelled_preamble(tokens) :])
+
+
+def _spelled_preamble(tokens: Sequence[TokenScore]) -> int:
+    """How many leading tokens spell format markers (``<asr_text>`` written
+    as plain text, possibly after ``language X``): :func:`parse_answer`
+    removes that text, so its tokens are not the words'."""
+    data = b"".join(bytes(token.bytes) for token in tokens)
+    written = data.decode("utf-8", errors="replace")
+    found = _LEADING_PREAMBLES.match(written)
+    if found is None or not found.group(0).strip():
+        return 0
+    length, count = len(found.group(0).encode("utf-8")), 0
+    for token in tokens:
+        if length < len(token.bytes):
+            break
+        length -= len(token.bytes)
+        count += 1
+    return count

@@ -30,8 +30,8 @@ numbers:
 The cut keeps everything before the loop and one occurrence of the span: the
 speaker did say it once. Checking is incremental (:class:`LoopWatch`, a few
 integer comparisons per token and period), so decode loops can call it per
-token or per batch of tokens. :func:`completing_tokens` is what a guarded
-retry bans: the tokens that would complete a loop now.
+token or per batch of tokens. :func:`banned_next` is what a guarded
+retry bans: the tokens that would repeat the cut loop's span right after itself.
 """
 
 from __future__ import annotations
@@ -51,11 +51,15 @@ def repeats_needed(period: int) -> int:
 
 @dataclass(frozen=True)
 class Loop:
-    """A loop found in a token sequence: it starts at ``start`` and repeats a
-    span of ``period`` tokens; ``keep`` is how many tokens survive the cut."""
+    """A loop found in a token sequence: it starts at ``start`` and repeats
+    ``span`` (its first occurrence); ``keep`` is how many tokens survive the cut."""
 
     start: int
-    period: int
+    span: tuple[int, ...]
+
+    @property
+    def period(self) -> int:
+        return len(self.span)
 
     @property
     def keep(self) -> int:
@@ -89,7 +93,8 @@ class LoopWatch:
                 self._runs[period] = 0
             periodic = self._runs[period] + period  # tokens in the periodic tail
             if periodic // period >= repeats_needed(period) and last + 1 >= periodic:
-                self.loop = Loop(start=last + 1 - periodic, period=period)
+                start = last + 1 - periodic
+                self.loop = Loop(start=start, span=tuple(ids[start : start + period]))
                 return self.loop
         return None
 
@@ -105,21 +110,19 @@ def find_loop(ids: Sequence[int]) -> Loop | None:
     return LoopWatch().extend(ids)
 
 
-def cut(ids: Sequence[int]) -> tuple[list[int], bool]:
-    """``ids`` with a looping tail cut to one occurrence, and whether it was cut."""
+def cut(ids: Sequence[int]) -> tuple[list[int], Loop | None]:
+    """``ids`` with a looping tail cut to one occurrence, and the loop cut, if any."""
     loop = find_loop(ids)
-    return (list(ids), False) if loop is None else (list(ids[: loop.keep]), True)
+    return (list(ids), None) if loop is None else (list(ids[: loop.keep]), loop)
 
 
-def completing_tokens(ids: Sequence[int]) -> set[int]:
-    """The next tokens that would make ``ids``'s tail a loop: a guarded retry
-    bans them, so the loop that was cut cannot come back."""
-    banned: set[int] = set()
-    n = len(ids)
-    for period in range(1, min(MAX_PERIOD, n) + 1):
-        run = 0
-        while run < n - period and ids[n - 1 - run] == ids[n - 1 - run - period]:
-            run += 1
-        if (run + 1 + period) // period >= repeats_needed(period):
-            banned.add(ids[n - period])
-    return banned
+def banned_next(ids: Sequence[int], span: Sequence[int]) -> int | None:
+    """The next token a guarded retry bans: the one that would start the
+    looping ``span`` (in any rotation) again right after itself, so the loop
+    that was cut cannot come back even once. ``None`` when nothing is banned."""
+    period = len(span)
+    if not period or len(ids) < period:
+        return None
+    tail = list(ids[-period:])
+    rotations = (list(span[i:]) + list(span[:i]) for i in range(period))
+    return tail[0] if tail in rotations else None

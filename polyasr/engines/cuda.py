@@ -18,11 +18,11 @@ from typing import Any
 
 import numpy as np
 
-from polyasr.core.answer import ASR_TEXT, parse_answer, scored_tokens
+from polyasr.core.answer import ASR_TEXT, parse_answer, scored_tokens, strip_format
 from polyasr.core.config import ConfigError, Settings
 from polyasr.core.constants import SAMPLE_RATE
 from polyasr.core.engine import AlignedUnit, Clip, Preempted, Transcript, rolled_back_ids
-from polyasr.core.loops import LoopWatch, completing_tokens, cut
+from polyasr.core.loops import LoopWatch, banned_next, cut
 from polyasr.engines.cuda_graphs import CudaGraphs
 from polyasr.engines.fast_decode import EOS_IDS, FastDecoder, Generated, chosen_logprobs
 from polyasr.engines.fast_path import FastPath, rows_of
@@ -146,10 +146,10 @@ class CudaEngine:
 
     def stream_feed(self, model: Any, state: Any, samples: Any) -> tuple[Any, str]:
         state = model.streaming_transcribe(samples, state)
-        return state, state.text.strip()
+        return state, strip_format(state.text)
 
     def stream_finish(self, model: Any, state: Any) -> str:
-        return model.finish_streaming_transcribe(state).text.strip()
+        return strip_format(model.finish_streaming_transcribe(state).text)
 
     def empty_cache(self) -> None:
         torch = self._torch
@@ -225,7 +225,8 @@ class CudaEngine:
         again = [i for i, row in enumerate(rows) if row.loop_cut]
         if again:
             part = rows_of(inputs, again)
-            retried = self._generate_ids(model, part, [budgets[i] for i in again], should_stop, ban=True)
+            spans = [rows[i].span for i in again]
+            retried = self._generate_ids(model, part, [budgets[i] for i in again], should_stop, ban=spans)
             if retried is None:
                 raise Preempted("a more urgent decode is waiting")
             for i, row in zip(again, retried, strict=True):
@@ -255,13 +256,14 @@ class CudaEngine:
         budgets: list[int],
         should_stop: Callable[[], bool] | None,
         watch: bool = False,
-        ban: bool = False,
+        ban: list[tuple[int, ...]] | None = None,
     ) -> list[Generated] | None:
         """transformers' ``generate`` with the largest budget, each row cut at its
         own budget and after its first stop token (the rest is padding).
 
         ``watch`` stops a row once its tail is a repetition loop; ``ban`` (the
-        guarded retry) forbids every token that would complete one.
+        guarded retry: each row's looping span) forbids starting that span
+        again right after itself.
         """
         torch = self._torch
         stopped = False
@@ -373,8 +375,8 @@ def _before_stop(ids: list[int]) -> list[int]:
 
 def _cut_loop(row: Generated) -> Generated:
     """``row`` with a looping tail cut to one occurrence (the shared rule)."""
-    ids, looped = cut(_before_stop(row.ids))
-    return Generated(ids, row.logprobs[: len(ids)], loop_cut=True) if looped else row
+    ids, loop = cut(_before_stop(row.ids))
+    return row if loop is None else Generated(ids, row.logprobs[: len(ids)], True, loop.span)
 
 
 def _transcript(tokenizer: Any, clip: Clip, prefix: str, row: Generated) -> Transcript:
@@ -397,9 +399,9 @@ class _Scorer:
     """A logits processor (the last, so its argmax is ``generate``'s greedy
     choice) recording each step's chosen-token log-probability under the
     model's own distribution; with ``ban`` it first forbids every token that
-    would complete a repetition loop (the guarded retry)."""
+    would start its row's cut looping span again (the guarded retry)."""
 
-    def __init__(self, torch: Any, prompt_len: int, ban: bool) -> None:
+    def __init__(self, torch: Any, prompt_len: int, ban: list[tuple[int, ...]] | None) -> None:
         self._torch = torch
         self.prompt_len = prompt_len
         self.ban = ban
@@ -410,9 +412,9 @@ class _Scorer:
         if self.ban:
             scores = scores.clone()
             for row, ids in enumerate(input_ids[:, self.prompt_len :].tolist()):
-                banned = completing_tokens(ids)
-                if banned:
-                    scores[row, sorted(banned)] = -float("inf")
+                banned = banned_next(ids, self.ban[row])
+                if banned is not None:
+                    scores[row, banned] = -float("inf")
         self.steps.append(chosen_logprobs(raw, scores.argmax(-1)))
         return scores
 

@@ -64,11 +64,13 @@ Tensor = torch.Tensor
 class Generated:
     """One clip's new token ids (through its stop token, as ``generate`` has
     them), each one's natural-log probability under the greedy decode, and
-    whether the loop guard cut them."""
+    whether the loop guard cut them (``span``: the looping span it cut, for
+    the guarded retry)."""
 
     ids: list[int]
     logprobs: list[float]
     loop_cut: bool = False
+    span: tuple[int, ...] = ()
 
 
 def chosen_logprobs(logits: Tensor, tokens: Tensor) -> Tensor:

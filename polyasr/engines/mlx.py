@@ -159,11 +159,12 @@ class MlxEngine:
         input_ids = mx.array([prompt + prefix_ids])
         budget = clip.max_new_tokens
         decoded = greedy(session.model, input_ids, audio_features, budget, watch=self.loop_guard)
-        ids, logprobs, looped = decoded.ids, decoded.logprobs, decoded.looped
-        if looped:
-            ids, _ = cut(ids)
+        ids, logprobs, loop = decoded.ids, decoded.logprobs, None
+        if decoded.looped:
+            ids, loop = cut(ids)
             logprobs = logprobs[: len(ids)]
-            retry = greedy(session.model, input_ids, audio_features, budget, watch=False, ban=True)
+        if loop is not None:
+            retry = greedy(session.model, input_ids, audio_features, budget, watch=False, ban=loop.span)
             if retry.ended:  # the answer ended: the retry holds
                 ids, logprobs = retry.ids, retry.logprobs
         raw = tokenizer.decode(prefix_ids + ids)
@@ -172,7 +173,7 @@ class MlxEngine:
         tokens = scored_tokens(
             ids, logprobs, marker_id=vocab.marker, skip=vocab.special, piece=vocab.piece, text=vocab.text
         )
-        return Transcript(answer.text, answer.language, raw, tokens, looped)
+        return Transcript(answer.text, answer.language, raw, tokens, loop is not None)
 
     def align(self, model: Any, clip: Clip, text: str, language: str) -> list[AlignedUnit]:
         result = model.generate(clip.samples, text=text, language=language)

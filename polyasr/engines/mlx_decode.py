@@ -7,8 +7,8 @@ said twice). This loop makes the same calls in the same order (the model's
 position, the cache materialised every step, argmax over the logits), so a
 decode the guard leaves alone gives exactly the library's tokens; besides
 each token it keeps the token's log-softmax, stops at the first repetition
-loop of :mod:`polyasr.core.loops`, and, for the guarded retry, bans every
-token that would complete a loop.
+loop of :mod:`polyasr.core.loops`, and, for the guarded retry, bans starting
+the cut loop's span again right after itself.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Any
 
 import mlx.core as mx
 
-from polyasr.core.loops import LoopWatch, completing_tokens
+from polyasr.core.loops import LoopWatch, banned_next
 
 #: The stop tokens mlx-qwen3-asr hard-codes (<|endoftext|>, <|im_end|>).
 EOS_IDS: tuple[int, ...] = (151643, 151645)
@@ -42,9 +42,11 @@ def greedy(
     budget: int,
     *,
     watch: bool,
-    ban: bool = False,
+    ban: tuple[int, ...] = (),
 ) -> Greedy:
-    """Up to ``budget`` new tokens after ``input_ids`` (prompt, audio placeholders, answer prefix)."""
+    """Up to ``budget`` new tokens after ``input_ids`` (prompt, audio
+    placeholders, answer prefix); ``ban`` is a cut loop's span, never started
+    again right after itself (the guarded retry)."""
     length = int(input_ids.shape[1])
     positions = mx.arange(length)[None, :]
     position_ids = mx.stack([positions, positions, positions], axis=1)
@@ -66,8 +68,8 @@ def greedy(
             mx.eval([c for c in (*cache.keys, *cache.values) if c is not None])
         row = logits.reshape(-1)
         chosen = row
-        if ban and (banned := completing_tokens(ids)):
-            chosen = row.at[mx.array(sorted(banned))].add(-mx.inf)
+        if (banned := banned_next(ids, ban)) is not None:
+            chosen = row.at[banned].add(-mx.inf)
         token = mx.argmax(chosen)
         scored = row.astype(mx.float32)
         logprob = scored[token] - mx.logsumexp(scored)
