@@ -142,6 +142,12 @@ class Metrics(UnitObserver):
         self.ws_sessions = Gauge(
             "polyasr_ws_sessions_active", "Open dictation WebSocket connections", registry=reg
         )
+        self.loop_cuts = Counter(
+            "polyasr_loop_cuts",
+            "Decoded pieces whose looping tail the repetition-loop guard cut, by priority",
+            ["kind"],
+            registry=reg,
+        )
         self.loads = Counter("polyasr_model_loads", "Model unit loads", ["unit"], registry=reg)
         self.evictions = Counter("polyasr_model_evictions", "Model unit evictions", ["unit"], registry=reg)
         self.load_seconds = Histogram(
@@ -154,10 +160,17 @@ class Metrics(UnitObserver):
         for unit in UNITS:  # every unit's series exists from the first scrape, at 0
             self.loads.labels(unit)
             self.evictions.labels(unit)
+        for priority in Priority:
+            if priority is not Priority.CONTROL:
+                self.loop_cuts.labels(priority.name.lower())
         reg.register(_ReadAtScrape(queue_depth, engine_memory, engine_counters, archive_writes))
 
     def request(self, route: str, method: str, status: int) -> None:
         self.requests.labels(route, method, str(status)).inc()
+
+    def loop_cut(self, kind: str) -> None:
+        """One decoded piece had its looping tail cut (a transcriber listener)."""
+        self.loop_cuts.labels(kind).inc()
 
     def exposition(self) -> tuple[bytes, str]:
         """The text format body and its content type."""

@@ -39,7 +39,13 @@ def verbose_json(
         "duration": round(duration, 3),
         "segments": [
             _scored(
-                {"id": i, "start": round(s.start, 3), "end": round(s.end, 3), "text": s.text},
+                {
+                    "id": i,
+                    "start": round(s.start, 3),
+                    "end": round(s.end, 3),
+                    "text": s.text,
+                    "loop_cut": s.loop_cut,
+                },
                 "avg_logprob",
                 mean,
             )

@@ -169,6 +169,7 @@ def build_services(engine: Engine, settings: Settings, base_dir: Path) -> Servic
     )
     manager.observers.subscribe(metrics)
     transcriber = Transcriber(engine, manager, settings)
+    transcriber.loop_listeners.append(metrics.loop_cut)
     probe_clip = load_probe_clip()
     health = HealthMonitor(settings, manager, transcriber, engine.model_id, probe_clip)
     return Services(

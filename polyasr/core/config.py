@@ -210,6 +210,10 @@ class Settings(BaseModel):
     # (prompt plus answer).
     decode_rows: int = _env("DECODE_ROWS", default=32, ge=1, le=256)
     decode_span: int = _env("DECODE_SPAN", default=1280, ge=128)
+    # The repetition-loop guard (polyasr.core.loops): a looping tail is cut
+    # and the piece decoded once more with the loop banned. Off only to
+    # compare against the unguarded decode.
+    loop_guard: bool = _env("LOOP_GUARD", default=True)
 
     # Test hook (so every fault can be driven through a real server): the next
     # <count> engine calls at each listed site raise. Unset = off; never in production.

@@ -44,3 +44,5 @@ class TimedText:
     end: float
     text: str
     words: list[AlignedUnit] = field(default_factory=list)
+    # The repetition-loop guard cut a looping tail out of this stretch's decode.
+    loop_cut: bool = False

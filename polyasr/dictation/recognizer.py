@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -43,6 +44,8 @@ RAW_FALLBACK_SEC = 30.0  # the most raw audio a fallback decode hears
 BACKOFF_SEC = 0.5  # first retry delay of a failed commit or native feed; doubles per failure
 BACKOFF_MAX_SEC = 30.0
 CHUNK_GAP = np.zeros(int(0.2 * SAMPLE_RATE), np.float32)  # between glued chunks
+
+log = logging.getLogger("polyasr.dictation")
 
 Emit = Callable[[str, dict[str, Any]], Awaitable[None]]
 
@@ -186,6 +189,7 @@ class RecognizerBase:
     # without an answer prefix, so their tokens cover every word of the final.
     scored: bool = False
     stable_tokens: list[TokenScore] = field(default_factory=list)
+    loop_cuts: int = 0  # decodes whose looping tail the engine's guard cut
 
     def __post_init__(self) -> None:
         keep = max(self.settings.partial_window_sec + PARTIAL_OVERLAP_SEC, RAW_FALLBACK_SEC)
@@ -195,6 +199,21 @@ class RecognizerBase:
         self.raw.append(samples)
         if is_signal:
             self.signal_samples += len(samples)
+
+    async def _decode(
+        self, decoder: SessionDecoder, audio: np.ndarray, request: TranscribeRequest
+    ) -> Transcript:
+        """One decode of this session. Its text never holds a repetition loop
+        (the engine cut it to one occurrence, so no commit or final can
+        carry one); the session's first cut is logged, once."""
+        result = await decoder.decode(audio, request)
+        if result.loop_cut:
+            self.loop_cuts += 1
+            if self.loop_cuts == 1:
+                kind = request.priority.name.lower()
+                self.log("loop_cut", decode=kind, text=result.text)
+                log.warning("a repetition loop was cut from this dictation's %s decode", kind)
+        return result
 
     async def _send_partial(self, text: str, audio_sec: float) -> None:
         """Emit ``text`` unless it is empty, unchanged, or the stop came first."""
@@ -220,7 +239,7 @@ class RecognizerBase:
             # Sound the VAD never called speech: decode what was heard. (Pure
             # silence is not decoded: a model asked to may invent words.)
             audio = self.raw.since(max(0, self.raw.length - int(RAW_FALLBACK_SEC * SAMPLE_RATE)))
-            result = await decoder.decode(audio, self.hints.request(Priority.FINAL))
+            result = await self._decode(decoder, audio, self.hints.request(Priority.FINAL))
             self.log("final_raw_fallback", text=result.text)
             if result.text:
                 return FinalResult(result.text, "raw_fallback", decoded=True, tokens=self._kept(result))
@@ -289,7 +308,7 @@ class IncrementalRecognizer(RecognizerBase):
         started = self.clock()
         try:
             request = self.hints.request(Priority.COMMIT, slot=self.commit_slot)
-            result = await decoder.decode(glue(chunks), request)
+            result = await self._decode(decoder, glue(chunks), request)
         except asyncio.CancelledError:
             return  # the stop came first: the final decodes these chunks itself
         except ModelUnavailable as exc:
@@ -368,7 +387,7 @@ class IncrementalRecognizer(RecognizerBase):
             return
         self.log("partial_begin", audio_sec=seconds, signal_bytes=self.signal_samples * 2)
         try:
-            result = await decoder.decode(audio, request)
+            result = await self._decode(decoder, audio, request)
         except asyncio.CancelledError:
             return  # replaced by a newer partial, or the stop arrived
         except Preempted:
@@ -384,7 +403,9 @@ class IncrementalRecognizer(RecognizerBase):
             self.partial_done_at = self.clock()
         self.log("partial_done", audio_sec=seconds, signal_bytes=self.signal_samples * 2)
         if tail_start == self.stable_end:
-            self.tail_raw = result.raw
+            # A cut answer is not continued: the next partial decodes afresh
+            # rather than resume the loop from its one kept occurrence.
+            self.tail_raw = "" if result.loop_cut else result.raw
         if self.closing:
             self.log("partial_suppressed", reason="closing")
             return
@@ -408,7 +429,7 @@ class IncrementalRecognizer(RecognizerBase):
         tail_text = ""
         tail_tokens: tuple[TokenScore, ...] = ()
         if chunks:
-            result = await decoder.decode(glue(chunks), self.hints.request(Priority.FINAL))
+            result = await self._decode(decoder, glue(chunks), self.hints.request(Priority.FINAL))
             tail_text, tail_tokens = result.text, self._kept(result)
         self.log(
             "final_incremental",

@@ -31,12 +31,14 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
+from polyasr.core.loops import LoopWatch
 from polyasr.engines.cuda_graphs import GraphCapture
 
 log = logging.getLogger("polyasr.fast_decode")
@@ -51,7 +53,29 @@ COMPILE_CACHE = Path.home() / ".cache" / "polyasr" / "inductor"
 #: generate's stop tokens for Qwen3-ASR (<|im_end|>, <|endoftext|>); the second also pads.
 EOS_IDS: tuple[int, ...] = (151645, 151643)
 
+#: Steps between two looks at the generated tokens for a repetition loop: the
+#: host reads the new columns then (one small copy), not at every step.
+WATCH_EVERY = 8
+
 Tensor = torch.Tensor
+
+
+@dataclass(frozen=True)
+class Generated:
+    """One clip's new token ids (through its stop token, as ``generate`` has
+    them), each one's natural-log probability under the greedy decode, and
+    whether the loop guard cut them (``span``: the looping span it cut, for
+    the guarded retry)."""
+
+    ids: list[int]
+    logprobs: list[float]
+    loop_cut: bool = False
+    span: tuple[int, ...] = ()
+
+
+def chosen_logprobs(logits: Tensor, tokens: Tensor) -> Tensor:
+    """The log-softmax of each row's chosen token (float32 logits)."""
+    return (logits.gather(-1, tokens[:, None]) - logits.logsumexp(-1, keepdim=True))[:, 0]
 
 
 def buckets_for(rows: int) -> tuple[int, ...]:
@@ -88,7 +112,8 @@ class StepState:
     """Everything a step reads and writes, allocated once for ``rows`` clips of
     ``positions`` cache positions: the KV cache, the additive attention mask
     (0 where a position may be read), each row's token, rotary position,
-    count, budget and done flag, the generated ids, and the cache slot."""
+    count, budget and done flag, the generated ids with their log-probabilities,
+    and the cache slot."""
 
     def __init__(
         self,
@@ -113,13 +138,15 @@ class StepState:
         self.done = torch.ones(rows, dtype=torch.bool, device=device)
         self.finished = torch.ones((), dtype=torch.bool, device=device)
         self.out = longs(rows, max_new_tokens)
+        self.scores = torch.zeros((rows, max_new_tokens), dtype=torch.float32, device=device)
         self.slot, self.step_idx = longs(1), longs(1)
         self.eos = torch.tensor(EOS_IDS, device=device)
         self.pad = EOS_IDS[1]
 
-    def start(self, first: Tensor, budgets: list[int], mask: Tensor, rows: int) -> None:
+    def start(self, first: Tensor, first_scores: Tensor, budgets: list[int], mask: Tensor, rows: int) -> None:
         """A batch of ``len(budgets)`` clips (left-padded prompts, ``mask``)
-        whose prompt is in the cache and whose first tokens are ``first``; rows
+        whose prompt is in the cache and whose first tokens are ``first``
+        (with their log-probabilities ``first_scores``); rows
         up to ``rows`` are the bucket's padding: done, one visible position."""
         n, prompt_len = mask.shape
         self.bias[:rows].fill_(self.masked_out)
@@ -127,6 +154,7 @@ class StepState:
         self.bias[n:rows, 0] = 0.0
         self.tokens[:n] = first
         self.out[:n, 0] = first
+        self.scores[:n, 0] = first_scores
         self.budget[:n] = torch.tensor(budgets, device=first.device)
         self.count[:n] = 1
         self.done[:n] = (first[:, None] == self.eos).any(-1) | (self.count[:n] >= self.budget[:n])
@@ -137,11 +165,13 @@ class StepState:
         self.slot.fill_(prompt_len)
         self.step_idx.fill_(1)
 
-    def advance(self, batch: int, token: Tensor) -> None:
-        """Record one step's greedy ``token`` per row (padding once a row is done)."""
+    def advance(self, batch: int, token: Tensor, score: Tensor) -> None:
+        """Record one step's greedy ``token`` per row and its log-probability
+        ``score`` (padding once a row is done)."""
         done = self.done[:batch]
         token = torch.where(done, self.pad, token)
         self.out[:batch].index_copy_(1, self.step_idx, token[:, None])
+        self.scores[:batch].index_copy_(1, self.step_idx, score[:, None])
         count = self.count[:batch]
         count += (~done).long()
         done |= (token[:, None] == self.eos).any(-1) | (count >= self.budget[:batch])
@@ -151,10 +181,16 @@ class StepState:
         self.slot += 1
         self.step_idx += 1
 
-    def generated(self, n: int) -> list[list[int]]:
-        """Each clip's ids, cut at its count."""
+    def generated(self, n: int) -> list[Generated]:
+        """Each clip's ids and their log-probabilities, cut at its count."""
         counts = self.count[:n].tolist()
-        return [row[:c] for row, c in zip(self.out[:n].tolist(), counts, strict=True)]
+        rows = zip(self.out[:n].tolist(), self.scores[:n].tolist(), counts, strict=True)
+        return [Generated(ids[:c], scores[:c]) for ids, scores, c in rows]
+
+    def stop_rows(self, rows: list[int], batch: int) -> None:
+        """Mark ``rows`` done (a repetition loop was seen on the host)."""
+        self.done[rows] = True
+        self.finished.copy_(self.done[:batch].all())
 
     def reset_idle(self) -> None:
         """Every row finished, one visible position: a step on it is harmless."""
@@ -278,7 +314,8 @@ class FastDecoder:
         for index, layer in enumerate(self.layers):
             hidden = self._layer(index, layer, hidden, (cos, sin), mask, length)
         logits = self.head(self.norm(hidden[:, -1])).float()
-        state.advance(batch, logits.argmax(-1))
+        token = logits.argmax(-1)
+        state.advance(batch, token, chosen_logprobs(logits, token))
 
     def _layer(
         self,
@@ -363,12 +400,20 @@ class FastDecoder:
 
     @torch.inference_mode()
     def decode(
-        self, inputs: Any, budgets: list[int], should_stop: Callable[[], bool] | None = None
-    ) -> list[list[int]] | None:
-        """Generated token ids per clip (EOS included, as ``generate`` has them),
-        each cut at its own budget; ``None`` when ``should_stop`` said to yield.
+        self,
+        inputs: Any,
+        budgets: list[int],
+        should_stop: Callable[[], bool] | None = None,
+        watch: bool = False,
+    ) -> list[Generated] | None:
+        """Generated token ids per clip (EOS included, as ``generate`` has them)
+        with their log-probabilities, each cut at its own budget; ``None`` when
+        ``should_stop`` said to yield.
 
         ``inputs`` is the processor's left-padded batch, on the model's device.
+        With ``watch``, every :data:`WATCH_EVERY` steps the host reads the new
+        tokens and stops a row whose tail is a repetition loop
+        (:mod:`polyasr.core.loops`); the caller cuts the loop itself.
         """
         ids, mask = inputs["input_ids"], inputs["attention_mask"]
         n, prompt_len = ids.shape
@@ -379,14 +424,30 @@ class FastDecoder:
             rows = self.bucket(n)
             # A batch with no padding at all (rows or positions) needs no mask when eager.
             masked = n < rows or not bool(mask.all())
-            self.state.start(self._prefill(inputs), budgets, mask, rows)
+            self.state.start(*self._prefill(inputs), budgets, mask, rows)
+            watches = [LoopWatch() for _ in range(n)] if watch else []
+            seen = 0
             for t in range(longest - 1):
                 if should_stop is not None and should_stop():
                     return None
                 if bool(self.state.finished):  # every step: a finished batch wastes no step
                     break
                 self._advance(rows, prompt_len + t + 1, masked)
+                if watches and (t + 1) % WATCH_EVERY == 0:
+                    self._watch(watches, seen, t + 2, rows)
+                    seen = t + 2
             return self.state.generated(n)
+
+    def _watch(self, watches: list[LoopWatch], seen: int, upto: int, rows: int) -> None:
+        """Feed columns ``[seen, upto)`` to each row's loop watch; stop the rows that loop."""
+        columns = self.state.out[: len(watches), seen:upto].tolist()
+        looping = [
+            row
+            for row, (watch, tokens) in enumerate(zip(watches, columns, strict=True))
+            if watch.loop is None and watch.extend(tokens) is not None
+        ]
+        if looping:
+            self.state.stop_rows(looping, rows)
 
     def _advance(self, rows: int, length: int, masked: bool) -> None:
         """One step over ``length`` positions: a graph replay, the compiled step
@@ -398,9 +459,10 @@ class FastDecoder:
         else:
             self._step_fn(rows, length, masked)
 
-    def _prefill(self, inputs: Any) -> Tensor:
+    def _prefill(self, inputs: Any) -> tuple[Tensor, Tensor]:
         """The prompt through the thinker's own forward (as ``generate``'s first
-        step), its cache copied into ours; returns each clip's first token."""
+        step), its cache copied into ours; returns each clip's first token and
+        its log-probability."""
         ids = inputs["input_ids"]
         n, prompt_len = ids.shape
         hook = self.thinker.model.register_forward_hook(_last_position_only)
@@ -415,4 +477,6 @@ class FastDecoder:
         for i, layer in enumerate(out.past_key_values.layers):
             self.state.keys[i][:n, :, :prompt_len].copy_(layer.keys)
             self.state.values[i][:n, :, :prompt_len].copy_(layer.values)
-        return out.logits[:, -1].float().argmax(-1)
+        logits = out.logits[:, -1].float()
+        first = logits.argmax(-1)
+        return first, chosen_logprobs(logits, first)

@@ -15,14 +15,14 @@ import weakref
 from collections.abc import Callable
 from typing import Any
 
-from polyasr.engines.fast_decode import FastDecoder
+from polyasr.engines.fast_decode import FastDecoder, Generated
 
 log = logging.getLogger("polyasr.cuda")
 
 _MB = 1_048_576
-Ids = list[list[int]]
-# transformers' generate for (model, inputs, budgets, should_stop): the fallback path.
-Generate = Callable[[Any, Any, list[int], Callable[[], bool] | None], Ids | None]
+Rows = list[Generated]
+# transformers' generate for (model, inputs, budgets, should_stop, watch): the fallback path.
+Generate = Callable[[Any, Any, list[int], Callable[[], bool] | None, bool], Rows | None]
 
 
 class FastPath:
@@ -40,21 +40,23 @@ class FastPath:
         budgets: list[int],
         should_stop: Callable[[], bool] | None,
         generate: Generate,
-    ) -> Ids | None:
-        """New token ids per clip (``None``: ``should_stop`` said to yield)."""
+        watch: bool = False,
+    ) -> Rows | None:
+        """New token ids per clip with their log-probabilities (``None``:
+        ``should_stop`` said to yield); ``watch`` stops looping rows early."""
         fast = self.decoders.get(model)
         if fast is None:
-            return generate(model, inputs, budgets, should_stop)
+            return generate(model, inputs, budgets, should_stop, watch)
         lengths = inputs["attention_mask"].sum(-1).tolist()
         if fast.fits(len(budgets), max(lengths), max(budgets)):
-            return fast.decode(inputs, budgets, should_stop)
-        ids: dict[int, list[int]] = {}
+            return fast.decode(inputs, budgets, should_stop, watch)
+        ids: dict[int, Generated] = {}
         for rows, on_generate in self._plan(fast, lengths, budgets):
-            part, cut = _rows(inputs, rows), [budgets[i] for i in rows]
+            part, cut = rows_of(inputs, rows), [budgets[i] for i in rows]
             got = (
-                generate(model, part, cut, should_stop)
+                generate(model, part, cut, should_stop, watch)
                 if on_generate
-                else fast.decode(part, cut, should_stop)
+                else fast.decode(part, cut, should_stop, watch)
             )
             if got is None:
                 return None
@@ -98,7 +100,7 @@ class FastPath:
         }
 
 
-def _rows(inputs: Any, rows: list[int]) -> dict[str, Any]:
+def rows_of(inputs: Any, rows: list[int]) -> dict[str, Any]:
     """The processor's batch cut to ``rows``, without the text's left padding
     that only the other rows needed."""
     index = inputs["input_ids"].new_tensor(rows)

@@ -10,11 +10,16 @@ how the test suite exercises this engine without a Mac).
 
 from __future__ import annotations
 
+import re
+import weakref
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
+from polyasr.core.answer import ASR_TEXT, parse_answer, scored_tokens, strip_format
 from polyasr.core.config import ConfigError, Settings
 from polyasr.core.engine import AlignedUnit, Clip, Transcript, rolled_back_ids
+from polyasr.core.loops import cut
 
 _MB = 1_048_576
 
@@ -53,6 +58,7 @@ class MlxEngine:
         self.dtype = getattr(mx, settings.dtype)
         self.stream_max_context_sec = settings.stream_max_context_sec
         self.stream_finalization_mode = settings.stream_finalization_mode
+        self.loop_guard = settings.loop_guard
 
     # mlx-qwen3-asr's Session has its own streaming decoder (windowed re-decode
     # with a rolled-back text prefix), available with any model.
@@ -69,10 +75,10 @@ class MlxEngine:
 
     def stream_feed(self, model: Any, state: Any, samples: Any) -> tuple[Any, str]:
         state = model.feed_audio(samples, state)
-        return state, state.text.strip()
+        return state, strip_format(state.text)
 
     def stream_finish(self, model: Any, state: Any) -> str:
-        return model.finish_streaming(state).text.strip()
+        return strip_format(model.finish_streaming(state).text)
 
     def load(self, unit: str) -> Any:
         if unit == "align":
@@ -123,19 +129,23 @@ class MlxEngine:
         """One clip through mlx-qwen3-asr's per-chunk recipe, answer prefix included.
 
         The steps are those of the library's ``transcribe`` for one chunk
-        (log-mel features, audio tower, chat-template prompt, greedy
-        ``generate_with_info``, ``parse_asr_output``), with one addition its
-        high-level ``Session.transcribe`` cannot express: the prompt may end
-        with the start of the answer (a previous raw hypothesis minus its last
-        tokens, as its own streaming decoder feeds it), so a partial
-        generates only the new words and ``raw`` is that prefix plus them.
-        The library would split audio over 30 s into chunks; clips arrive
-        already split at quiet points (``polyasr.models.transcriber.MAX_PIECE_SEC``), so
-        every clip is one chunk and has one raw answer to continue from.
+        (log-mel features, audio tower, chat-template prompt, greedy decode),
+        with additions its high-level ``Session.transcribe`` cannot express:
+        the prompt may end with the start of the answer (a previous raw
+        hypothesis minus its last tokens, as its own streaming decoder feeds
+        it), so a partial generates only the new words and ``raw`` is that
+        prefix plus them; the decode scores its tokens and guards against
+        repetition loops (:mod:`polyasr.engines.mlx_decode`); and the answer
+        is read by the shared parser. ``tokens`` score only the generated
+        words, never the answer prefix. The library would split audio over
+        30 s into chunks; clips arrive already split at quiet points
+        (``polyasr.models.transcriber.MAX_PIECE_SEC``), so every clip is one
+        chunk and has one raw answer to continue from.
         """
         from mlx_qwen3_asr.audio import compute_features
-        from mlx_qwen3_asr.generate import GenerationConfig, generate_with_info
-        from mlx_qwen3_asr.tokenizer import canonicalize_language, parse_asr_output
+        from mlx_qwen3_asr.tokenizer import canonicalize_language
+
+        from polyasr.engines.mlx_decode import greedy
 
         mx = self._mx
         tokenizer = session.tokenizer
@@ -147,18 +157,23 @@ class MlxEngine:
         )
         prefix_ids = rolled_back_ids(tokenizer.encode(clip.prefix), tokenizer.decode, clip.prefix)
         input_ids = mx.array([prompt + prefix_ids])
-        positions = mx.arange(input_ids.shape[1])[None, :]
-        generation = generate_with_info(
-            model=session.model,
-            input_ids=input_ids,
-            audio_features=audio_features,
-            position_ids=mx.stack([positions, positions, positions], axis=1),
-            config=GenerationConfig(max_new_tokens=clip.max_new_tokens, temperature=0.0),
+        budget = clip.max_new_tokens
+        decoded = greedy(session.model, input_ids, audio_features, budget, watch=self.loop_guard)
+        ids, logprobs, loop = decoded.ids, decoded.logprobs, None
+        if decoded.looped:
+            ids, loop = cut(ids)
+            logprobs = logprobs[: len(ids)]
+        if loop is not None:
+            retry = greedy(session.model, input_ids, audio_features, budget, watch=False, ban=loop.span)
+            if retry.ended:  # the answer ended: the retry holds
+                ids, logprobs = retry.ids, retry.logprobs
+        raw = tokenizer.decode(prefix_ids + ids)
+        answer = parse_answer(raw, forced)
+        vocab = _Vocabulary.of(tokenizer)
+        tokens = scored_tokens(
+            ids, logprobs, marker_id=vocab.marker, skip=vocab.special, piece=vocab.piece, text=vocab.text
         )
-        raw = tokenizer.decode(prefix_ids + generation.tokens)
-        detected, text = parse_asr_output(raw, user_language=forced)
-        language = detected.split(",")[0].strip()
-        return Transcript(text=text, language=None if language in ("", "unknown") else language, raw=raw)
+        return Transcript(answer.text, answer.language, raw, tokens, loop is not None)
 
     def align(self, model: Any, clip: Clip, text: str, language: str) -> list[AlignedUnit]:
         result = model.generate(clip.samples, text=text, language=language)
@@ -181,3 +196,36 @@ class MlxEngine:
             "dtype": self.dtype_name,
             "memory_mb": self.memory_mib(),
         }
+
+
+_SPECIAL_PIECE = re.compile(r"<\|[a-z_0-9]+\|>")
+
+
+@dataclass(frozen=True)
+class _Vocabulary:
+    """A tokenizer's vocabulary read backwards once: each id's entry, the
+    ``<asr_text>`` id and the special tokens' ids (scored tokens skip them)."""
+
+    pieces: dict[int, str]
+    marker: int
+    special: frozenset[int]
+    tokenizer: Any
+
+    @classmethod
+    def of(cls, tokenizer: Any) -> _Vocabulary:
+        known = _VOCABULARIES.get(tokenizer)
+        if known is None:
+            vocab = tokenizer._tokenizer.get_vocab()
+            pieces = {token_id: piece for piece, token_id in vocab.items()}
+            special = frozenset(i for i, piece in pieces.items() if _SPECIAL_PIECE.fullmatch(piece))
+            known = _VOCABULARIES[tokenizer] = cls(pieces, vocab[ASR_TEXT], special, tokenizer)
+        return known
+
+    def piece(self, token: int) -> str:
+        return self.pieces.get(token, "")
+
+    def text(self, token: int) -> str:
+        return str(self.tokenizer.decode([token]))
+
+
+_VOCABULARIES: weakref.WeakKeyDictionary[Any, _Vocabulary] = weakref.WeakKeyDictionary()

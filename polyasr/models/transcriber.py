@@ -141,6 +141,9 @@ class Transcriber:
         self.settings = settings
         # Told every text real traffic produced (the health monitor subscribes).
         self.listeners: list[Callable[[str], None]] = []
+        # Told the priority (``batch``, ``partial``, ...) of every decoded piece
+        # whose looping tail the engine's guard cut (the metrics subscribe).
+        self.loop_listeners: list[Callable[[str], None]] = []
         self.faults = FaultHook(settings.fault_counts, stall_sec=2 * settings.decode_timeout_sec)
 
     def heard(self, text: str) -> None:
@@ -173,7 +176,7 @@ class Transcriber:
             raw=raw,
             tokens=tuple(token for t in timed for token in t.tokens),
             loop_cut=any(t.loop_cut for t in timed),
-            pieces=tuple(TimedText(t.start, t.end, t.text) for t in timed),
+            pieces=tuple(TimedText(t.start, t.end, t.text, loop_cut=t.loop_cut) for t in timed),
         )
 
     async def pieces(self, samples: np.ndarray, request: TranscribeRequest) -> AsyncIterator[TimedPiece]:
@@ -247,6 +250,7 @@ class Transcriber:
             queued.put_nowait(None)
 
         feeder = asyncio.ensure_future(feed())
+        cuts = 0
         try:
             start = 0
             while (item := await _first(queued.get(), feeder)) is not None:
@@ -255,12 +259,15 @@ class Transcriber:
                 if slots is not None:
                     slots.release()
                 end = start + length
+                if result.loop_cut:
+                    cuts += 1
+                    self._loop_cut(request, cuts, start / SAMPLE_RATE)
                 yield TimedPiece(
                     result.text,
                     result.language,
                     result.raw,
-                    tokens=result.tokens,
-                    loop_cut=result.loop_cut,
+                    result.tokens,
+                    result.loop_cut,
                     start=start / SAMPLE_RATE,
                     end=end / SAMPLE_RATE,
                 )
@@ -269,6 +276,15 @@ class Transcriber:
             feeder.cancel()
             for task in tasks:
                 task.cancel()
+
+    def _loop_cut(self, request: TranscribeRequest, cuts: int, at: float) -> None:
+        """A piece came back with its looping tail cut: counted per piece;
+        logged once per batch request (a dictation session logs its own)."""
+        kind = (Priority.PROBE if request.probe else request.priority).name.lower()
+        for listener in self.loop_listeners:
+            listener(kind)
+        if cuts == 1 and request.priority is Priority.BATCH and not request.probe:
+            log.warning("a repetition loop was cut from this request's decode (first at %.1f s)", at)
 
 
 async def _first(work: Awaitable[T], feeder: asyncio.Future[None]) -> T:
