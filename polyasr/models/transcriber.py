@@ -250,7 +250,7 @@ class Transcriber:
             queued.put_nowait(None)
 
         feeder = asyncio.ensure_future(feed())
-        cuts = 0
+        looped = 0  # pieces cut by the loop guard so far (not ``cuts``: the feed reads that)
         try:
             start = 0
             while (item := await _first(queued.get(), feeder)) is not None:
@@ -260,8 +260,8 @@ class Transcriber:
                     slots.release()
                 end = start + length
                 if result.loop_cut:
-                    cuts += 1
-                    self._loop_cut(request, cuts, start / SAMPLE_RATE)
+                    looped += 1
+                    self._loop_cut(request, looped, start / SAMPLE_RATE)
                 yield TimedPiece(
                     result.text,
                     result.language,
