@@ -13,6 +13,8 @@ import numpy as np
 import openai
 import pytest
 
+from polyasr.core.confidence import ScoredText
+from polyasr.core.engine import TokenScore
 from tests.audio_util import speech, wav_bytes
 from tests.conftest import LiveServer, serving
 
@@ -135,3 +137,68 @@ def test_errors_carry_openai_error_object(client: openai.OpenAI, server: LiveSer
     assert "klingon" in body["detail"] and body["error"]["message"] == body["detail"]
     missing = httpx.post(f"{server.url}/v1/audio/transcriptions", data={"language": "en"}).json()
     assert missing["detail"] == missing["error"]["message"] == "file: Field required"
+
+
+def _sdk_logprobs(client: openai.OpenAI, path: Path, **extra: Any) -> Any:
+    with path.open("rb") as f:
+        return client.audio.transcriptions.create(
+            model="gpt-4o-transcribe", file=f, language="en", include=["logprobs"], **extra
+        )
+
+
+def test_sdk_logprobs_are_the_texts_scored_tokens(client: openai.OpenAI, clip: Path) -> None:
+    result = _sdk_logprobs(client, clip)
+    assert result.text and result.logprobs
+    for lp in result.logprobs:
+        assert isinstance(lp.token, str) and lp.logprob is not None and lp.logprob <= 0 and lp.bytes
+    spoken = bytes(int(b) for lp in result.logprobs for b in lp.bytes).decode("utf-8", "replace")
+    assert spoken.split() == result.text.split()  # the tokens spell the text
+    with clip.open("rb") as f:
+        plain = client.audio.transcriptions.create(model="gpt-4o-transcribe", file=f, language="en")
+    assert plain.text == result.text and plain.logprobs is None  # only when asked
+
+
+def test_sdk_streamed_logprobs(client: openai.OpenAI, tmp_path: Path) -> None:
+    long_clip = tmp_path / "long.wav"
+    long_clip.write_bytes(wav_bytes(np.tile(SPEECH, 5)[: 16000 * 40]))  # two pieces
+    events = list(_sdk_logprobs(client, long_clip, stream=True))
+    done = events[-1]
+    assert done.type == "transcript.text.done" and done.logprobs
+    deltas = [e for e in events if e.type == "transcript.text.delta"]
+    streamed = [lp.model_dump() for e in deltas for lp in e.logprobs or []]
+    assert len(deltas) >= 2 and streamed == [lp.model_dump() for lp in done.logprobs]
+    assert all(lp.logprob is not None and lp.logprob <= 0 for lp in done.logprobs)
+
+
+@pytest.mark.parametrize("fmt", ["text", "srt", "verbose_json"])
+def test_sdk_logprobs_with_another_format_is_400(client: openai.OpenAI, clip: Path, fmt: str) -> None:
+    with pytest.raises(openai.BadRequestError) as info:
+        _sdk_logprobs(client, clip, response_format=fmt)
+    assert info.value.status_code == 400 and "response_format json" in info.value.message
+
+
+def test_sdk_verbose_json_word_probability_and_segment_avg_logprob(client: openai.OpenAI, clip: Path) -> None:
+    with clip.open("rb") as f:
+        verbose = client.audio.transcriptions.create(
+            model="whisper-1",
+            file=f,
+            language="en",
+            response_format="verbose_json",
+            timestamp_granularities=["word", "segment"],
+        )
+    scored = ScoredText.of(
+        verbose.text,
+        # (the SDK types these bytes as floats)
+        [
+            TokenScore(lp.token, lp.logprob, tuple(int(b) for b in lp.bytes))
+            for lp in _sdk_logprobs(client, clip).logprobs
+        ],
+    )
+    assert verbose.words and verbose.segments
+    probabilities = [w.model_extra["probability"] for w in verbose.words]
+    assert all(0 < p <= 1 for p in probabilities)
+    assert probabilities == pytest.approx(scored.probabilities([w.word for w in verbose.words]))
+    for segment in verbose.segments:
+        [span] = scored.locate([segment.text])
+        assert span is not None and segment.avg_logprob <= 0
+        assert segment.avg_logprob == pytest.approx(scored.avg_logprob(*span))

@@ -15,6 +15,7 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
+from polyasr.core.confidence import split_words
 from polyasr.live.basr.wire import build_frame
 from tests.audio_util import speech
 from tests.conftest import LiveServer, serving, tiny_env
@@ -120,6 +121,21 @@ def test_v2_dictation_start_to_done(server: LiveServer) -> None:
         assert rebuilt == p["partial"]
     order = [m["type"] for m in client.received]
     assert order.index("final") > max(i for i, t in enumerate(order) if t == "partial")
+
+
+def test_confidence_puts_a_probability_on_every_word_of_the_final(server: LiveServer) -> None:
+    finals = {}
+    for sid, asked in (("sure", {"confidence": True}), ("unasked", {})):
+        client = start(server, sid, **asked)
+        client.recv()
+        stream(client, frames(60))
+        client.send({"type": "stop", "stopId": f"{sid}-1", "finalCapturedSeq": 60})
+        finals[sid] = client.until("final")
+        assert client.until("done")["stopId"] == f"{sid}-1"
+    final = finals["sure"]
+    assert final["text"] and [w["text"] for w in final["confidence"]] == split_words(final["text"])
+    assert all(0 < w["probability"] <= 1 for w in final["confidence"])  # every word scored
+    assert "confidence" not in finals["unasked"]
 
 
 def test_v1_wire_has_no_control_fields(server: LiveServer) -> None:
