@@ -19,6 +19,7 @@ from polyasr_client import (
     PolyAsrClient,
     Unauthorized,
     UnsupportedLanguage,
+    WordConfidence,
 )
 
 from tests.client.fakes import ScriptedServer, covered_final
@@ -81,6 +82,20 @@ async def test_frames_are_framed_acked_and_claimed_by_the_stop() -> None:
     ]
     assert (result.text, result.source, result.fallback_reason) == ("hello world", "stream", None)
     assert result.recognized_through_seq == result.final_captured_seq == 20
+
+
+async def test_a_final_with_confidence_gives_each_word_its_probability() -> None:
+    def scored(server: ScriptedServer, stop: dict[str, Any]) -> list[dict[str, Any]]:
+        final, done = covered_final(server, stop)
+        words = [{"text": "hello", "probability": 0.9}, {"text": "world", "probability": None}]
+        return [{**final, "confidence": words}, done]
+
+    server = ScriptedServer(answer=scored)
+    result = await run(dictation(server, confidence=True))
+    assert server.openings[0]["confidence"] is True
+    assert result.confidence == (WordConfidence("hello", 0.9), WordConfidence("world", None))
+    plain = await run(dictation(ScriptedServer()))
+    assert plain.confidence is None
 
 
 async def test_partials_reach_the_callback_with_their_delta() -> None:

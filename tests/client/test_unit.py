@@ -40,6 +40,7 @@ from polyasr_client import (
     ServerBusy,
     ServerShuttingDown,
     ServiceUnavailable,
+    TokenLogprob,
     Unauthorized,
     UnsupportedLanguage,
     UploadTooLarge,
@@ -179,6 +180,11 @@ def test_resume_restates_language_and_context() -> None:
     message = opening_message("resume", "s-1", language="en", context="Zhang Wei")
     assert message["type"] == "resume" and message["sessionId"] == "s-1"
     assert message["language"] == "en" and message["context"] == "Zhang Wei"
+
+
+def test_confidence_is_asked_in_the_opening() -> None:
+    assert opening_message("start", "s-1", confidence=True)["confidence"] is True
+    assert "confidence" not in opening_message("resume", "s-1")
 
 
 def test_stop_claims_the_captured_frames() -> None:
@@ -386,6 +392,23 @@ async def test_transcribe_sends_the_form_and_reports_upload_progress() -> None:
     assert len(progress) > 1 and all(t == total for _, t in progress)
     assert [sent for sent, _ in progress] == sorted({sent for sent, _ in progress})
     assert progress[-1][0] == total
+
+
+async def test_transcribe_asks_for_logprobs_and_reads_them() -> None:
+    body = {
+        "text": "hé",
+        "logprobs": [
+            {"token": "h", "logprob": -0.25, "bytes": [104]},
+            {"token": "\ufffd", "logprob": -1.5, "bytes": [195.0, 169.0]},
+        ],
+    }
+    recorder = Recorder(httpx.Response(200, json=body))
+    async with recorder.client() as client:
+        result = await client.transcribe(b"RIFF", include=["logprobs"])
+        await client.transcribe(b"RIFF")
+    assert _form(recorder.requests[0])["include[]"].get_content() == "logprobs"
+    assert result.logprobs == (TokenLogprob("h", -0.25, (104,)), TokenLogprob("\ufffd", -1.5, (195, 169)))
+    assert "include[]" not in _form(recorder.requests[1])  # only when asked
 
 
 async def test_transcribe_text_format_returns_the_plain_body() -> None:

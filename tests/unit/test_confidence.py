@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import math
+import sqlite3
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -16,6 +18,7 @@ from polyasr.core.confidence import ScoredText, split_words, token_spans
 from polyasr.core.constants import SAMPLE_RATE
 from polyasr.core.engine import AlignedUnit, TokenScore, Transcript
 from polyasr.core.text import TimedText
+from polyasr.live.basr.stopstore import StopRecord, StopStore
 from polyasr.models.transcriber import Transcriber
 
 
@@ -163,3 +166,24 @@ def test_verbose_json_without_scores_leaves_the_fields_out() -> None:
     segments = [TimedText(0.0, 1.0, "Hi", [AlignedUnit("Hi", 0.0, 1.0)])]
     body = verbose_json("Hi", "english", 1.0, segments, True, ScoredText.of("Hi", []))
     assert "probability" not in body["words"][0] and "avg_logprob" not in body["segments"][0]
+
+
+def test_the_stop_store_keeps_a_finals_confidence_also_in_an_older_database(tmp_path: Path) -> None:
+    """A database written before the confidence column gains it on open."""
+    path = tmp_path / "stops.sqlite3"
+    with sqlite3.connect(path) as old:
+        old.execute(
+            "CREATE TABLE stops (session_id TEXT NOT NULL, stop_id TEXT NOT NULL, incarnation TEXT NOT NULL,"
+            " text TEXT, recognized INTEGER, at REAL NOT NULL, used REAL NOT NULL,"
+            " PRIMARY KEY (session_id, stop_id))"
+        )
+        old.execute("INSERT INTO stops VALUES ('s', 'old', 'i', 'before', 3, 1.0, 1.0)")
+    old.close()
+    store = StopStore(path, 100)
+    assert store.get("s", "old", 2.0) == StopRecord("i", "before", 3, 1.0, None)
+    words = '[{"text": "hi", "probability": 0.5}]'
+    store.put("s", "new", StopRecord("i", "hi", 4, 2.0, words))
+    assert store.get("s", "new", 3.0) == StopRecord("i", "hi", 4, 2.0, words)
+    store.prune(now=10.0, text_ttl=1.0)  # an expired text takes its confidence with it
+    assert store.get("s", "new", 11.0) == StopRecord("i", None, 4, 2.0, None)
+    store.close()

@@ -50,6 +50,7 @@ Dictation dictation(
   PartialCallback? onPartial,
   Duration finalTimeout = const Duration(seconds: 15),
   int maxReconnects = 5,
+  bool confidence = false,
 }) =>
     Dictation(
       url: 'http://asr.test',
@@ -58,6 +59,7 @@ Dictation dictation(
       connect: server.connect,
       http: (batch ?? Batch()).client(),
       onPartial: onPartial,
+      confidence: confidence,
       finalTimeout: finalTimeout,
       maxReconnects: maxReconnects,
       reconnectDelay: const Duration(milliseconds: 10),
@@ -98,6 +100,29 @@ void main() {
     ]);
     expect((result.text, result.source, result.fallbackReason), ('hello world', DictationSource.stream, null));
     expect((result.recognizedThroughSeq, result.finalCapturedSeq), (20, 20));
+  });
+
+  test('a final with confidence gives each word its probability', () async {
+    List<Map<String, Object?>> scored(ScriptedServer server, Map<String, dynamic> stop) {
+      final answer = coveredFinal(server, stop);
+      return [
+        {
+          ...answer.first,
+          'confidence': [
+            {'text': 'hello', 'probability': 0.9},
+            {'text': 'world', 'probability': null},
+          ],
+        },
+        answer.last,
+      ];
+    }
+
+    final server = ScriptedServer(answer: scored);
+    final result = await run(dictation(server, confidence: true));
+    expect(server.openings.first['confidence'], isTrue);
+    expect([for (final w in result.confidence!) (w.text, w.probability)], [('hello', 0.9), ('world', null)]);
+    final plain = await run(dictation(ScriptedServer()));
+    expect(plain.confidence, isNull);
   });
 
   test('partials reach the callback with their delta', () async {

@@ -198,6 +198,11 @@ void main() {
       expect(message['context'], 'Zhang Wei');
     });
 
+    test('confidence is asked in the opening', () {
+      expect(openingMessage('start', 's-1', confidence: true)['confidence'], isTrue);
+      expect(openingMessage('resume', 's-1').containsKey('confidence'), isFalse);
+    });
+
     test('stop claims the captured frames', () {
       expect(stopMessage('s-1', 's-1-stop', 25), {
         'type': 'stop',
@@ -399,6 +404,25 @@ void main() {
       final sent = [for (final p in progress) p.$1];
       expect(sent, orderedEquals([...sent]..sort()));
       expect(sent.last, total);
+    });
+
+    test('transcribe asks for logprobs and reads them', () async {
+      final body = {
+        'text': 'h\u00e9',
+        'logprobs': [
+          {'token': 'h', 'logprob': -0.25, 'bytes': [104]},
+          {'token': '\ufffd', 'logprob': -1.5, 'bytes': [195.0, 169.0]},
+        ],
+      };
+      final recorder = Recorder(() => jsonResponse(body));
+      final result = await recorder.client().transcribe(AudioUpload.bytes(ascii.encode('RIFF')), include: ['logprobs']);
+      await recorder.client().transcribe(AudioUpload.bytes(ascii.encode('RIFF')));
+      expect(field(recorder.requests.first, 'include[]'), 'logprobs');
+      expect([for (final t in result.logprobs!) (t.token, t.logprob, t.bytes)], [
+        ('h', -0.25, [104]),
+        ('\ufffd', -1.5, [195, 169]),
+      ]);
+      expect(form(recorder.requests.last).containsKey('include[]'), isFalse); // only when asked
     });
 
     test('transcribe text format returns the plain body', () async {

@@ -30,6 +30,7 @@ from polyasr_client.errors import (
     InternalError,
     InvalidFrame,
     InvalidJson,
+    InvalidOption,
     InvalidRequest,
     MissingSessionId,
     ModelBusy,
@@ -62,7 +63,15 @@ from polyasr_client.ledger import FrameLedger
 from polyasr_client.link import Connector, Link, LinkClosed, WebSocketLink, connect_websocket
 from polyasr_client.messages import DEFAULT_URL, covers, opening_message, stop_message, websocket_url
 from polyasr_client.partials import PartialText
-from polyasr_client.results import AlignResult, ManifestEntry, Segment, Transcription, Word
+from polyasr_client.results import (
+    AlignResult,
+    ManifestEntry,
+    Segment,
+    TokenLogprob,
+    Transcription,
+    Word,
+    WordConfidence,
+)
 from polyasr_client.wav import wav_from_pcm16
 
 __all__ = [
@@ -90,6 +99,7 @@ __all__ = [
     "InternalError",
     "InvalidFrame",
     "InvalidJson",
+    "InvalidOption",
     "InvalidRequest",
     "Link",
     "LinkClosed",
@@ -113,6 +123,7 @@ __all__ = [
     "StartTimeout",
     "StopBeforeStart",
     "TextTooLarge",
+    "TokenLogprob",
     "TooManyDuplicates",
     "Transcription",
     "Unauthorized",
@@ -124,6 +135,7 @@ __all__ = [
     "UploadTooLarge",
     "WebSocketLink",
     "Word",
+    "WordConfidence",
     "connect_websocket",
     "covers",
     "decode_frame",

@@ -34,6 +34,7 @@ from polyasr_client.messages import (
     websocket_url,
 )
 from polyasr_client.partials import PartialText
+from polyasr_client.results import WordConfidence
 from polyasr_client.wav import wav_from_pcm16
 
 PartialCallback = Callable[[str, str | None], None]
@@ -49,6 +50,8 @@ class DictationResult:
     ``"batch"`` when the text is the batch endpoint's for the buffered audio;
     ``fallback_reason`` then says why (``uncovered``, ``stop_expired:<reason>``,
     ``no_final``) and ``stream_text`` keeps the unproven final, if any.
+    ``confidence`` (asked with ``Dictation(confidence=True)``) is each word of
+    a ``"stream"`` text with the model's confidence in it; None otherwise.
     """
 
     text: str
@@ -57,6 +60,7 @@ class DictationResult:
     recognized_through_seq: int | None
     stream_text: str | None
     fallback_reason: str | None
+    confidence: tuple[WordConfidence, ...] | None = None
 
 
 @dataclass
@@ -80,6 +84,7 @@ class Dictation:
         api_key: str | None = None,
         language: str | None = None,
         context: str | None = None,
+        confidence: bool = False,
         on_partial: PartialCallback | None = None,
         http: PolyAsrClient | None = None,
         connect: Connector = connect_websocket,
@@ -94,6 +99,7 @@ class Dictation:
         self.stop_id = f"{self.session_id}-stop"
         self.language = language
         self.context = context
+        self.confidence = confidence
         self.ledger = FrameLedger()
         self.partial = PartialText()
         self.stats = DictationStats()
@@ -196,7 +202,13 @@ class Dictation:
         self._generation += 1
         generation = self._generation
         try:
-            opening = opening_message(kind, self.session_id, language=self.language, context=self.context)
+            opening = opening_message(
+                kind,
+                self.session_id,
+                language=self.language,
+                context=self.context,
+                confidence=self.confidence,
+            )
             # A server that refuses the socket (no key) says why and closes at
             # once: the send may fail, and the reason is then the next message.
             with contextlib.suppress(LinkClosed):
@@ -326,7 +338,9 @@ class Dictation:
         through = through if isinstance(through, int) and not isinstance(through, bool) else None
         stream_text = str(answer.get("text", "")) if answer.get("type") == "final" else None
         if stream_text is not None and (covers(answer, captured) or captured == 0):
-            return DictationResult(stream_text, "stream", captured, through, stream_text, None)
+            words = answer.get("confidence")
+            confidence = None if words is None else tuple(WordConfidence.from_json(w) for w in words)
+            return DictationResult(stream_text, "stream", captured, through, stream_text, None, confidence)
         if answer.get("type") == "final":
             reason = "uncovered"
         elif answer.get("type") == "stopExpired":

@@ -79,6 +79,12 @@ class UnsupportedAudioFormat(PolyAsrError):
     code = "unsupported_audio_format"
 
 
+class InvalidOption(PolyAsrError):
+    """A ``start``/``resume`` option of the wrong type (``confidence`` not a boolean)."""
+
+    code = "invalid_option"
+
+
 class InvalidRequest(PolyAsrError):
     """HTTP 422: a missing or malformed field (the message names it), or an
     unsupported language."""
@@ -229,6 +235,7 @@ WS_ERRORS: dict[str, type[PolyAsrError]] = {
     "unsupported_message": UnsupportedMessage,
     "invalid_json": InvalidJson,
     "unsupported_audio_format": UnsupportedAudioFormat,
+    "invalid_option": InvalidOption,
     "unsupported_language": UnsupportedLanguage,
     "model_unavailable": ModelUnavailable,
     "internal_error": InternalError,

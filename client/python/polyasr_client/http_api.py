@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -18,7 +18,7 @@ import httpx
 
 from polyasr_client.errors import ConnectionLost, error_from_response
 from polyasr_client.messages import DEFAULT_URL, api_key_or_env
-from polyasr_client.results import AlignResult, ManifestEntry, Transcription
+from polyasr_client.results import AlignResult, ManifestEntry, TokenLogprob, Transcription
 
 ProgressCallback = Callable[[int, int], None]
 """``(bytes sent, total bytes)``; total is 0 when the length is unknown."""
@@ -68,20 +68,28 @@ class PolyAsrClient:
         language: str | None = None,
         context: str | None = None,
         response_format: str = "json",
+        include: Sequence[str] = (),
         on_progress: ProgressCallback | None = None,
     ) -> Transcription:
         """``POST /v1/audio/transcriptions``; ``text``, ``srt`` and ``vtt``
-        answer plain text, which is the result's ``text``."""
-        fields = _fields(language=language, context=context, response_format=response_format)
+        answer plain text, which is the result's ``text``. ``include``:
+        ``["logprobs"]`` (with ``json`` only) fills ``logprobs``."""
+        fields: dict[str, str | list[str]] = {
+            **_fields(language=language, context=context, response_format=response_format)
+        }
+        if include:
+            fields["include[]"] = list(include)
         response = await self._upload("/v1/audio/transcriptions", audio, filename, fields, on_progress)
         if response_format.lower() in PLAIN_FORMATS:
             return Transcription(text=response.text)
         body = response.json()
+        logprobs = body.get("logprobs")
         return Transcription(
             text=str(body.get("text", "")),
             language=body.get("language"),
             duration=body.get("duration"),
             raw=body,
+            logprobs=None if logprobs is None else tuple(TokenLogprob.from_json(t) for t in logprobs),
         )
 
     async def align(
@@ -130,7 +138,7 @@ class PolyAsrClient:
         path: str,
         audio: AudioInput,
         filename: str | None,
-        fields: dict[str, str],
+        fields: Mapping[str, str | list[str]],
         on_progress: ProgressCallback | None,
     ) -> httpx.Response:
         with _open_audio(audio, filename) as (name, fileobj):

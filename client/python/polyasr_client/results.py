@@ -11,14 +11,45 @@ from typing import Any
 
 
 @dataclass(frozen=True)
+class TokenLogprob:
+    """One generated token with the model's log probability of it
+    (``include=["logprobs"]``); ``bytes`` is authoritative: a character
+    outside ASCII may be split over tokens."""
+
+    token: str
+    logprob: float
+    bytes: tuple[int, ...]
+
+    @classmethod
+    def from_json(cls, item: dict[str, Any]) -> TokenLogprob:
+        return cls(str(item["token"]), float(item["logprob"]), tuple(int(b) for b in item["bytes"]))
+
+
+@dataclass(frozen=True)
+class WordConfidence:
+    """One word of a dictation's final with the model's confidence in it, in
+    (0, 1]; ``None`` where no decode scored it (native streaming)."""
+
+    text: str
+    probability: float | None
+
+    @classmethod
+    def from_json(cls, item: dict[str, Any]) -> WordConfidence:
+        probability = item.get("probability")
+        return cls(str(item["text"]), None if probability is None else float(probability))
+
+
+@dataclass(frozen=True)
 class Transcription:
     """``POST /v1/audio/transcriptions``; ``language``/``duration`` only come
-    with ``verbose_json``, ``raw`` is the JSON body (None for ``text``)."""
+    with ``verbose_json``, ``logprobs`` with ``include=["logprobs"]``, ``raw``
+    is the JSON body (None for ``text``)."""
 
     text: str
     language: str | None = None
     duration: float | None = None
     raw: dict[str, Any] | None = None
+    logprobs: tuple[TokenLogprob, ...] | None = None
 
 
 @dataclass(frozen=True)

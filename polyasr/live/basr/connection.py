@@ -30,6 +30,7 @@ from polyasr.dictation.recognizer import FinalResult
 from polyasr.dictation.session import DictationSession
 from polyasr.live.basr.services import LiveServices
 from polyasr.live.basr.sessions import SessionRecord
+from polyasr.live.basr.stopstore import StopRecord
 from polyasr.live.basr.wire import (
     ALREADY_STARTED,
     AUDIO_BEFORE_START,
@@ -105,6 +106,19 @@ def _session_ended(services: LiveServices, session: DictationSession, text: str)
         services.on_session_end(outcome)
     except Exception:  # a broken detector must not fail the dictation
         log.exception("on_session_end hook failed")
+
+
+def _new_session(services: LiveServices, opening: Opening, language: str | None) -> DictationSession:
+    """A new session as ``opening`` asks (a ``resume`` that recreates a session
+    after a restart asks as a ``start`` does; a held session keeps its own)."""
+    return DictationSession(
+        services.new_vad(),
+        services.new_speaker(),
+        services.settings,
+        opening.context,
+        language,
+        confidence=opening.confidence,
+    )
 
 
 class Connection(Driving):
@@ -201,16 +215,7 @@ class Connection(Driving):
         svc = self.services
 
         def new_session() -> DictationSession:
-            # a resume that recreates the session (after a restart) asks as a start does;
-            # a held session keeps what its start asked for
-            return DictationSession(
-                svc.new_vad(),
-                svc.new_speaker(),
-                svc.settings,
-                opening.context,
-                language,
-                confidence=opening.confidence,
-            )
+            return _new_session(svc, opening, language)
 
         record = svc.registry.claim(opening, self, new_session)
         self.control = opening.control
@@ -309,10 +314,7 @@ class Connection(Driving):
         if answered is not None:
             if registry.is_fresh(answered):
                 self.log.event("stop_result_replayed", stop_id=stop.stop_id)
-                confidence = json.loads(answered.confidence) if answered.confidence is not None else None
-                await self._answer(
-                    record, stop.stop_id, answered.text or "", answered.recognized_through, confidence
-                )
+                await self._answer(record, stop.stop_id, answered)
             else:
                 self.log.event("stop_result_expired", stop_id=stop.stop_id, ttl_sec=registry.stop_ttl)
                 await self._expired(record, stop.stop_id, "stop_result_expired")
@@ -334,11 +336,10 @@ class Connection(Driving):
         record.journal.forget_ahead()
         recognized = record.journal.ack_seq + 1 if result.decoded and not incomplete else None
         confidence = word_confidence(result.text, result.tokens) if session.confidence else None
-        stored = json.dumps(confidence, ensure_ascii=False) if confidence is not None else None
-        registry.record_stop(record, stop.stop_id, result.text, recognized, stored)
+        answer = registry.record_stop(record, stop.stop_id, result.text, recognized, confidence)
         _log_final(self.log.event, stop, result, recognized, incomplete, self.control)
         _session_ended(self.services, session, result.text)
-        await self._answer(record, stop.stop_id, result.text, recognized, confidence)
+        await self._answer(record, stop.stop_id, answer)
 
     async def _await_coverage(self, record: SessionRecord, captured: int) -> bool:
         """Wait up to 2 s for frames ``0..captured-1``, still acking (and keeping) audio."""
@@ -355,16 +356,10 @@ class Connection(Driving):
             # text messages during the wait are dropped
         return True
 
-    async def _answer(
-        self,
-        record: SessionRecord,
-        stop_id: str,
-        text: str,
-        recognized: int | None,
-        confidence: list[dict[str, Any]] | None = None,
-    ) -> None:
-        through = recognized if self.control >= 2 else None
-        await self.send(final(record.session_id, stop_id, text, through, confidence))
+    async def _answer(self, record: SessionRecord, stop_id: str, answer: StopRecord) -> None:
+        through = answer.recognized_through if self.control >= 2 else None
+        confidence = json.loads(answer.confidence) if answer.confidence is not None else None
+        await self.send(final(record.session_id, stop_id, answer.text or "", through, confidence))
         await self.send(done(record.session_id, stop_id))
         self.log.event("done", stop_id=stop_id)
         await self._end()

@@ -35,12 +35,13 @@ through the dictionaries.
 from __future__ import annotations
 
 import asyncio
+import json
 import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from polyasr.archive.status import ArchiveStatus
 from polyasr.core.config import Settings
@@ -246,12 +247,15 @@ class SessionRegistry:
         stop_id: str,
         text: str,
         recognized: int | None,
-        confidence: str | None = None,
-    ) -> None:
-        """This incarnation's answer; ``confidence`` is the final's word list as JSON."""
-        result = StopRecord(record.incarnation, text, recognized, self.clock(), confidence)
+        confidence: list[dict[str, Any]] | None = None,
+    ) -> StopRecord:
+        """This incarnation's answer, as stored (``confidence``, the final's
+        word list, as JSON)."""
+        stored = json.dumps(confidence, ensure_ascii=False) if confidence is not None else None
+        result = StopRecord(record.incarnation, text, recognized, self.clock(), stored)
         record.result = result
         self.store.put(record.session_id, stop_id, result)
+        return result
 
     def is_fresh(self, stop: StopRecord) -> bool:
         return stop.text is not None and self.clock() - stop.at <= self.stop_ttl

@@ -23,6 +23,7 @@ import 'ledger.dart';
 import 'link.dart';
 import 'messages.dart';
 import 'partials.dart';
+import 'results.dart';
 import 'wav.dart';
 
 /// `(text, delta)`: append [delta] to what is shown, or show [text] instead
@@ -37,7 +38,9 @@ enum DictationSource { stream, batch }
 /// coverage, and [DictationSource.batch] when the text is the batch
 /// endpoint's for the buffered audio; [fallbackReason] then says why
 /// (`uncovered`, `stop_expired:<reason>`, `no_final`) and [streamText] keeps
-/// the unproven final, if any.
+/// the unproven final, if any. [confidence] (asked with
+/// `Dictation(confidence: true)`) is each word of a stream text with the
+/// model's confidence in it; null otherwise.
 class DictationResult {
   const DictationResult(
     this.text,
@@ -45,8 +48,9 @@ class DictationResult {
     this.finalCapturedSeq,
     this.recognizedThroughSeq,
     this.streamText,
-    this.fallbackReason,
-  );
+    this.fallbackReason, [
+    this.confidence,
+  ]);
 
   final String text;
   final DictationSource source;
@@ -54,6 +58,7 @@ class DictationResult {
   final int? recognizedThroughSeq;
   final String? streamText;
   final String? fallbackReason;
+  final List<WordConfidence>? confidence;
 }
 
 /// What recovery cost, for logs and tests.
@@ -74,6 +79,7 @@ class Dictation {
     this.apiKey,
     this.language,
     this.context,
+    this.confidence = false,
     PartialCallback? onPartial,
     PolyAsrClient? http,
     Connector connect = connectWebsocket,
@@ -98,6 +104,9 @@ class Dictation {
   final String? apiKey;
   final String? language;
   final String? context;
+
+  /// Ask for each final word's probability ([DictationResult.confidence]).
+  final bool confidence;
   final FrameLedger ledger = FrameLedger();
   final PartialText partial = PartialText();
   final DictationStats stats = DictationStats();
@@ -255,7 +264,13 @@ class Dictation {
     );
     _subscriptions.add(subscription);
     try {
-      final opening = openingMessage(kind, sessionId, language: language, context: context);
+      final opening = openingMessage(
+        kind,
+        sessionId,
+        language: language,
+        context: context,
+        confidence: confidence,
+      );
       try {
         await link.send(jsonEncode(opening));
       } on LinkClosed {
@@ -420,7 +435,19 @@ class Dictation {
     final recognized = through is int ? through : null;
     final streamText = answer['type'] == 'final' ? (answer['text'] ?? '').toString() : null;
     if (streamText != null && (covers(answer, captured) || captured == 0)) {
-      return DictationResult(streamText, DictationSource.stream, captured, recognized, streamText, null);
+      final words = answer['confidence'] as List<dynamic>?;
+      final confidence = words == null
+          ? null
+          : [for (final word in words) WordConfidence.fromJson(word as Map<String, dynamic>)];
+      return DictationResult(
+        streamText,
+        DictationSource.stream,
+        captured,
+        recognized,
+        streamText,
+        null,
+        confidence,
+      );
     }
     final String reason;
     if (answer['type'] == 'final') {

@@ -84,6 +84,12 @@ class UnsupportedAudioFormat extends PolyAsrError {
       : super(code: code ?? 'unsupported_audio_format');
 }
 
+/// A `start`/`resume` option of the wrong type (`confidence` not a boolean).
+class InvalidOption extends PolyAsrError {
+  InvalidOption(super.message, {String? code, super.status, super.detail, super.retryAfter})
+      : super(code: code ?? 'invalid_option');
+}
+
 /// HTTP 422: a missing or malformed field (the message names it), or an
 /// unsupported language.
 class InvalidRequest extends PolyAsrError {
@@ -251,6 +257,7 @@ final Map<String, ErrorFactory> wsErrors = {
   'unsupported_message': UnsupportedMessage.new,
   'invalid_json': InvalidJson.new,
   'unsupported_audio_format': UnsupportedAudioFormat.new,
+  'invalid_option': InvalidOption.new,
   'unsupported_language': UnsupportedLanguage.new,
   'model_unavailable': ModelUnavailable.new,
   'internal_error': InternalError.new,

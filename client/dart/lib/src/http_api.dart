@@ -73,23 +73,30 @@ class PolyAsrClient {
     String? language,
     String? context,
     String responseFormat = 'json',
+    List<String> include = const [],
     ProgressCallback? onProgress,
   }) async {
     final fields = _fields({
       'language': language,
       'context': context,
       'response_format': responseFormat,
+      // one value per name in a multipart form here: the server offers one, `logprobs`
+      for (final value in include) 'include[]': value,
     });
     final response = await _upload('/v1/audio/transcriptions', audio, fields, onProgress);
     if (plainFormats.contains(responseFormat.toLowerCase())) {
       return Transcription(utf8.decode(response.bodyBytes));
     }
     final body = _json(response);
+    final logprobs = body['logprobs'] as List<dynamic>?;
     return Transcription(
       (body['text'] ?? '').toString(),
       language: body['language'] as String?,
       duration: (body['duration'] as num?)?.toDouble(),
       raw: body,
+      logprobs: logprobs == null
+          ? null
+          : [for (final token in logprobs) TokenLogprob.fromJson(token as Map<String, dynamic>)],
     );
   }
 

@@ -4,15 +4,46 @@
 /// blocks (`gpu` vs `memory_mb`) that a client only displays.
 library;
 
+/// One generated token with the model's log probability of it
+/// (`include: ['logprobs']`); [bytes] is authoritative: a character outside
+/// ASCII may be split over tokens.
+class TokenLogprob {
+  const TokenLogprob(this.token, this.logprob, this.bytes);
+
+  factory TokenLogprob.fromJson(Map<String, dynamic> json) => TokenLogprob(
+        json['token'].toString(),
+        (json['logprob'] as num).toDouble(),
+        [for (final b in json['bytes'] as List<dynamic>) (b as num).toInt()],
+      );
+
+  final String token;
+  final double logprob;
+  final List<int> bytes;
+}
+
+/// One word of a dictation's final with the model's confidence in it, in
+/// (0, 1]; null where no decode scored it (native streaming).
+class WordConfidence {
+  const WordConfidence(this.text, this.probability);
+
+  factory WordConfidence.fromJson(Map<String, dynamic> json) =>
+      WordConfidence(json['text'].toString(), (json['probability'] as num?)?.toDouble());
+
+  final String text;
+  final double? probability;
+}
+
 /// `POST /v1/audio/transcriptions`; [language]/[duration] only come with
-/// `verbose_json`, [raw] is the JSON body (null for `text`).
+/// `verbose_json`, [logprobs] with `include: ['logprobs']`, [raw] is the
+/// JSON body (null for `text`).
 class Transcription {
-  const Transcription(this.text, {this.language, this.duration, this.raw});
+  const Transcription(this.text, {this.language, this.duration, this.raw, this.logprobs});
 
   final String text;
   final String? language;
   final double? duration;
   final Map<String, dynamic>? raw;
+  final List<TokenLogprob>? logprobs;
 }
 
 class Word {
