@@ -12,7 +12,8 @@ answered: a ``start`` begins a new incarnation of a session, and a stop result
 of an older incarnation is never replayed for new audio. The store also
 remembers each session's current incarnation, so a ``resume`` after a restart
 continues the incarnation the client was in. Texts are served for
-``STOP_RESULT_TTL_SEC``, then blanked (the stop still answers
+``STOP_RESULT_TTL_SEC`` (with the final's words, for a session that asked
+for them, as JSON), then blanked (the stop still answers
 ``stop_result_expired``) and forgotten after a day; at most
 ``POLYASR_STOP_STORE_MAX`` rows are held, the least recently used go first.
 
@@ -50,6 +51,7 @@ CREATE TABLE IF NOT EXISTS stops (
     recognized INTEGER,
     at REAL NOT NULL,
     used REAL NOT NULL,
+    words TEXT,
     PRIMARY KEY (session_id, stop_id)
 );
 CREATE INDEX IF NOT EXISTS stops_used ON stops (used);
@@ -68,6 +70,7 @@ class StopRecord:
     text: str | None  # None once expired (the text is not kept longer than the TTL)
     recognized_through: int | None
     at: float  # wall-clock seconds: the record outlives the process
+    words: str | None = None  # the ``words`` message's fields as JSON, once known
 
 
 Row = tuple[Any, ...]
@@ -83,6 +86,9 @@ def _database(path: Path | None) -> sqlite3.Connection:
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")
     db.executescript(_SCHEMA)
+    columns = {row[1] for row in db.execute("PRAGMA table_info(stops)")}
+    if "words" not in columns:  # a database from before the words column
+        db.execute("ALTER TABLE stops ADD COLUMN words TEXT")
     return db
 
 
@@ -163,7 +169,8 @@ class StopStore:
         key = (session_id, stop_id)
         with self._lock:
             row = self._read(
-                "SELECT incarnation, text, recognized, at FROM stops WHERE session_id=? AND stop_id=?", key
+                "SELECT incarnation, text, recognized, at, words FROM stops WHERE session_id=? AND stop_id=?",
+                key,
             )
             if row is None:
                 return None
@@ -181,10 +188,16 @@ class StopStore:
             record.recognized_through,
             record.at,
             record.at,
+            record.words,
         )
 
         def apply(db: sqlite3.Connection) -> None:
-            db.execute("INSERT OR REPLACE INTO stops VALUES (?, ?, ?, ?, ?, ?, ?)", values)
+            db.execute(
+                "INSERT OR REPLACE INTO stops"
+                " (session_id, stop_id, incarnation, text, recognized, at, used, words)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                values,
+            )
             self._cap(db, "stops")
 
         with self._lock:
@@ -222,7 +235,9 @@ class StopStore:
         def apply(db: sqlite3.Connection) -> None:
             db.execute("DELETE FROM stops WHERE at < ?", (now - STOP_TOMBSTONE_SEC,))
             db.execute("DELETE FROM incarnations WHERE used < ?", (now - STOP_TOMBSTONE_SEC,))
-            db.execute("UPDATE stops SET text=NULL WHERE text IS NOT NULL AND at < ?", (now - text_ttl,))
+            db.execute(
+                "UPDATE stops SET text=NULL, words=NULL WHERE text IS NOT NULL AND at < ?", (now - text_ttl,)
+            )
 
         with self._lock:
             self._each(apply)

@@ -13,7 +13,7 @@ from typing import Any
 
 from polyasr.core.config import Settings, settings_view
 from polyasr.core.constants import SAMPLE_RATE
-from polyasr.live.refusals import protocol_error
+from polyasr.live.refusals import ProtocolError, protocol_error
 
 MAGIC = b"BASR"
 FRAMING_VERSION = 1
@@ -35,6 +35,7 @@ UNSUPPORTED_AUDIO = (
     "unsupported_audio_format",
     "only 16000 Hz, 1 channel, pcm16le audio is accepted",
 )
+INVALID_OPTION = ("invalid_option", "a start/resume option has a value of the wrong type")
 # Limits: every one a refusal with its own code
 TEXT_TOO_LARGE = ("text_too_large", "ASR protocol message exceeds the size limit")
 FRAME_TOO_LARGE = ("frame_too_large", "ASR audio frame exceeds the size limit")
@@ -128,6 +129,17 @@ class Opening:
     control: int
     context: str
     language: str | None  # raw value; normalized by the caller
+    words: bool = False  # the final's words, timed by the forced aligner, follow it
+
+
+def _flag(msg: dict[str, Any], name: str) -> bool:
+    """An optional boolean option: absent is false, anything but a JSON boolean is refused."""
+    value = msg.get(name, False)
+    if not isinstance(value, bool):
+        raise ProtocolError(
+            INVALID_OPTION[0], f"{INVALID_OPTION[1]}: '{name}' must be true or false", field=name
+        )
+    return value
 
 
 def parse_opening(msg: dict[str, Any], limits: WsLimits = WsLimits()) -> Opening:
@@ -155,6 +167,7 @@ def parse_opening(msg: dict[str, Any], limits: WsLimits = WsLimits()) -> Opening
         control=control,
         context=context if isinstance(context, str) else "",
         language=language if isinstance(language, str) else None,
+        words=_flag(msg, "words"),
     )
 
 
@@ -205,6 +218,11 @@ def final(session_id: str, stop_id: str, text: str, recognized_through: int | No
     if recognized_through is not None:
         msg["recognizedThroughSeq"] = recognized_through
     return msg
+
+
+def words(session_id: str, stop_id: str, fields: dict[str, Any]) -> dict[str, Any]:
+    """The final's words (``fields``: ``words``, or the ``reason`` there are none)."""
+    return {"type": "words", "sessionId": session_id, "stopId": stop_id, **fields}
 
 
 def done(session_id: str, stop_id: str) -> dict[str, Any]:
