@@ -34,6 +34,7 @@ from polyasr_client.messages import (
     websocket_url,
 )
 from polyasr_client.partials import PartialText
+from polyasr_client.results import Word
 from polyasr_client.wav import wav_from_pcm16
 
 PartialCallback = Callable[[str, str | None], None]
@@ -49,6 +50,10 @@ class DictationResult:
     ``"batch"`` when the text is the batch endpoint's for the buffered audio;
     ``fallback_reason`` then says why (``uncovered``, ``stop_expired:<reason>``,
     ``no_final``) and ``stream_text`` keeps the unproven final, if any.
+
+    With ``words=True``, a stream result carries the final's ``words`` (times
+    in seconds from the first frame), or ``words_reason`` says why there are
+    none (e.g. ``language_not_aligned``); a batch result carries neither.
     """
 
     text: str
@@ -57,6 +62,8 @@ class DictationResult:
     recognized_through_seq: int | None
     stream_text: str | None
     fallback_reason: str | None
+    words: tuple[Word, ...] | None = None
+    words_reason: str | None = None
 
 
 @dataclass
@@ -80,6 +87,7 @@ class Dictation:
         api_key: str | None = None,
         language: str | None = None,
         context: str | None = None,
+        words: bool = False,
         on_partial: PartialCallback | None = None,
         http: PolyAsrClient | None = None,
         connect: Connector = connect_websocket,
@@ -94,6 +102,7 @@ class Dictation:
         self.stop_id = f"{self.session_id}-stop"
         self.language = language
         self.context = context
+        self.words = words
         self.ledger = FrameLedger()
         self.partial = PartialText()
         self.stats = DictationStats()
@@ -111,6 +120,7 @@ class Dictation:
         self._lost_generation = 0
         self._stop: dict[str, Any] | None = None
         self._answer: dict[str, Any] | None = None  # the final or stopExpired
+        self._words: dict[str, Any] | None = None  # the final's words message, when asked for
         self._failure: PolyAsrError | None = None
         self._settled = asyncio.Event()
         self._recovery: asyncio.Task[None] | None = None
@@ -196,7 +206,9 @@ class Dictation:
         self._generation += 1
         generation = self._generation
         try:
-            opening = opening_message(kind, self.session_id, language=self.language, context=self.context)
+            opening = opening_message(
+                kind, self.session_id, language=self.language, context=self.context, words=self.words
+            )
             # A server that refuses the socket (no key) says why and closes at
             # once: the send may fail, and the reason is then the next message.
             with contextlib.suppress(LinkClosed):
@@ -258,6 +270,10 @@ class Dictation:
                 self._on_partial(self.partial.text, delta)
         elif kind in ("final", "stopExpired"):
             self._answer = message
+            if kind == "stopExpired" or not self.words:
+                self._settled.set()  # with words, the answer is complete at their message
+        elif kind == "words" or (kind == "done" and self._answer is not None):
+            self._words = message if kind == "words" else None
             self._settled.set()
         elif kind == "error":
             self._fail(error_from_message(message))
@@ -326,7 +342,8 @@ class Dictation:
         through = through if isinstance(through, int) and not isinstance(through, bool) else None
         stream_text = str(answer.get("text", "")) if answer.get("type") == "final" else None
         if stream_text is not None and (covers(answer, captured) or captured == 0):
-            return DictationResult(stream_text, "stream", captured, through, stream_text, None)
+            words, reason = _words(self._words)
+            return DictationResult(stream_text, "stream", captured, through, stream_text, None, words, reason)
         if answer.get("type") == "final":
             reason = "uncovered"
         elif answer.get("type") == "stopExpired":
@@ -348,6 +365,16 @@ class Dictation:
             if self._http is None:
                 await client.aclose()
         return result.text
+
+
+def _words(message: dict[str, Any] | None) -> tuple[tuple[Word, ...] | None, str | None]:
+    """``(words, reason)`` from the ``words`` message (neither without one)."""
+    if message is None:
+        return None, None
+    if "words" not in message:
+        return None, str(message.get("reason"))
+    words = tuple(Word(str(w["text"]), float(w["start"]), float(w["end"])) for w in message["words"])
+    return words, None
 
 
 def _decode(message: str | bytes) -> dict[str, Any]:

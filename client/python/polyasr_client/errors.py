@@ -75,6 +75,12 @@ class InvalidJson(ProtocolError):
     code = "invalid_json"
 
 
+class InvalidOption(ProtocolError):
+    """A ``start``/``resume`` option of the wrong type (``words`` not a boolean)."""
+
+    code = "invalid_option"
+
+
 class UnsupportedAudioFormat(PolyAsrError):
     code = "unsupported_audio_format"
 
@@ -228,6 +234,7 @@ WS_ERRORS: dict[str, type[PolyAsrError]] = {
     "stop_before_start": StopBeforeStart,
     "unsupported_message": UnsupportedMessage,
     "invalid_json": InvalidJson,
+    "invalid_option": InvalidOption,
     "unsupported_audio_format": UnsupportedAudioFormat,
     "unsupported_language": UnsupportedLanguage,
     "model_unavailable": ModelUnavailable,

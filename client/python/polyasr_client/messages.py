@@ -31,9 +31,11 @@ def opening_message(
     *,
     language: str | None = None,
     context: str | None = None,
+    words: bool = False,
 ) -> dict[str, Any]:
-    """``start`` or ``resume``. Both restate language and context: a server
-    that lost the session creates a fresh one from the resume alone."""
+    """``start`` or ``resume``. Both restate language, context and words: a
+    server that lost the session creates a fresh one from the resume alone
+    (one that still holds it keeps the start's choice of words)."""
     message: dict[str, Any] = {
         "type": kind,
         "protocol": PROTOCOL,
@@ -47,6 +49,8 @@ def opening_message(
         message["language"] = language
     if context:
         message["context"] = context
+    if words:
+        message["words"] = True
     return message
 
 

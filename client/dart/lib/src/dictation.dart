@@ -23,6 +23,7 @@ import 'ledger.dart';
 import 'link.dart';
 import 'messages.dart';
 import 'partials.dart';
+import 'results.dart';
 import 'wav.dart';
 
 /// `(text, delta)`: append [delta] to what is shown, or show [text] instead
@@ -38,6 +39,10 @@ enum DictationSource { stream, batch }
 /// endpoint's for the buffered audio; [fallbackReason] then says why
 /// (`uncovered`, `stop_expired:<reason>`, `no_final`) and [streamText] keeps
 /// the unproven final, if any.
+///
+/// With `words: true`, a stream result carries the final's [words] (times in
+/// seconds from the first frame), or [wordsReason] says why there are none
+/// (e.g. `language_not_aligned`); a batch result carries neither.
 class DictationResult {
   const DictationResult(
     this.text,
@@ -45,8 +50,10 @@ class DictationResult {
     this.finalCapturedSeq,
     this.recognizedThroughSeq,
     this.streamText,
-    this.fallbackReason,
-  );
+    this.fallbackReason, [
+    this.words,
+    this.wordsReason,
+  ]);
 
   final String text;
   final DictationSource source;
@@ -54,6 +61,8 @@ class DictationResult {
   final int? recognizedThroughSeq;
   final String? streamText;
   final String? fallbackReason;
+  final List<Word>? words;
+  final String? wordsReason;
 }
 
 /// What recovery cost, for logs and tests.
@@ -74,6 +83,7 @@ class Dictation {
     this.apiKey,
     this.language,
     this.context,
+    this.words = false,
     PartialCallback? onPartial,
     PolyAsrClient? http,
     Connector connect = connectWebsocket,
@@ -98,6 +108,9 @@ class Dictation {
   final String? apiKey;
   final String? language;
   final String? context;
+
+  /// Ask for the final's words, timed by the server's forced aligner.
+  final bool words;
   final FrameLedger ledger = FrameLedger();
   final PartialText partial = PartialText();
   final DictationStats stats = DictationStats();
@@ -117,6 +130,7 @@ class Dictation {
   int _lostGeneration = 0;
   Map<String, Object>? _stop;
   Map<String, dynamic>? _answer; // the final or stopExpired
+  Map<String, dynamic>? _words; // the final's words message, when asked for
   PolyAsrError? _failure;
   final Completer<void> _settled = Completer<void>();
   bool _recovering = false;
@@ -255,7 +269,7 @@ class Dictation {
     );
     _subscriptions.add(subscription);
     try {
-      final opening = openingMessage(kind, sessionId, language: language, context: context);
+      final opening = openingMessage(kind, sessionId, language: language, context: context, words: words);
       try {
         await link.send(jsonEncode(opening));
       } on LinkClosed {
@@ -322,6 +336,13 @@ class Dictation {
         _onPartial?.call(partial.text, delta);
       case 'final' || 'stopExpired':
         _answer = message;
+        if (message['type'] == 'stopExpired' || !words) {
+          _settle(); // with words, the answer is complete at their message
+        }
+      case 'words':
+        _words = message;
+        _settle();
+      case 'done' when _answer != null:
         _settle();
       case 'error':
         _fail(errorFromMessage(message));
@@ -420,7 +441,9 @@ class Dictation {
     final recognized = through is int ? through : null;
     final streamText = answer['type'] == 'final' ? (answer['text'] ?? '').toString() : null;
     if (streamText != null && (covers(answer, captured) || captured == 0)) {
-      return DictationResult(streamText, DictationSource.stream, captured, recognized, streamText, null);
+      final (timed, why) = _wordsOf(_words);
+      return DictationResult(
+          streamText, DictationSource.stream, captured, recognized, streamText, null, timed, why);
     }
     final String reason;
     if (answer['type'] == 'final') {
@@ -432,6 +455,18 @@ class Dictation {
     }
     final text = captured > 0 ? await _batch() : '';
     return DictationResult(text, DictationSource.batch, captured, recognized, streamText, reason);
+  }
+
+  /// `(words, reason)` from the `words` message (neither without one).
+  static (List<Word>?, String?) _wordsOf(Map<String, dynamic>? message) {
+    if (message == null) {
+      return (null, null);
+    }
+    final words = message['words'];
+    if (words is! List) {
+      return (null, message['reason']?.toString());
+    }
+    return ([for (final w in words) Word.fromJson(w as Map<String, dynamic>)], null);
   }
 
   /// The buffered utterance through `POST /v1/audio/transcriptions`.

@@ -79,6 +79,12 @@ class InvalidJson extends ProtocolError {
       : super(code: code ?? 'invalid_json');
 }
 
+/// A `start`/`resume` option of the wrong type (`words` not a boolean).
+class InvalidOption extends ProtocolError {
+  InvalidOption(super.message, {String? code, super.status, super.detail, super.retryAfter})
+      : super(code: code ?? 'invalid_option');
+}
+
 class UnsupportedAudioFormat extends PolyAsrError {
   UnsupportedAudioFormat(super.message, {String? code, super.status, super.detail, super.retryAfter})
       : super(code: code ?? 'unsupported_audio_format');
@@ -250,6 +256,7 @@ final Map<String, ErrorFactory> wsErrors = {
   'stop_before_start': StopBeforeStart.new,
   'unsupported_message': UnsupportedMessage.new,
   'invalid_json': InvalidJson.new,
+  'invalid_option': InvalidOption.new,
   'unsupported_audio_format': UnsupportedAudioFormat.new,
   'unsupported_language': UnsupportedLanguage.new,
   'model_unavailable': ModelUnavailable.new,

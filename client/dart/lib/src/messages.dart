@@ -13,13 +13,15 @@ const String wsPath = '/ws/transcribe';
 const String wsSubprotocol = 'polyasr';
 const String wsKeySubprotocolPrefix = 'polyasr-key.';
 
-/// `start` or `resume`. Both restate language and context: a server that
-/// lost the session creates a fresh one from the resume alone.
+/// `start` or `resume`. Both restate language, context and words: a server
+/// that lost the session creates a fresh one from the resume alone (one that
+/// still holds it keeps the start's choice of words).
 Map<String, Object> openingMessage(
   String kind,
   String sessionId, {
   String? language,
   String? context,
+  bool words = false,
 }) {
   if (kind != 'start' && kind != 'resume') {
     throw ArgumentError.value(kind, 'kind', 'must be start or resume');
@@ -34,6 +36,7 @@ Map<String, Object> openingMessage(
     'encoding': 'pcm16le',
     if (language != null && language.isNotEmpty) 'language': language,
     if (context != null && context.isNotEmpty) 'context': context,
+    if (words) 'words': true,
   };
 }
 
