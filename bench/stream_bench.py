@@ -8,11 +8,11 @@ a ratio near 1 (target ≤ 1.5). It also runs the same lengths with a single
 session, so the side-by-side ratio (N sessions ÷ 1 session) shows whether a
 final waits behind other sessions' partials (the scheduler runs finals first).
 
-Then every configuration runs again with ``"words": true`` (the final's words,
-timed by the forced aligner, follow it in a ``words`` message): the script
-prints stop-to-final with words, stop-to-words, and the ratio final-latency
-with words ÷ without, side by side — the words must not slow the final
-(a ratio near 1).
+Every configuration runs without and with ``"words": true`` in turns
+(``--repeats`` rounds; the final's words, timed by the forced aligner, follow
+it in a ``words`` message): the script prints stop-to-final with words,
+stop-to-words, and the ratio final-latency with words ÷ without, side by
+side — the words must not slow the final (a ratio near 1).
 
     .venv-cuda/bin/python -m bench.stream_bench                  # CUDA engine (CPU here)
     .venv-mlx/bin/python -m bench.stream_bench --backend mlx
@@ -184,13 +184,19 @@ async def main_async(args: argparse.Namespace) -> None:
             url, 1, 3.0, "warm-up"
         )  # first-call costs (VAD, speaker encoder) stay out of the figures
         medians: dict[tuple[int, float, bool], float] = {}
-        for words in (False, True):
-            for sessions in sorted({1, args.sessions}):
-                for seconds in lengths:
-                    tag = f"n{sessions}{'w' if words else ''}"
-                    runs = await measure(url, sessions, seconds, tag, args.speed, words)
+        for sessions in sorted({1, args.sessions}):
+            for seconds in lengths:
+                # Without and with words in turns, so a change in the machine's load weighs on both.
+                runs: dict[bool, list[Run]] = {False: [], True: []}
+                for round_ in range(args.repeats):
+                    for words in (False, True):
+                        tag = f"n{sessions}{'w' if words else ''}r{round_}"
+                        runs[words] += await measure(url, sessions, seconds, tag, args.speed, words)
+                for words in (False, True):
                     label = f"{sessions} x {seconds:g} s{' words' if words else ''}"
-                    medians[(sessions, seconds, words)] = report(label, runs, partial_decodes(work / "logs"))
+                    medians[(sessions, seconds, words)] = report(
+                        label, runs[words], partial_decodes(work / "logs")
+                    )
         for sessions in sorted({1, args.sessions}):
             ratio = medians[(sessions, lengths[-1], False)] / medians[(sessions, lengths[0], False)]
             print(
@@ -221,6 +227,9 @@ def main() -> None:
     parser.add_argument("--lengths", default="5,30,120")
     add_model_flags(parser)
     parser.add_argument("--speed", type=float, default=1.0, help="replay speed, x real time (default 1)")
+    parser.add_argument(
+        "--repeats", type=int, default=1, help="rounds of each configuration, without and with words in turns"
+    )
     parser.add_argument(
         "--tokens-per-sec",
         type=float,

@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import threading
+import time
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import numpy as np
 import pytest
@@ -15,6 +19,7 @@ from polyasr.align.dictation import (
     AUDIO_NOT_KEPT,
     LANGUAGE_NOT_ALIGNED,
     NOT_DECODED,
+    DictationAligner,
     DictationWords,
     WordsOutcome,
 )
@@ -24,7 +29,7 @@ from polyasr.dictation.gate import Chunk
 from polyasr.dictation.heard import Heard
 from polyasr.dictation.recognizer import FinalResult, Hints
 from polyasr.live.basr.stopstore import StopRecord, StopStore
-from polyasr.models.scheduler import Priority
+from polyasr.models.scheduler import Priority, UnitScheduler, runs_or_waits
 from polyasr.models.unit import ModelUnavailable
 
 SR = 16000
@@ -154,3 +159,41 @@ def test_the_stop_store_keeps_words_and_opens_an_older_database(tmp_path: Path) 
     store.prune(100.0, text_ttl=10.0)  # past the TTL: text and words are blanked together
     assert store.get("s", "new", 100.0) == StopRecord("i", None, 3, 1.0, None)
     store.close()
+
+
+def test_words_are_aligned_after_the_asr_units_finals() -> None:
+    """While a final runs on the asr unit, a dictation's alignment waits for it."""
+    asr = UnitScheduler("asr")
+    aligned: list[float] = []
+
+    class Manager:
+        coload = True
+
+        def unit(self, name: str) -> Any:
+            assert name == "asr"
+            return SimpleNamespace(worker=asr)
+
+        async def run(self, name: str, fn: Any, priority: Priority, **lease: bool) -> Any:
+            aligned.append(time.monotonic())
+            return []
+
+    async def run() -> float:
+        release = threading.Event()
+        final = asr.submit(release.wait, Priority.FINAL)  # a final holding the asr unit
+        while not runs_or_waits(asr, Priority.FINAL):
+            await asyncio.sleep(0.01)
+        assert not runs_or_waits(asr, Priority.CONTROL)  # only as urgent as a final, no more
+        aligner = DictationAligner(SimpleNamespace(align=None), Manager())  # type: ignore[arg-type]
+        words = asyncio.create_task(aligner.units(np.zeros(SR, np.float32), "hi", "English", Priority.FINAL))
+        await asyncio.sleep(0.3)
+        assert not aligned, "the alignment waits while the final runs"
+        done_at = time.monotonic()
+        release.set()
+        await final
+        await words
+        return done_at
+
+    released_at = asyncio.run(run())
+    asr.close()
+    assert aligned and aligned[0] >= released_at
+    assert not runs_or_waits(asr, Priority.PROBE)
