@@ -145,6 +145,7 @@ class Dictation {
       const start = { type: "start", protocol: 1, control: 2, sessionId: this.sessionId };
       Object.assign(start, { sampleRate: SAMPLE_RATE, channels: 1, encoding: "pcm16le" });
       if (language()) start.language = language();
+      start.words = true; // the final's words, timed by the aligner, follow it on the word timeline
       this.ws.send(JSON.stringify(start));
     };
     this.ws.onmessage = ({ data }) => this.receive(JSON.parse(data));
@@ -196,6 +197,9 @@ class Dictation {
         break;
       case "final":
         this.final = message;
+        break;
+      case "words": // after the final, before done: its words, or why there are none
+        showDictatedWords(this.final?.text ?? "", message);
         break;
       case "done":
         this.state = "done";
@@ -331,13 +335,15 @@ function element(tag, className, text = "") {
 
 const seconds = (t) => t.toFixed(2);
 
-/** One track per segment; each word sits at its aligned start, as wide as it lasts. */
-function renderTimeline(segments) {
+/**
+ * One track per segment; each word sits at its aligned start, as wide as it
+ * lasts. Uploads and dictations share it: a new result replaces the last.
+ */
+function renderTimeline(segments, summary) {
   const timeline = $("timeline");
+  timeline.replaceChildren();
   const words = segments.flatMap((segment) => segment.words ?? []);
-  $("align-status").textContent = words.length
-    ? `${words.length} words in ${segments.length} segment(s); hover a word for its times.`
-    : "The aligner returned no words.";
+  $("align-status").textContent = words.length ? summary(words.length) : "The aligner returned no words.";
   for (const segment of segments) {
     const span = Math.max(segment.end - segment.start, 0.001);
     const box = element("div", "segment");
@@ -355,6 +361,18 @@ function renderTimeline(segments) {
   }
 }
 
+/** A dictation's `words` message: one segment, in seconds from its first frame. */
+function showDictatedWords(text, message) {
+  const words = message.words ?? [];
+  if (!message.words) {
+    $("timeline").replaceChildren();
+    $("align-status").textContent = `The dictation has no words: ${message.reason}.`;
+    return;
+  }
+  const segment = { text, start: words[0]?.start ?? 0, end: words.at(-1)?.end ?? 0, words };
+  renderTimeline([segment], (count) => `${count} dictated words; hover a word for its times.`);
+}
+
 async function align(file) {
   const status = $("align-status");
   status.textContent = "Aligning…";
@@ -364,7 +382,8 @@ async function align(file) {
   } else if (!result.response.ok) {
     status.textContent = `Alignment failed: ${failure(result)}`;
   } else {
-    renderTimeline(result.data.segments ?? []);
+    const segments = result.data.segments ?? [];
+    renderTimeline(segments, (count) => `${count} words in ${segments.length} segment(s); hover a word for its times.`);
   }
 }
 

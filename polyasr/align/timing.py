@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import unicodedata
 from collections.abc import Sequence
+from itertools import pairwise
 
 from polyasr.align.data import Segment
 from polyasr.core.engine import AlignedUnit
@@ -141,6 +142,30 @@ def _words(text: str, units: Sequence[AlignedUnit]) -> list[tuple[int, AlignedUn
         previous_end = next_start
         index = run_end
     return words
+
+
+def written_words(text: str, units: Sequence[AlignedUnit]) -> list[AlignedUnit]:
+    """Every word of ``text`` once, in order, as written, with the aligner's times.
+
+    Punctuation after a word (up to the next space) stays with it, punctuation
+    after a space goes with the next word, and anything before the first word
+    with the first: every character of ``text`` but whitespace is in exactly
+    one word, so the words put back together are the text. ``units`` must
+    already be monotonic (:func:`tidy_times`).
+    """
+    placed = _words(text, units)
+    if not placed:
+        return []
+    cuts = [0]
+    for (position, word), (following, _) in pairwise(placed):
+        end = position + len(word.text)
+        space = next((i for i, ch in enumerate(text[end:following]) if ch.isspace()), None)
+        cuts.append(following if space is None else end + space)
+    cuts.append(len(text))
+    return [
+        AlignedUnit(text[a:b].strip(), word.start, word.end)
+        for (a, b), (_, word) in zip(pairwise(cuts), placed, strict=True)
+    ]
 
 
 def _ends_sentence(text: str, i: int) -> int | None:

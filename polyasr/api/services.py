@@ -19,6 +19,7 @@ from typing import Annotated, Any
 from fastapi import Depends
 from starlette.requests import HTTPConnection
 
+from polyasr.align.dictation import DictationAligner
 from polyasr.align.pipeline import Aligner
 from polyasr.api.metrics import Metrics
 from polyasr.archive.archives import Archives
@@ -129,6 +130,7 @@ def build_live_services(
         new_vad=lambda: shared_vad().new_stream(),
         new_speaker=lambda: SpeakerGate(shared_speaker_filter()),
         new_log=archives.new_connection,
+        aligner=DictationAligner(engine, transcriber.manager),
         limits=WsLimits.from_settings(settings),
         on_session_end=health.record_session,
     )

@@ -33,6 +33,7 @@ from polyasr.core.constants import SAMPLE_RATE
 from polyasr.core.engine import Preempted, TokenScore, Transcript
 from polyasr.core.text import join_text
 from polyasr.dictation.gate import Chunk
+from polyasr.dictation.heard import Heard, HeardListener
 from polyasr.models.scheduler import JobSlot, Priority
 from polyasr.models.transcriber import TranscribeRequest
 from polyasr.models.unit import ModelUnavailable
@@ -43,7 +44,6 @@ PREFIX_MIN_SEC = 4.0  # the first ~2 chunks of a tail are decoded without a pref
 RAW_FALLBACK_SEC = 30.0  # the most raw audio a fallback decode hears
 BACKOFF_SEC = 0.5  # first retry delay of a failed commit or native feed; doubles per failure
 BACKOFF_MAX_SEC = 30.0
-CHUNK_GAP = np.zeros(int(0.2 * SAMPLE_RATE), np.float32)  # between glued chunks
 
 log = logging.getLogger("polyasr.dictation")
 
@@ -82,15 +82,6 @@ class FinalResult:
     # The scored tokens of the decodes ``text`` is made of, in order (kept
     # only for a session that asked for its confidence).
     tokens: tuple[TokenScore, ...] = ()
-
-
-def glue(chunks: list[Chunk]) -> np.ndarray:
-    parts: list[np.ndarray] = []
-    for chunk in chunks:
-        if parts:
-            parts.append(CHUNK_GAP)
-        parts.append(chunk.samples)
-    return np.concatenate(parts) if parts else np.zeros(0, np.float32)
 
 
 class RawTail:
@@ -190,6 +181,7 @@ class RecognizerBase:
     scored: bool = False
     stable_tokens: list[TokenScore] = field(default_factory=list)
     loop_cuts: int = 0  # decodes whose looping tail the engine's guard cut
+    listener: HeardListener | None = None  # told each committed segment and the final's tail
 
     def __post_init__(self) -> None:
         keep = max(self.settings.partial_window_sec + PARTIAL_OVERLAP_SEC, RAW_FALLBACK_SEC)
@@ -232,21 +224,30 @@ class RecognizerBase:
         if self.emit is not None:
             await self.emit("model_unavailable", {"message": str(exc)})
 
+    def _finished(self, result: FinalResult, tail: Heard | None = None) -> FinalResult:
+        """``result``, once the listener knows what the final's tail was decoded from."""
+        if self.listener is not None:
+            self.listener.finished(tail)
+        return result
+
     async def fallbacks(self, decoder: SessionDecoder, speech_seen: bool) -> FinalResult:
         """Nothing recognized: decode what was heard, else the last partial."""
         heard = self.signal_samples >= MIN_DECODE_SEC * SAMPLE_RATE
         if heard and not speech_seen:
             # Sound the VAD never called speech: decode what was heard. (Pure
             # silence is not decoded: a model asked to may invent words.)
-            audio = self.raw.since(max(0, self.raw.length - int(RAW_FALLBACK_SEC * SAMPLE_RATE)))
+            start = max(0, self.raw.length - int(RAW_FALLBACK_SEC * SAMPLE_RATE))
+            audio = self.raw.since(start)
             result = await self._decode(decoder, audio, self.hints.request(Priority.FINAL))
             self.log("final_raw_fallback", text=result.text)
             if result.text:
-                return FinalResult(result.text, "raw_fallback", decoded=True, tokens=self._kept(result))
+                tail = Heard.of_raw(audio, start).decoded(result.text, result.language)
+                final = FinalResult(result.text, "raw_fallback", decoded=True, tokens=self._kept(result))
+                return self._finished(final, tail)
         if self.last_partial:
             self.log("final_from_last_partial", text=self.last_partial)
-            return FinalResult(self.last_partial, "last_partial", decoded=False)
-        return FinalResult("", "incremental", decoded=True)
+            return self._finished(FinalResult(self.last_partial, "last_partial", decoded=False))
+        return self._finished(FinalResult("", "incremental", decoded=True), Heard.of_chunks([]))
 
     def _kept(self, result: Transcript) -> tuple[TokenScore, ...]:
         return result.tokens if self.scored else ()
@@ -308,7 +309,8 @@ class IncrementalRecognizer(RecognizerBase):
         started = self.clock()
         try:
             request = self.hints.request(Priority.COMMIT, slot=self.commit_slot)
-            result = await self._decode(decoder, glue(chunks), request)
+            heard = Heard.of_chunks(chunks)
+            result = await self._decode(decoder, heard.samples, request)
         except asyncio.CancelledError:
             return  # the stop came first: the final decodes these chunks itself
         except ModelUnavailable as exc:
@@ -321,6 +323,8 @@ class IncrementalRecognizer(RecognizerBase):
         finally:
             self.commit_task = None
         self.commit_backoff.succeeded()
+        if self.listener is not None:
+            self.listener.committed(heard.decoded(result.text, result.language))
         self.stable_text = join_text(self.stable_text, result.text)
         self.stable_tokens += self._kept(result)
         del self.uncommitted[: len(chunks)]  # committed audio is released
@@ -426,20 +430,21 @@ class IncrementalRecognizer(RecognizerBase):
             with contextlib.suppress(Exception, asyncio.CancelledError):
                 await commit
         chunks = list(self.uncommitted)
-        tail_text = ""
+        tail = Heard.of_chunks(chunks)
         tail_tokens: tuple[TokenScore, ...] = ()
         if chunks:
-            result = await self._decode(decoder, glue(chunks), self.hints.request(Priority.FINAL))
-            tail_text, tail_tokens = result.text, self._kept(result)
+            result = await self._decode(decoder, tail.samples, self.hints.request(Priority.FINAL))
+            tail, tail_tokens = tail.decoded(result.text, result.language), self._kept(result)
         self.log(
             "final_incremental",
             stable_sec=round(self.stable_end / SAMPLE_RATE, 3),
             tail_sec=round(sum(c.seconds for c in chunks), 3),
             reused_stable=bool(self.stable_text),
         )
-        text = join_text(self.stable_text, tail_text)
+        text = join_text(self.stable_text, tail.text)
         if text:
-            return FinalResult(text, "incremental", decoded=True, tokens=(*self.stable_tokens, *tail_tokens))
+            final = FinalResult(text, "incremental", decoded=True, tokens=(*self.stable_tokens, *tail_tokens))
+            return self._finished(final, tail)
         return await self.fallbacks(decoder, speech_seen)
 
     async def _settle_partial(self, decoder: SessionDecoder) -> None:
@@ -566,7 +571,7 @@ class NativeRecognizer(RecognizerBase):
             state, self.state = self.state, None
             text = await decoder.native_finish(state)
         if text:
-            return FinalResult(text, "native_stream", decoded=True)
+            return self._finished(FinalResult(text, "native_stream", decoded=True))
         return await self.fallbacks(decoder, speech_seen)
 
     def cancel(self) -> None:

@@ -27,6 +27,7 @@ import numpy as np
 from polyasr.audio.speech import VadStream
 from polyasr.core.constants import SAMPLE_RATE
 from polyasr.dictation.gate import SpeakerCheck, SpeechGate
+from polyasr.dictation.heard import HeardListener
 from polyasr.dictation.recognizer import (
     DictationSettings,
     Emit,
@@ -86,6 +87,16 @@ class DictationSession:
     @emit.setter
     def emit(self, emit: Emit | None) -> None:
         self.recognizer.emit = emit
+
+    @property
+    def listener(self) -> HeardListener | None:
+        """Told every committed segment and the final's tail (set once, at the
+        start, by a dictation that asked for its words; it outlives reconnects)."""
+        return self.recognizer.listener
+
+    @listener.setter
+    def listener(self, listener: HeardListener | None) -> None:
+        self.recognizer.listener = listener
 
     def detach(self) -> None:
         """The driving connection left: events go nowhere until a resume attaches."""

@@ -482,3 +482,10 @@ class UnitScheduler:
             self.run_timeout,
             len(dropped),
         )
+
+
+def runs_or_waits(scheduler: UnitScheduler, priority: Priority) -> bool:
+    """Whether work at least as urgent as ``priority`` runs or waits on ``scheduler``'s
+    unit (a dictation's words are aligned once no final of the asr unit shares the device)."""
+    with scheduler._cv:
+        return min(scheduler._running, scheduler._queue.head()) <= priority

@@ -184,6 +184,14 @@ def test_dictation_in_the_browser(browser: Browser, server: LiveServer, tmp_path
     # what reached the server is the clip, resampled from 48 kHz to 16 kHz in the worklet
     assert abs(len(audio) - captured * 1600) < 1600
     assert envelope_correlation(audio, speech("voice_a")) > 0.8  # another voice: ~0.55
+    # The page asked for words: they are on the upload's timeline, in the session's seconds.
+    assert "dictated words" in (page.text_content("#align-status") or "")
+    texts = page.locator("#timeline .word").all_text_contents()
+    assert "".join(texts) == "".join(final.split())
+    assert next(e for e in events if e["type"] == "words_sent")["words"] == len(texts)
+    head = page.text_content("#timeline .segment-head") or ""
+    last_end = float(head.split(" s ·")[0].split("–")[1])
+    assert last_end <= captured / 10 + 0.01
     assert console.errors == []
 
 

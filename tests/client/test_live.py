@@ -148,6 +148,19 @@ async def test_dictation_is_covered_and_partials_follow_the_delta_rule(
     assert not resumed and received == speech_pcm
 
 
+async def test_a_dictation_with_words_gets_them_timed_by_the_aligner(
+    asr_server: LiveServer, speech_pcm: bytes
+) -> None:
+    d = Dictation(asr_server.url, language="en", words=True, final_timeout=SLOW_MACHINE_FINAL_SEC)
+    async with d:
+        await stream_pcm(d, speech_pcm, pace=0)
+        result = await d.stop()
+    assert result.source == "stream" and result.words and result.words_reason is None
+    assert "".join(w.text for w in result.words) == "".join(result.text.split())
+    seconds = len(speech_pcm) / 32000
+    assert all(0 <= w.start <= w.end <= seconds for w in result.words)
+
+
 async def test_a_dropped_connection_is_resumed_without_losing_audio(
     asr_server: LiveServer, speech_pcm: bytes
 ) -> None:

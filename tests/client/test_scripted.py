@@ -19,6 +19,7 @@ from polyasr_client import (
     PolyAsrClient,
     Unauthorized,
     UnsupportedLanguage,
+    Word,
     WordConfidence,
 )
 
@@ -245,3 +246,35 @@ async def test_frames_captured_while_disconnected_are_sent_by_the_resume() -> No
     result = await d.stop()
     assert [server.frames.get(seq) for seq in range(20)] == FRAMES
     assert len(server.links) == 2 and result.source == "stream"
+
+
+def _with_words(server: ScriptedServer, stop: dict[str, Any]) -> list[dict[str, Any]]:
+    """The final, then (from the second stop on: the first link drops before them) its words."""
+    final, done = covered_final(server, stop)
+    if len(server.stops) == 1:
+        return [final]
+    timed = [{"text": "hello", "start": 0.1, "end": 0.5}, {"text": "world", "start": 0.6, "end": 1.0}]
+    return [final, {"type": "words", "sessionId": "s", "stopId": stop["stopId"], "words": timed}, done]
+
+
+async def test_words_that_follow_the_final_reach_the_result_across_a_drop() -> None:
+    server = ScriptedServer(answer=_with_words)
+    result = await run(dictation(server, words=True))
+    assert [o["words"] for o in server.openings] == [True, True]  # the resume restates it
+    assert len(server.stops) == 2  # a final without its words is not the whole answer
+    assert result.source == "stream" and result.text == "hello world"
+    assert result.words == (Word("hello", 0.1, 0.5), Word("world", 0.6, 1.0))
+    assert result.words_reason is None
+
+
+async def test_a_reason_comes_instead_of_words() -> None:
+    def reason(server: ScriptedServer, stop: dict[str, Any]) -> list[dict[str, Any]]:
+        final, done = covered_final(server, stop)
+        why = {"type": "words", "sessionId": "s", "stopId": stop["stopId"], "reason": "language_not_aligned"}
+        return [final, why, done]
+
+    result = await run(dictation(ScriptedServer(answer=reason), words=True))
+    assert (result.text, result.words, result.words_reason) == ("hello world", None, "language_not_aligned")
+    plain = ScriptedServer()
+    result = await run(dictation(plain))
+    assert "words" not in plain.openings[0] and (result.words, result.words_reason) == (None, None)

@@ -247,6 +247,7 @@ def test_every_ws_error_code_has_its_own_class() -> None:
         "stop_before_start",
         "unsupported_message",
         "invalid_json",
+        "invalid_option",
         # the limits: what the client sent or failed to send
         "text_too_large",
         "frame_too_large",

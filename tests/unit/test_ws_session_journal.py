@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from polyasr.align.dictation import DictationAligner
 from polyasr.archive.connection import ConnectionArchive
 from polyasr.audio.speech import SpeakerGate, shared_speaker_filter, shared_vad
 from polyasr.dictation.recognizer import DictationSettings
@@ -75,6 +76,7 @@ def services(registry: SessionRegistry, manager: FakeManager | None = None) -> L
         new_vad=shared_vad().new_stream,
         new_speaker=lambda: SpeakerGate(shared_speaker_filter()),
         new_log=lambda: ConnectionArchive(None, backend="test", model="test"),
+        aligner=DictationAligner(None, manager or FakeManager()),  # no test here asks for words
     )
 
 

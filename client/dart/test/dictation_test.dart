@@ -50,6 +50,7 @@ Dictation dictation(
   PartialCallback? onPartial,
   Duration finalTimeout = const Duration(seconds: 15),
   int maxReconnects = 5,
+  bool words = false,
   bool confidence = false,
 }) =>
     Dictation(
@@ -62,6 +63,7 @@ Dictation dictation(
       confidence: confidence,
       finalTimeout: finalTimeout,
       maxReconnects: maxReconnects,
+      words: words,
       reconnectDelay: const Duration(milliseconds: 10),
     );
 
@@ -267,5 +269,50 @@ void main() {
     expect(received(server), frames);
     expect(server.links, hasLength(2));
     expect(result.source, DictationSource.stream);
+  });
+
+  test('words that follow the final reach the result across a drop', () async {
+    // The final, then (from the second stop on: the first link drops before them) its words.
+    List<Map<String, Object?>> withWords(ScriptedServer server, Map<String, dynamic> stop) {
+      final answer = coveredFinal(server, stop);
+      if (server.stops.length == 1) {
+        return [answer.first];
+      }
+      final timed = [
+        {'text': 'hello', 'start': 0.1, 'end': 0.5},
+        {'text': 'world', 'start': 0.6, 'end': 1.0},
+      ];
+      return [
+        answer.first,
+        {'type': 'words', 'sessionId': 's', 'stopId': stop['stopId'], 'words': timed},
+        answer.last,
+      ];
+    }
+
+    final server = ScriptedServer(answer: withWords);
+    final result = await run(dictation(server, words: true));
+    expect([for (final o in server.openings) o['words']], [true, true]); // the resume restates it
+    expect(server.stops, hasLength(2)); // a final without its words is not the whole answer
+    expect((result.source, result.text), (DictationSource.stream, 'hello world'));
+    expect([for (final w in result.words!) (w.text, w.start, w.end)], [('hello', 0.1, 0.5), ('world', 0.6, 1.0)]);
+    expect(result.wordsReason, isNull);
+  });
+
+  test('a reason comes instead of words', () async {
+    List<Map<String, Object?>> reason(ScriptedServer server, Map<String, dynamic> stop) {
+      final answer = coveredFinal(server, stop);
+      return [
+        answer.first,
+        {'type': 'words', 'sessionId': 's', 'stopId': stop['stopId'], 'reason': 'language_not_aligned'},
+        answer.last,
+      ];
+    }
+
+    final result = await run(dictation(ScriptedServer(answer: reason), words: true));
+    expect((result.text, result.words, result.wordsReason), ('hello world', null, 'language_not_aligned'));
+    final plain = ScriptedServer();
+    final without = await run(dictation(plain));
+    expect(plain.openings.first.containsKey('words'), isFalse);
+    expect((without.words, without.wordsReason), (null, null));
   });
 }

@@ -259,6 +259,7 @@ void main() {
         'stop_before_start',
         'unsupported_message',
         'invalid_json',
+        'invalid_option',
         // the limits: what the client sent or failed to send
         'text_too_large',
         'frame_too_large',

@@ -34,7 +34,7 @@ from polyasr_client.messages import (
     websocket_url,
 )
 from polyasr_client.partials import PartialText
-from polyasr_client.results import WordConfidence
+from polyasr_client.results import Word, WordConfidence
 from polyasr_client.wav import wav_from_pcm16
 
 PartialCallback = Callable[[str, str | None], None]
@@ -52,6 +52,10 @@ class DictationResult:
     ``no_final``) and ``stream_text`` keeps the unproven final, if any.
     ``confidence`` (asked with ``Dictation(confidence=True)``) is each word of
     a ``"stream"`` text with the model's confidence in it; None otherwise.
+
+    With ``words=True``, a stream result carries the final's ``words`` (times
+    in seconds from the first frame), or ``words_reason`` says why there are
+    none (e.g. ``language_not_aligned``); a batch result carries neither.
     """
 
     text: str
@@ -60,6 +64,8 @@ class DictationResult:
     recognized_through_seq: int | None
     stream_text: str | None
     fallback_reason: str | None
+    words: tuple[Word, ...] | None = None
+    words_reason: str | None = None
     confidence: tuple[WordConfidence, ...] | None = None
 
 
@@ -84,6 +90,7 @@ class Dictation:
         api_key: str | None = None,
         language: str | None = None,
         context: str | None = None,
+        words: bool = False,
         confidence: bool = False,
         on_partial: PartialCallback | None = None,
         http: PolyAsrClient | None = None,
@@ -99,6 +106,7 @@ class Dictation:
         self.stop_id = f"{self.session_id}-stop"
         self.language = language
         self.context = context
+        self.words = words
         self.confidence = confidence
         self.ledger = FrameLedger()
         self.partial = PartialText()
@@ -117,6 +125,7 @@ class Dictation:
         self._lost_generation = 0
         self._stop: dict[str, Any] | None = None
         self._answer: dict[str, Any] | None = None  # the final or stopExpired
+        self._words: dict[str, Any] | None = None  # the final's words message, when asked for
         self._failure: PolyAsrError | None = None
         self._settled = asyncio.Event()
         self._recovery: asyncio.Task[None] | None = None
@@ -207,6 +216,7 @@ class Dictation:
                 self.session_id,
                 language=self.language,
                 context=self.context,
+                words=self.words,
                 confidence=self.confidence,
             )
             # A server that refuses the socket (no key) says why and closes at
@@ -270,6 +280,10 @@ class Dictation:
                 self._on_partial(self.partial.text, delta)
         elif kind in ("final", "stopExpired"):
             self._answer = message
+            if kind == "stopExpired" or not self.words:
+                self._settled.set()  # with words, the answer is complete at their message
+        elif kind == "words" or (kind == "done" and self._answer is not None):
+            self._words = message if kind == "words" else None
             self._settled.set()
         elif kind == "error":
             self._fail(error_from_message(message))
@@ -338,9 +352,12 @@ class Dictation:
         through = through if isinstance(through, int) and not isinstance(through, bool) else None
         stream_text = str(answer.get("text", "")) if answer.get("type") == "final" else None
         if stream_text is not None and (covers(answer, captured) or captured == 0):
-            words = answer.get("confidence")
-            confidence = None if words is None else tuple(WordConfidence.from_json(w) for w in words)
-            return DictationResult(stream_text, "stream", captured, through, stream_text, None, confidence)
+            words, reason = _words(self._words)
+            scored = answer.get("confidence")
+            confidence = None if scored is None else tuple(WordConfidence.from_json(w) for w in scored)
+            return DictationResult(
+                stream_text, "stream", captured, through, stream_text, None, words, reason, confidence
+            )
         if answer.get("type") == "final":
             reason = "uncovered"
         elif answer.get("type") == "stopExpired":
@@ -362,6 +379,16 @@ class Dictation:
             if self._http is None:
                 await client.aclose()
         return result.text
+
+
+def _words(message: dict[str, Any] | None) -> tuple[tuple[Word, ...] | None, str | None]:
+    """``(words, reason)`` from the ``words`` message (neither without one)."""
+    if message is None:
+        return None, None
+    if "words" not in message:
+        return None, str(message.get("reason"))
+    words = tuple(Word(str(w["text"]), float(w["start"]), float(w["end"])) for w in message["words"])
+    return words, None
 
 
 def _decode(message: str | bytes) -> dict[str, Any]:

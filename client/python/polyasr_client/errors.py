@@ -75,14 +75,14 @@ class InvalidJson(ProtocolError):
     code = "invalid_json"
 
 
-class UnsupportedAudioFormat(PolyAsrError):
-    code = "unsupported_audio_format"
-
-
-class InvalidOption(PolyAsrError):
-    """A ``start``/``resume`` option of the wrong type (``confidence`` not a boolean)."""
+class InvalidOption(ProtocolError):
+    """A ``start``/``resume`` option of the wrong type (``words`` or ``confidence`` not a boolean)."""
 
     code = "invalid_option"
+
+
+class UnsupportedAudioFormat(PolyAsrError):
+    code = "unsupported_audio_format"
 
 
 class InvalidRequest(PolyAsrError):
@@ -234,8 +234,8 @@ WS_ERRORS: dict[str, type[PolyAsrError]] = {
     "stop_before_start": StopBeforeStart,
     "unsupported_message": UnsupportedMessage,
     "invalid_json": InvalidJson,
-    "unsupported_audio_format": UnsupportedAudioFormat,
     "invalid_option": InvalidOption,
+    "unsupported_audio_format": UnsupportedAudioFormat,
     "unsupported_language": UnsupportedLanguage,
     "model_unavailable": ModelUnavailable,
     "internal_error": InternalError,

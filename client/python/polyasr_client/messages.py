@@ -31,11 +31,12 @@ def opening_message(
     *,
     language: str | None = None,
     context: str | None = None,
+    words: bool = False,
     confidence: bool = False,
 ) -> dict[str, Any]:
-    """``start`` or ``resume``. Both restate language, context and
+    """``start`` or ``resume``. Both restate language, context, words and
     confidence: a server that lost the session creates a fresh one from the
-    resume alone."""
+    resume alone (one that still holds it keeps the start's choices)."""
     message: dict[str, Any] = {
         "type": kind,
         "protocol": PROTOCOL,
@@ -49,6 +50,8 @@ def opening_message(
         message["language"] = language
     if context:
         message["context"] = context
+    if words:
+        message["words"] = True
     if confidence:
         message["confidence"] = True
     return message

@@ -54,7 +54,9 @@ from polyasr.live.basr.wire import (
     partial,
     stop_expired,
     word_confidence,
+    words,
 )
+from polyasr.live.basr.words import Pending, decoded_words, replayed_words
 from polyasr.live.refusals import (
     CLOSE_INTERNAL,
     CLOSE_NORMAL,
@@ -73,6 +75,26 @@ log = logging.getLogger("polyasr.ws")
 COVERAGE_WAIT_SEC = 2.0
 RECEIVE_POLL_SEC = 0.1
 POST_DONE_PAUSE_SEC = 0.05
+
+
+def _log_stop(event: Callable[..., None], record: SessionRecord, stop: Stop, control: int) -> None:
+    event(
+        "stop_requested",
+        session_id=record.session_id,
+        stop_id=stop.stop_id,
+        ack_seq=record.journal.ack_seq,
+        final_captured_seq=stop.captured,
+        control_protocol=control,
+    )
+
+
+def _log_incomplete(event: Callable[..., None], record: SessionRecord, stop: Stop) -> None:
+    event(
+        "stop_audio_incomplete",
+        stop_id=stop.stop_id,
+        have_through_seq=record.journal.ack_seq + 1,
+        want_through_seq=stop.captured,
+    )
 
 
 def _log_final(
@@ -106,19 +128,6 @@ def _session_ended(services: LiveServices, session: DictationSession, text: str)
         services.on_session_end(outcome)
     except Exception:  # a broken detector must not fail the dictation
         log.exception("on_session_end hook failed")
-
-
-def _new_session(services: LiveServices, opening: Opening, language: str | None) -> DictationSession:
-    """A new session as ``opening`` asks (a ``resume`` that recreates a session
-    after a restart asks as a ``start`` does; a held session keeps its own)."""
-    return DictationSession(
-        services.new_vad(),
-        services.new_speaker(),
-        services.settings,
-        opening.context,
-        language,
-        confidence=opening.confidence,
-    )
 
 
 class Connection(Driving):
@@ -213,11 +222,13 @@ class Connection(Driving):
         except UnsupportedLanguage as exc:
             raise ProtocolError("unsupported_language", str(exc)) from None
         svc = self.services
-
-        def new_session() -> DictationSession:
-            return _new_session(svc, opening, language)
-
-        record = svc.registry.claim(opening, self, new_session)
+        record = svc.registry.claim(
+            opening,
+            self,
+            lambda: svc.new_session(
+                opening.context, language, words=opening.words, confidence=opening.confidence
+            ),
+        )
         self.control = opening.control
         session = record.session
         # a resume keeps the session's context and language unless it restates them
@@ -302,19 +313,12 @@ class Connection(Driving):
     async def _stop(self, record: SessionRecord, stop: Stop) -> None:
         registry, session = self.services.registry, record.session
         session.begin_stop()
-        self.log.event(
-            "stop_requested",
-            session_id=record.session_id,
-            stop_id=stop.stop_id,
-            ack_seq=record.journal.ack_seq,
-            final_captured_seq=stop.captured,
-            control_protocol=self.control,
-        )
+        _log_stop(self.log.event, record, stop, self.control)
         answered = registry.replay_stop(record, stop.stop_id)
         if answered is not None:
             if registry.is_fresh(answered):
                 self.log.event("stop_result_replayed", stop_id=stop.stop_id)
-                await self._answer(record, stop.stop_id, answered)
+                await self._answer(record, stop.stop_id, answered, replayed_words(record, answered.words))
             else:
                 self.log.event("stop_result_expired", stop_id=stop.stop_id, ttl_sec=registry.stop_ttl)
                 await self._expired(record, stop.stop_id, "stop_result_expired")
@@ -325,12 +329,7 @@ class Connection(Driving):
             return
         incomplete = stop.captured is not None and not await self._await_coverage(record, stop.captured)
         if incomplete:
-            self.log.event(
-                "stop_audio_incomplete",
-                stop_id=stop.stop_id,
-                have_through_seq=record.journal.ack_seq + 1,
-                want_through_seq=stop.captured,
-            )
+            _log_incomplete(self.log.event, record, stop)
         result = await self.inbox.until(session.finalize(self.services.decoder))
         self._check(record)
         record.journal.forget_ahead()
@@ -339,7 +338,9 @@ class Connection(Driving):
         answer = registry.record_stop(record, stop.stop_id, result.text, recognized, confidence)
         _log_final(self.log.event, stop, result, recognized, incomplete, self.control)
         _session_ended(self.services, session, result.text)
-        await self._answer(record, stop.stop_id, answer)
+        await self._answer(
+            record, stop.stop_id, answer, decoded_words(registry, record, stop.stop_id, result)
+        )
 
     async def _await_coverage(self, record: SessionRecord, captured: int) -> bool:
         """Wait up to 2 s for frames ``0..captured-1``, still acking (and keeping) audio."""
@@ -356,10 +357,18 @@ class Connection(Driving):
             # text messages during the wait are dropped
         return True
 
-    async def _answer(self, record: SessionRecord, stop_id: str, answer: StopRecord) -> None:
+    async def _answer(
+        self, record: SessionRecord, stop_id: str, answer: StopRecord, aligned: Pending
+    ) -> None:
+        """``final`` at once, then (when the session asked for them) its
+        ``words`` as soon as they are aligned, then ``done``."""
         through = answer.recognized_through if self.control >= 2 else None
         confidence = json.loads(answer.confidence) if answer.confidence is not None else None
         await self.send(final(record.session_id, stop_id, answer.text or "", through, confidence))
+        if aligned is not None:
+            outcome = await self.inbox.until(aligned)
+            self.log.event("words_sent", stop_id=stop_id, **outcome.summary())
+            await self.send(words(record.session_id, stop_id, outcome.to_json()))
         await self.send(done(record.session_id, stop_id))
         self.log.event("done", stop_id=stop_id)
         await self._end()

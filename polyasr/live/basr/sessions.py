@@ -35,6 +35,7 @@ through the dictionaries.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import secrets
 import time
@@ -43,6 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from polyasr.align.dictation import DictationWords
 from polyasr.archive.status import ArchiveStatus
 from polyasr.core.config import Settings
 from polyasr.dictation.session import DictationSession
@@ -75,6 +77,12 @@ class SessionRecord:
     updated_at: float
     owner: Driver | None = None
     result: StopRecord | None = None  # this incarnation's final, once answered
+
+    @property
+    def words(self) -> DictationWords | None:
+        """The session's words, when its start asked for them."""
+        listener = self.session.listener
+        return listener if isinstance(listener, DictationWords) else None
 
 
 @dataclass
@@ -221,6 +229,8 @@ class SessionRegistry:
         if record is None:
             return
         record.session.cancel_work()
+        if record.words is not None:
+            record.words.cancel()
         if record.owner is not None:
             record.owner.supersede()
 
@@ -256,6 +266,13 @@ class SessionRegistry:
         record.result = result
         self.store.put(record.session_id, stop_id, result)
         return result
+
+    def record_words(self, record: SessionRecord, stop_id: str, words: str) -> None:
+        """The final's words (the ``words`` message's fields, JSON) join its stop result."""
+        if record.result is None:
+            return
+        record.result = dataclasses.replace(record.result, words=words)
+        self.store.put(record.session_id, stop_id, record.result)
 
     def is_fresh(self, stop: StopRecord) -> bool:
         return stop.text is not None and self.clock() - stop.at <= self.stop_ttl

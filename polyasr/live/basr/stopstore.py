@@ -12,8 +12,8 @@ answered: a ``start`` begins a new incarnation of a session, and a stop result
 of an older incarnation is never replayed for new audio. The store also
 remembers each session's current incarnation, so a ``resume`` after a restart
 continues the incarnation the client was in. Texts are served for
-``STOP_RESULT_TTL_SEC`` (with the final's word confidence, for a session that
-asked for it, as JSON), then blanked (the stop still answers
+``STOP_RESULT_TTL_SEC`` (with the final's word confidence and its words, for
+a session that asked for them, as JSON), then blanked (the stop still answers
 ``stop_result_expired``) and forgotten after a day; at most
 ``POLYASR_STOP_STORE_MAX`` rows are held, the least recently used go first.
 
@@ -52,6 +52,7 @@ CREATE TABLE IF NOT EXISTS stops (
     at REAL NOT NULL,
     used REAL NOT NULL,
     confidence TEXT,
+    words TEXT,
     PRIMARY KEY (session_id, stop_id)
 );
 CREATE INDEX IF NOT EXISTS stops_used ON stops (used);
@@ -71,6 +72,7 @@ class StopRecord:
     recognized_through: int | None
     at: float  # wall-clock seconds: the record outlives the process
     confidence: str | None = None  # the final's ``confidence`` as JSON, when the session asked for it
+    words: str | None = None  # the ``words`` message's fields as JSON, once known
 
 
 Row = tuple[Any, ...]
@@ -87,8 +89,9 @@ def _database(path: Path | None) -> sqlite3.Connection:
         db.execute("PRAGMA synchronous=NORMAL")
     db.executescript(_SCHEMA)
     columns = {row[1] for row in db.execute("PRAGMA table_info(stops)")}
-    if "confidence" not in columns:  # a database from before the confidence column
-        db.execute("ALTER TABLE stops ADD COLUMN confidence TEXT")
+    for column in ("confidence", "words"):  # a database from before these columns
+        if column not in columns:
+            db.execute(f"ALTER TABLE stops ADD COLUMN {column} TEXT")
     return db
 
 
@@ -169,7 +172,7 @@ class StopStore:
         key = (session_id, stop_id)
         with self._lock:
             row = self._read(
-                "SELECT incarnation, text, recognized, at, confidence FROM stops"
+                "SELECT incarnation, text, recognized, at, confidence, words FROM stops"
                 " WHERE session_id=? AND stop_id=?",
                 key,
             )
@@ -190,13 +193,14 @@ class StopStore:
             record.at,
             record.at,
             record.confidence,
+            record.words,
         )
 
         def apply(db: sqlite3.Connection) -> None:
             db.execute(
                 "INSERT OR REPLACE INTO stops"
-                " (session_id, stop_id, incarnation, text, recognized, at, used, confidence)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                " (session_id, stop_id, incarnation, text, recognized, at, used, confidence, words)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 values,
             )
             self._cap(db, "stops")
@@ -237,7 +241,7 @@ class StopStore:
             db.execute("DELETE FROM stops WHERE at < ?", (now - STOP_TOMBSTONE_SEC,))
             db.execute("DELETE FROM incarnations WHERE used < ?", (now - STOP_TOMBSTONE_SEC,))
             db.execute(
-                "UPDATE stops SET text=NULL, confidence=NULL WHERE text IS NOT NULL AND at < ?",
+                "UPDATE stops SET text=NULL, confidence=NULL, words=NULL WHERE text IS NOT NULL AND at < ?",
                 (now - text_ttl,),
             )
 

@@ -132,6 +132,7 @@ class Opening:
     context: str
     language: str | None  # raw value; normalized by the caller
     confidence: bool = False  # the final carries each word's probability
+    words: bool = False  # the final's words, timed by the forced aligner, follow it
 
 
 def _flag(msg: dict[str, Any], name: str) -> bool:
@@ -170,6 +171,7 @@ def parse_opening(msg: dict[str, Any], limits: WsLimits = WsLimits()) -> Opening
         context=context if isinstance(context, str) else "",
         language=language if isinstance(language, str) else None,
         confidence=_flag(msg, "confidence"),
+        words=_flag(msg, "words"),
     )
 
 
@@ -240,6 +242,11 @@ def word_confidence(text: str, tokens: tuple[TokenScore, ...]) -> list[dict[str,
     return [
         {"text": word, "probability": p} for word, p in zip(words, scored.probabilities(words), strict=True)
     ]
+
+
+def words(session_id: str, stop_id: str, fields: dict[str, Any]) -> dict[str, Any]:
+    """The final's words (``fields``: ``words``, or the ``reason`` there are none)."""
+    return {"type": "words", "sessionId": session_id, "stopId": stop_id, **fields}
 
 
 def done(session_id: str, stop_id: str) -> dict[str, Any]:

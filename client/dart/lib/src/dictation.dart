@@ -38,9 +38,13 @@ enum DictationSource { stream, batch }
 /// coverage, and [DictationSource.batch] when the text is the batch
 /// endpoint's for the buffered audio; [fallbackReason] then says why
 /// (`uncovered`, `stop_expired:<reason>`, `no_final`) and [streamText] keeps
-/// the unproven final, if any. [confidence] (asked with
-/// `Dictation(confidence: true)`) is each word of a stream text with the
-/// model's confidence in it; null otherwise.
+/// the unproven final, if any.
+///
+/// With `words: true`, a stream result carries the final's [words] (times in
+/// seconds from the first frame), or [wordsReason] says why there are none
+/// (e.g. `language_not_aligned`); a batch result carries neither. [confidence]
+/// (asked with `Dictation(confidence: true)`) is each word of a stream text
+/// with the model's confidence in it; null otherwise.
 class DictationResult {
   const DictationResult(
     this.text,
@@ -49,6 +53,8 @@ class DictationResult {
     this.recognizedThroughSeq,
     this.streamText,
     this.fallbackReason, [
+    this.words,
+    this.wordsReason,
     this.confidence,
   ]);
 
@@ -58,6 +64,8 @@ class DictationResult {
   final int? recognizedThroughSeq;
   final String? streamText;
   final String? fallbackReason;
+  final List<Word>? words;
+  final String? wordsReason;
   final List<WordConfidence>? confidence;
 }
 
@@ -79,6 +87,7 @@ class Dictation {
     this.apiKey,
     this.language,
     this.context,
+    this.words = false,
     this.confidence = false,
     PartialCallback? onPartial,
     PolyAsrClient? http,
@@ -105,6 +114,9 @@ class Dictation {
   final String? language;
   final String? context;
 
+  /// Ask for the final's words, timed by the server's forced aligner.
+  final bool words;
+
   /// Ask for each final word's probability ([DictationResult.confidence]).
   final bool confidence;
   final FrameLedger ledger = FrameLedger();
@@ -126,6 +138,7 @@ class Dictation {
   int _lostGeneration = 0;
   Map<String, Object>? _stop;
   Map<String, dynamic>? _answer; // the final or stopExpired
+  Map<String, dynamic>? _words; // the final's words message, when asked for
   PolyAsrError? _failure;
   final Completer<void> _settled = Completer<void>();
   bool _recovering = false;
@@ -269,6 +282,7 @@ class Dictation {
         sessionId,
         language: language,
         context: context,
+        words: words,
         confidence: confidence,
       );
       try {
@@ -337,6 +351,13 @@ class Dictation {
         _onPartial?.call(partial.text, delta);
       case 'final' || 'stopExpired':
         _answer = message;
+        if (message['type'] == 'stopExpired' || !words) {
+          _settle(); // with words, the answer is complete at their message
+        }
+      case 'words':
+        _words = message;
+        _settle();
+      case 'done' when _answer != null:
         _settle();
       case 'error':
         _fail(errorFromMessage(message));
@@ -435,19 +456,13 @@ class Dictation {
     final recognized = through is int ? through : null;
     final streamText = answer['type'] == 'final' ? (answer['text'] ?? '').toString() : null;
     if (streamText != null && (covers(answer, captured) || captured == 0)) {
-      final words = answer['confidence'] as List<dynamic>?;
-      final confidence = words == null
+      final (timed, why) = _wordsOf(_words);
+      final scored = answer['confidence'] as List<dynamic>?;
+      final confidence = scored == null
           ? null
-          : [for (final word in words) WordConfidence.fromJson(word as Map<String, dynamic>)];
+          : [for (final word in scored) WordConfidence.fromJson(word as Map<String, dynamic>)];
       return DictationResult(
-        streamText,
-        DictationSource.stream,
-        captured,
-        recognized,
-        streamText,
-        null,
-        confidence,
-      );
+          streamText, DictationSource.stream, captured, recognized, streamText, null, timed, why, confidence);
     }
     final String reason;
     if (answer['type'] == 'final') {
@@ -459,6 +474,18 @@ class Dictation {
     }
     final text = captured > 0 ? await _batch() : '';
     return DictationResult(text, DictationSource.batch, captured, recognized, streamText, reason);
+  }
+
+  /// `(words, reason)` from the `words` message (neither without one).
+  static (List<Word>?, String?) _wordsOf(Map<String, dynamic>? message) {
+    if (message == null) {
+      return (null, null);
+    }
+    final words = message['words'];
+    if (words is! List) {
+      return (null, message['reason']?.toString());
+    }
+    return ([for (final w in words) Word.fromJson(w as Map<String, dynamic>)], null);
   }
 
   /// The buffered utterance through `POST /v1/audio/transcriptions`.

@@ -79,15 +79,15 @@ class InvalidJson extends ProtocolError {
       : super(code: code ?? 'invalid_json');
 }
 
+/// A `start`/`resume` option of the wrong type (`words` or `confidence` not a boolean).
+class InvalidOption extends ProtocolError {
+  InvalidOption(super.message, {String? code, super.status, super.detail, super.retryAfter})
+      : super(code: code ?? 'invalid_option');
+}
+
 class UnsupportedAudioFormat extends PolyAsrError {
   UnsupportedAudioFormat(super.message, {String? code, super.status, super.detail, super.retryAfter})
       : super(code: code ?? 'unsupported_audio_format');
-}
-
-/// A `start`/`resume` option of the wrong type (`confidence` not a boolean).
-class InvalidOption extends PolyAsrError {
-  InvalidOption(super.message, {String? code, super.status, super.detail, super.retryAfter})
-      : super(code: code ?? 'invalid_option');
 }
 
 /// HTTP 422: a missing or malformed field (the message names it), or an
@@ -256,8 +256,8 @@ final Map<String, ErrorFactory> wsErrors = {
   'stop_before_start': StopBeforeStart.new,
   'unsupported_message': UnsupportedMessage.new,
   'invalid_json': InvalidJson.new,
-  'unsupported_audio_format': UnsupportedAudioFormat.new,
   'invalid_option': InvalidOption.new,
+  'unsupported_audio_format': UnsupportedAudioFormat.new,
   'unsupported_language': UnsupportedLanguage.new,
   'model_unavailable': ModelUnavailable.new,
   'internal_error': InternalError.new,

@@ -13,13 +13,15 @@ const String wsPath = '/ws/transcribe';
 const String wsSubprotocol = 'polyasr';
 const String wsKeySubprotocolPrefix = 'polyasr-key.';
 
-/// `start` or `resume`. Both restate language, context and confidence: a
-/// server that lost the session creates a fresh one from the resume alone.
+/// `start` or `resume`. Both restate language, context, words and
+/// confidence: a server that lost the session creates a fresh one from the
+/// resume alone (one that still holds it keeps the start's choices).
 Map<String, Object> openingMessage(
   String kind,
   String sessionId, {
   String? language,
   String? context,
+  bool words = false,
   bool confidence = false,
 }) {
   if (kind != 'start' && kind != 'resume') {
@@ -35,6 +37,7 @@ Map<String, Object> openingMessage(
     'encoding': 'pcm16le',
     if (language != null && language.isNotEmpty) 'language': language,
     if (context != null && context.isNotEmpty) 'context': context,
+    if (words) 'words': true,
     if (confidence) 'confidence': true,
   };
 }
