@@ -245,7 +245,7 @@ class Transcriber:
             queued.put_nowait(None)
 
         feeder = asyncio.ensure_future(feed())
-        cuts = 0
+        looped = 0
         try:
             start = 0
             while (item := await _first(queued.get(), feeder)) is not None:
@@ -255,8 +255,8 @@ class Transcriber:
                     slots.release()
                 end = start + length
                 if result.loop_cut:
-                    cuts += 1
-                    self._loop_cut(request, cuts, start / SAMPLE_RATE)
+                    looped += 1
+                    self._loop_cut(request, looped, start / SAMPLE_RATE)
                 yield TimedPiece(
                     result.text,
                     result.language,
@@ -272,13 +272,13 @@ class Transcriber:
             for task in tasks:
                 task.cancel()
 
-    def _loop_cut(self, request: TranscribeRequest, cuts: int, at: float) -> None:
+    def _loop_cut(self, request: TranscribeRequest, looped: int, at: float) -> None:
         """A piece came back with its looping tail cut: counted per piece;
         logged once per batch request (a dictation session logs its own)."""
         kind = (Priority.PROBE if request.probe else request.priority).name.lower()
         for listener in self.loop_listeners:
             listener(kind)
-        if cuts == 1 and request.priority is Priority.BATCH and not request.probe:
+        if looped == 1 and request.priority is Priority.BATCH and not request.probe:
             log.warning("a repetition loop was cut from this request's decode (first at %.1f s)", at)
 
 
