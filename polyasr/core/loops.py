@@ -32,6 +32,15 @@ numbers:
 * spans longer than 16 tokens (a whole sentence) are rarely what a decoder
   loops on and would need a long history to see.
 
+A decode that used up its whole token budget without ending its answer is
+held to a second, looser rule at its end (:func:`cut` with ``ended=False``):
+a tail of at least :data:`MIN_REPEATS` turns and :data:`TAIL_MIN_TOKENS`
+tokens of one span is a loop. An honest answer ends with its end-of-answer
+token well inside the budget (the budget allows 25 tokens per second of
+audio, several times the rate of speech), so a decode that both runs out and
+ends repeating itself is looping; this is what catches a loop in a partial
+whose small budget runs out before the first rule could see it.
+
 The cut keeps everything before the loop and one occurrence of the span: the
 speaker did say it once. Checking is incremental (:class:`LoopWatch`, a few
 integer comparisons per token and period), so decode loops can call it per
@@ -47,6 +56,7 @@ from dataclasses import dataclass
 MAX_PERIOD = 16
 MIN_REPEATS = 4
 MIN_LOOP_TOKENS = 32
+TAIL_MIN_TOKENS = 8
 
 
 def repeats_needed(period: int) -> int:
@@ -115,9 +125,27 @@ def find_loop(ids: Sequence[int]) -> Loop | None:
     return LoopWatch().extend(ids)
 
 
-def cut(ids: Sequence[int]) -> tuple[list[int], Loop | None]:
-    """``ids`` with a looping tail cut to one occurrence, and the loop cut, if any."""
-    loop = find_loop(ids)
+def tail_loop(ids: Sequence[int]) -> Loop | None:
+    """The looser rule for a decode that ran out of budget: its tail repeats
+    one span at least :data:`MIN_REPEATS` times over at least
+    :data:`TAIL_MIN_TOKENS` tokens (the smallest such span), or ``None``."""
+    n = len(ids)
+    for period in range(1, min(MAX_PERIOD, n) + 1):
+        run = 0
+        while run < n - period and ids[n - 1 - run] == ids[n - 1 - run - period]:
+            run += 1
+        periodic = run + period
+        if periodic // period >= max(MIN_REPEATS, -(-TAIL_MIN_TOKENS // period)):
+            start = n - periodic
+            return Loop(start=start, span=tuple(ids[start : start + period]))
+    return None
+
+
+def cut(ids: Sequence[int], ended: bool = True) -> tuple[list[int], Loop | None]:
+    """``ids`` with a looping tail cut to one occurrence, and the loop cut, if
+    any; ``ended`` says whether the decode ended its answer (else it ran out
+    of budget, and :func:`tail_loop` applies too)."""
+    loop = find_loop(ids) or (None if ended else tail_loop(ids))
     return (list(ids), None) if loop is None else (list(ids[: loop.keep]), loop)
 
 

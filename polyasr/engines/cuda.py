@@ -180,11 +180,11 @@ class CudaEngine:
         ]
         wavs = [clip.samples for clip in clips]
         budgets = [clip.max_new_tokens for clip in clips]
-        generated = (
-            vllm_rows(model, prompts, wavs, max(budgets))
-            if model.backend == "vllm"
-            else self._decode_transformers(model, prompts, wavs, budgets, should_stop)
-        )
+        if model.backend == "vllm":
+            generated = vllm_rows(model, prompts, wavs, max(budgets))
+            generated = [cut_loop(row) for row in generated] if self.loop_guard else generated
+        else:
+            generated = self._decode_transformers(model, prompts, wavs, budgets, should_stop)
         tokenizer = model.processor.tokenizer
         return [
             transcript(tokenizer, clip, prefix, row)

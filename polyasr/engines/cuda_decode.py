@@ -74,8 +74,8 @@ def generate_rows(
 
 def vllm_rows(model: Any, prompts: list[str], wavs: list[Any], budget: int) -> list[Generated]:
     """vLLM's greedy decode; ``logprobs=0`` returns the chosen token's
-    log-probability. vLLM offers no hook between tokens, so a looping tail
-    is cut afterwards, without the guarded retry."""
+    log-probability. vLLM offers no hook between tokens: the engine cuts a
+    looping tail afterwards, without the guarded retry."""
     from vllm import SamplingParams
 
     params = SamplingParams(temperature=0.0, max_tokens=budget, logprobs=0)
@@ -90,7 +90,7 @@ def vllm_rows(model: Any, prompts: list[str], wavs: list[Any], budget: int) -> l
         ids = list(best.token_ids)
         steps = best.logprobs or [{} for _ in ids]
         logprobs = [step[t].logprob if t in step else 0.0 for step, t in zip(steps, ids, strict=True)]
-        rows.append(cut_loop(Generated(ids, logprobs)))
+        rows.append(Generated(ids, logprobs))
     return rows
 
 
@@ -112,8 +112,9 @@ def ended(row: Generated) -> bool:
 
 
 def cut_loop(row: Generated) -> Generated:
-    """``row`` with a looping tail cut to one occurrence (the shared rule)."""
-    ids, loop = cut(_before_stop(row.ids))
+    """``row`` with a looping tail cut to one occurrence (the shared rule; a
+    row that ran out of budget is held to its looser tail rule too)."""
+    ids, loop = cut(_before_stop(row.ids), ended=ended(row))
     return row if loop is None else Generated(ids, row.logprobs[: len(ids)], True, loop.span)
 
 

@@ -12,6 +12,7 @@ from polyasr.core.loops import (
     cut,
     find_loop,
     repeats_needed,
+    tail_loop,
 )
 
 WORDS: dict[str, int] = {}
@@ -91,3 +92,15 @@ def test_the_retry_bans_starting_the_span_again_in_any_rotation() -> None:
     assert banned_next([ok, go], span) is None  # the span is not complete yet
     assert banned_next([up, go, ok], span) is None  # other order: not the loop
     assert banned_next([], span) is None and banned_next([ok], ()) is None
+
+
+def test_a_decode_that_ran_out_of_budget_is_held_to_the_looser_tail_rule() -> None:
+    partial = ids("so it was ") + ids("ok go up ") * 10 + ids("ok go")  # a 32-token budget, used up
+    assert find_loop(partial) is None  # too short for the first rule
+    assert cut(partial) == (partial, None)  # it ended its answer: nothing to cut
+    kept, loop = cut(partial, ended=False)
+    assert kept == ids("so it was ok go up") and loop is not None and loop.period == 3
+    # an answer cut off by its budget in the middle of speech is left alone
+    for text in ("one two three four five six seven eight", "no no no", "ha ha ha ha ha ha ha"):
+        assert tail_loop(ids(text)) is None, text
+    assert tail_loop(ids("ha " * 8)) is not None
