@@ -90,21 +90,21 @@ def test_without_the_guard_the_loop_runs_to_the_budget(backend: str, scripted: d
         assert find_loop([hash(w) for w in words(result)]) is not None
 
 
-def test_a_decode_that_does_not_loop_gives_the_tokens_it_gave_before(
-    backend: str, tiny: TinyModels, make_settings: Any
-) -> None:
-    """Random weights: short budgets never reach the rule; at longer ones a
-    decode the guard did not cut is exactly the unguarded one."""
+def test_a_decode_that_does_not_loop_gives_the_tokens_it_gave_before(backend: str, tiny: TinyModels) -> None:
+    """Random weights run to their budget, often repeating themselves; every
+    decode the guard leaves alone is exactly the unguarded decode, tokens and
+    scores included."""
     guarded, unguarded = _engine(backend, tiny), _engine(backend, tiny, POLYASR_LOOP_GUARD="0")
     batch = [
-        *clips(budget=20),
-        Clip(speech("voice_b"), "English", "", 80),
-        Clip(speech("voice_b")[:24_000], None, "", 80),
+        Clip(speech(name)[:16_000], language, "", budget)
+        for name in ("voice_a", "voice_b")
+        for language in ("English", None)
+        for budget in (12, 20)
     ]
     mine, before = decode(guarded, *batch), decode(unguarded, *batch)
     kept = [(m, b) for m, b in zip(mine, before, strict=True) if not m.loop_cut]
-    assert len(kept) >= 3 and all(m == b for m, b in kept)
-    assert all(m.tokens for m, _ in kept)
+    assert len(kept) >= len(batch) // 2
+    assert all(m == b and m.tokens for m, b in kept)
 
 
 def test_format_markers_never_reach_the_text(backend: str, scripted: dict[str, TinyModels]) -> None:
