@@ -9,23 +9,37 @@ counts, stutters, or repeats a short phrase two or three times.
 The rule: the tail of the generated tokens is a loop when one span of
 ``period`` tokens (1 to :data:`MAX_PERIOD`) has been written at least
 :data:`MIN_REPEATS` times back to back *and* the repeated run is at least
-:data:`MIN_LOOP_TOKENS` tokens long. So a span of six or more tokens loops at
-four repeats, while short spans need many more: a single token 24 times, a
-two-token span ("no ,") 12 times, a three-token span 8 times. Why these
+:data:`MIN_LOOP_TOKENS` tokens long. So a span of eight or more tokens loops
+at four repeats, while short spans need many more: a single token 32 times, a
+two-token span ("no ,") 16 times, a five-token phrase 7 times. Why these
 numbers:
 
 * speech that repeats a word or a syllable ("no no no no no", laughter,
-  "very very very", a digit run in a number) is period 1 or 2 in Qwen's
+  "very very very", the zeros of a number) is period 1 or 2 in Qwen's
   byte-level BPE, where every common word with its leading space is one
-  token; people rarely say a word more than ten times in a row, so 24 and 12
-  repeats leave a wide margin (the official Qwen3-ASR recipe collapses
-  single-token runs only past 20);
-* a phrase of six or more tokens said four times back to back is not how
-  people talk (chants and lyrics aside), and a looping decoder repeats far
-  longer than four times: it runs to the budget, so cutting later costs
-  tokens but never changes the cut text;
+  token; people rarely say a word more than ten or fifteen times in a row,
+  so 32 and 16 repeats leave a wide margin (the official Qwen3-ASR recipe
+  collapses single-token runs only past 20, and mlx-qwen3-asr's own test,
+  which this one replaces on MLX, ends a decode at two turns of a ten-token
+  span: honest speech such as a sentence said twice);
+* a short phrase ("I am so sorry,") said five times is speech; a phrase of
+  eight or more tokens said four times back to back is not how people talk
+  (chants and lyrics aside);
+* a looping decoder does not stop at four or seven turns: it runs to its
+  budget (hundreds of tokens), so a higher floor costs a few tokens of
+  compute and never changes the cut text, while a lower one would cut
+  speakers;
 * spans longer than 16 tokens (a whole sentence) are rarely what a decoder
   loops on and would need a long history to see.
+
+A decode that used up its whole token budget without ending its answer is
+held to a second, looser rule at its end (:func:`cut` with ``ended=False``):
+a tail of at least :data:`MIN_REPEATS` turns and :data:`TAIL_MIN_TOKENS`
+tokens of one span is a loop. An honest answer ends with its end-of-answer
+token well inside the budget (the budget allows 25 tokens per second of
+audio, several times the rate of speech), so a decode that both runs out and
+ends repeating itself is looping; this is what catches a loop in a partial
+whose small budget runs out before the first rule could see it.
 
 The cut keeps everything before the loop and one occurrence of the span: the
 speaker did say it once. Checking is incremental (:class:`LoopWatch`, a few
@@ -41,7 +55,8 @@ from dataclasses import dataclass
 
 MAX_PERIOD = 16
 MIN_REPEATS = 4
-MIN_LOOP_TOKENS = 24
+MIN_LOOP_TOKENS = 32
+TAIL_MIN_TOKENS = 8
 
 
 def repeats_needed(period: int) -> int:
@@ -110,9 +125,27 @@ def find_loop(ids: Sequence[int]) -> Loop | None:
     return LoopWatch().extend(ids)
 
 
-def cut(ids: Sequence[int]) -> tuple[list[int], Loop | None]:
-    """``ids`` with a looping tail cut to one occurrence, and the loop cut, if any."""
-    loop = find_loop(ids)
+def tail_loop(ids: Sequence[int]) -> Loop | None:
+    """The looser rule for a decode that ran out of budget: its tail repeats
+    one span at least :data:`MIN_REPEATS` times over at least
+    :data:`TAIL_MIN_TOKENS` tokens (the smallest such span), or ``None``."""
+    n = len(ids)
+    for period in range(1, min(MAX_PERIOD, n) + 1):
+        run = 0
+        while run < n - period and ids[n - 1 - run] == ids[n - 1 - run - period]:
+            run += 1
+        periodic = run + period
+        if periodic // period >= max(MIN_REPEATS, -(-TAIL_MIN_TOKENS // period)):
+            start = n - periodic
+            return Loop(start=start, span=tuple(ids[start : start + period]))
+    return None
+
+
+def cut(ids: Sequence[int], ended: bool = True) -> tuple[list[int], Loop | None]:
+    """``ids`` with a looping tail cut to one occurrence, and the loop cut, if
+    any; ``ended`` says whether the decode ended its answer (else it ran out
+    of budget, and :func:`tail_loop` applies too)."""
+    loop = find_loop(ids) or (None if ended else tail_loop(ids))
     return (list(ids), None) if loop is None else (list(ids[: loop.keep]), loop)
 
 

@@ -18,13 +18,13 @@ from typing import Any
 
 import numpy as np
 
-from polyasr.core.answer import ASR_TEXT, parse_answer, scored_tokens, strip_format
+from polyasr.core.answer import strip_format
 from polyasr.core.config import ConfigError, Settings
 from polyasr.core.constants import SAMPLE_RATE
 from polyasr.core.engine import AlignedUnit, Clip, Preempted, Transcript, rolled_back_ids
-from polyasr.core.loops import LoopWatch, banned_next, cut
+from polyasr.engines.cuda_decode import cut_loop, ended, generate_rows, transcript, vllm_rows
 from polyasr.engines.cuda_graphs import CudaGraphs
-from polyasr.engines.fast_decode import EOS_IDS, FastDecoder, Generated, chosen_logprobs
+from polyasr.engines.fast_decode import FastDecoder, Generated
 from polyasr.engines.fast_path import FastPath, rows_of
 
 _MB = 1_048_576
@@ -180,14 +180,14 @@ class CudaEngine:
         ]
         wavs = [clip.samples for clip in clips]
         budgets = [clip.max_new_tokens for clip in clips]
-        generated = (
-            self._generate_vllm(model, prompts, wavs, max(budgets))
-            if model.backend == "vllm"
-            else self._decode_transformers(model, prompts, wavs, budgets, should_stop)
-        )
+        if model.backend == "vllm":
+            generated = vllm_rows(model, prompts, wavs, max(budgets))
+            generated = [cut_loop(row) for row in generated] if self.loop_guard else generated
+        else:
+            generated = self._decode_transformers(model, prompts, wavs, budgets, should_stop)
         tokenizer = model.processor.tokenizer
         return [
-            _transcript(tokenizer, clip, prefix, row)
+            transcript(tokenizer, clip, prefix, row)
             for clip, prefix, row in zip(clips, prefixes, generated, strict=True)
         ]
 
@@ -216,21 +216,21 @@ class CudaEngine:
         on ``generate`` with the loop banned, kept if that ends its answer."""
         inputs = model.processor(text=prompts, audio=wavs, return_tensors="pt", padding=True)
         inputs = inputs.to(model.model.device).to(model.model.dtype)
-        rows = self._fast.ids(model, inputs, budgets, should_stop, self._generate_ids, self.loop_guard)
+        rows = self._fast.ids(model, inputs, budgets, should_stop, generate_rows, self.loop_guard)
         if rows is None:
             raise Preempted("a more urgent decode is waiting")
         if not self.loop_guard:
             return rows
-        rows = [_cut_loop(row) for row in rows]
+        rows = [cut_loop(row) for row in rows]
         again = [i for i, row in enumerate(rows) if row.loop_cut]
         if again:
             part = rows_of(inputs, again)
             spans = [rows[i].span for i in again]
-            retried = self._generate_ids(model, part, [budgets[i] for i in again], should_stop, ban=spans)
+            retried = generate_rows(model, part, [budgets[i] for i in again], should_stop, ban=spans)
             if retried is None:
                 raise Preempted("a more urgent decode is waiting")
             for i, row in zip(again, retried, strict=True):
-                if row.ids and row.ids[-1] in EOS_IDS:  # the answer ended: the retry holds
+                if ended(row):  # the answer ended: the retry holds
                     rows[i] = replace(row, loop_cut=True)
         return rows
 
@@ -244,85 +244,10 @@ class CudaEngine:
         """The new token ids per clip, by the decode path in effect (the fast
         loop, or ``generate`` when it is off), unguarded: every clip runs to
         its stop token or budget."""
-        rows = self._fast.ids(model, inputs, budgets, should_stop, self._generate_ids)
+        rows = self._fast.ids(model, inputs, budgets, should_stop, generate_rows)
         if rows is None:
             raise Preempted("a more urgent decode is waiting")
         return [row.ids for row in rows]
-
-    def _generate_ids(
-        self,
-        model: Any,
-        inputs: Any,
-        budgets: list[int],
-        should_stop: Callable[[], bool] | None,
-        watch: bool = False,
-        ban: list[tuple[int, ...]] | None = None,
-    ) -> list[Generated] | None:
-        """transformers' ``generate`` with the largest budget, each row cut at its
-        own budget and after its first stop token (the rest is padding).
-
-        ``watch`` stops a row once its tail is a repetition loop; ``ban`` (the
-        guarded retry: each row's looping span) forbids starting that span
-        again right after itself.
-        """
-        torch = self._torch
-        stopped = False
-        prompt_len = inputs["input_ids"].shape[1]
-        watches = [LoopWatch() for _ in budgets] if watch else []
-
-        def stop_now(input_ids: Any, _scores: Any, **_kw: Any) -> Any:
-            """Checked between tokens: yield the device to a waiting final, or end a looping row."""
-            nonlocal stopped
-            stopped = stopped or (should_stop is not None and should_stop())
-            done = torch.full((input_ids.shape[0],), stopped, dtype=torch.bool, device=input_ids.device)
-            if watches:
-                last = input_ids[:, -1].tolist()
-                looping = [w.push(t) is not None for w, t in zip(watches, last, strict=True)]
-                done |= torch.tensor(looping, dtype=torch.bool, device=input_ids.device)
-            return done
-
-        scorer = _Scorer(torch, prompt_len, ban)
-        with torch.inference_mode():
-            # The pad token transformers would pick anyway (the first stop token),
-            # given here so that it does not log that choice on every call.
-            out = model.model.generate(
-                **inputs,
-                max_new_tokens=max(budgets),
-                stopping_criteria=[stop_now],
-                logits_processor=[scorer],
-                pad_token_id=EOS_IDS[0],
-            )
-        if stopped:
-            return None
-        rows = out.sequences[:, prompt_len:].tolist()
-        scores = scorer.logprobs()
-        result = []
-        for row, score, budget in zip(rows, scores, budgets, strict=True):
-            ids = _through_stop(row[:budget])
-            result.append(Generated(ids, score[: len(ids)]))
-        return result
-
-    @staticmethod
-    def _generate_vllm(model: Any, prompts: list[str], wavs: list[Any], budget: int) -> list[Generated]:
-        """vLLM's greedy decode; ``logprobs=0`` returns the chosen token's
-        log-probability. vLLM offers no hook between tokens, so a looping tail
-        is cut afterwards, without the guarded retry."""
-        from vllm import SamplingParams
-
-        params = SamplingParams(temperature=0.0, max_tokens=budget, logprobs=0)
-        requests = [
-            {"prompt": prompt, "multi_modal_data": {"audio": [wav]}}
-            for prompt, wav in zip(prompts, wavs, strict=True)
-        ]
-        outputs = model.model.generate(requests, sampling_params=params, use_tqdm=False)
-        rows = []
-        for output in outputs:
-            best = output.outputs[0]
-            ids = list(best.token_ids)
-            steps = best.logprobs or [{} for _ in ids]
-            logprobs = [step[t].logprob if t in step else 0.0 for step, t in zip(steps, ids, strict=True)]
-            rows.append(_cut_loop(Generated(ids, logprobs)))
-        return rows
 
     def align(self, model: Any, clip: Clip, text: str, language: str) -> list[AlignedUnit]:
         with self._device_lock:
@@ -359,65 +284,3 @@ class CudaEngine:
             "compile": self.compile,
             "fast_decode": self._fast.info(self.decode_rows) if self.decode == "fast" else None,
         }
-
-
-def _through_stop(ids: list[int]) -> list[int]:
-    """``ids`` up to and including the first stop token."""
-    ends = [i for i, token in enumerate(ids) if token in EOS_IDS]
-    return ids[: ends[0] + 1] if ends else ids
-
-
-def _before_stop(ids: list[int]) -> list[int]:
-    """``ids`` up to, not including, the first stop token."""
-    ends = [i for i, token in enumerate(ids) if token in EOS_IDS]
-    return ids[: ends[0]] if ends else ids
-
-
-def _cut_loop(row: Generated) -> Generated:
-    """``row`` with a looping tail cut to one occurrence (the shared rule)."""
-    ids, loop = cut(_before_stop(row.ids))
-    return row if loop is None else Generated(ids, row.logprobs[: len(ids)], True, loop.span)
-
-
-def _transcript(tokenizer: Any, clip: Clip, prefix: str, row: Generated) -> Transcript:
-    """One clip's answer read by the shared parser, with its scored tokens."""
-    ids = _before_stop(row.ids)
-    raw = prefix + tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
-    answer = parse_answer(raw, clip.language)
-    tokens = scored_tokens(
-        ids,
-        row.logprobs[: len(ids)],
-        marker_id=tokenizer.convert_tokens_to_ids(ASR_TEXT),
-        skip=set(tokenizer.all_special_ids),
-        piece=tokenizer.convert_ids_to_tokens,
-        text=lambda token: tokenizer.decode([token], clean_up_tokenization_spaces=False),
-    )
-    return Transcript(answer.text, answer.language, raw, tokens, row.loop_cut)
-
-
-class _Scorer:
-    """A logits processor (the last, so its argmax is ``generate``'s greedy
-    choice) recording each step's chosen-token log-probability under the
-    model's own distribution; with ``ban`` it first forbids every token that
-    would start its row's cut looping span again (the guarded retry)."""
-
-    def __init__(self, torch: Any, prompt_len: int, ban: list[tuple[int, ...]] | None) -> None:
-        self._torch = torch
-        self.prompt_len = prompt_len
-        self.ban = ban
-        self.steps: list[Any] = []
-
-    def __call__(self, input_ids: Any, scores: Any) -> Any:
-        raw = scores.float()
-        if self.ban:
-            scores = scores.clone()
-            for row, ids in enumerate(input_ids[:, self.prompt_len :].tolist()):
-                banned = banned_next(ids, self.ban[row])
-                if banned is not None:
-                    scores[row, banned] = -float("inf")
-        self.steps.append(chosen_logprobs(raw, scores.argmax(-1)))
-        return scores
-
-    def logprobs(self) -> list[list[float]]:
-        """Per row, each step's log-probability (one host copy at the end)."""
-        return self._torch.stack(self.steps, dim=1).tolist() if self.steps else []

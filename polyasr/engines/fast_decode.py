@@ -108,6 +108,21 @@ def _last_position_only(_module: Any, _args: Any, output: Any) -> Any:
     return output
 
 
+def _warn_unless_greedy(config: Any) -> None:
+    """The loop is plain greedy: say so if the checkpoint asks for more."""
+    extras = {
+        name: getattr(config, name, None)
+        for name in ("do_sample", "repetition_penalty", "no_repeat_ngram_size", "num_beams")
+    }
+    if (
+        extras["do_sample"]
+        or (extras["repetition_penalty"] or 1.0) != 1.0
+        or (extras["no_repeat_ngram_size"] or 0)
+        or (extras["num_beams"] or 1) > 1
+    ):
+        log.warning("fast decode is greedy; the generation config asks for %s", extras)
+
+
 class StepState:
     """Everything a step reads and writes, allocated once for ``rows`` clips of
     ``positions`` cache positions: the KV cache, the additive attention mask
@@ -187,10 +202,18 @@ class StepState:
         rows = zip(self.out[:n].tolist(), self.scores[:n].tolist(), counts, strict=True)
         return [Generated(ids[:c], scores[:c]) for ids, scores, c in rows]
 
-    def stop_rows(self, rows: list[int], batch: int) -> None:
-        """Mark ``rows`` done (a repetition loop was seen on the host)."""
-        self.done[rows] = True
-        self.finished.copy_(self.done[:batch].all())
+    def stop_looping(self, watches: list[LoopWatch], seen: int, upto: int, batch: int) -> None:
+        """Feed columns ``[seen, upto)`` to each row's loop watch (one small
+        copy to the host); mark done the rows whose tail is a loop."""
+        columns = self.out[: len(watches), seen:upto].tolist()
+        looping = [
+            row
+            for row, (watch, tokens) in enumerate(zip(watches, columns, strict=True))
+            if watch.loop is None and watch.extend(tokens) is not None
+        ]
+        if looping:
+            self.done[looping] = True
+            self.finished.copy_(self.done[:batch].all())
 
     def reset_idle(self) -> None:
         """Every row finished, one visible position: a step on it is harmless."""
@@ -247,7 +270,7 @@ class FastDecoder:
         self.spans = spans_for(positions)
         self.compiled = compile
         self._busy = threading.Lock()
-        self._warn_unless_greedy(asr_model.model.generation_config)
+        _warn_unless_greedy(asr_model.model.generation_config)
 
         self.state = StepState(
             rows,
@@ -278,21 +301,6 @@ class FastDecoder:
                 "graphs" if graphs is not None else "no graphs",
                 ", compiled" if compile else "",
             )
-
-    @staticmethod
-    def _warn_unless_greedy(config: Any) -> None:
-        """The loop is plain greedy: say so if the checkpoint asks for more."""
-        extras = {
-            name: getattr(config, name, None)
-            for name in ("do_sample", "repetition_penalty", "no_repeat_ngram_size", "num_beams")
-        }
-        if (
-            extras["do_sample"]
-            or (extras["repetition_penalty"] or 1.0) != 1.0
-            or (extras["no_repeat_ngram_size"] or 0)
-            or (extras["num_beams"] or 1) > 1
-        ):
-            log.warning("fast decode is greedy; the generation config asks for %s", extras)
 
     # -- the step ----------------------------------------------------------
 
@@ -411,9 +419,7 @@ class FastDecoder:
         ``should_stop`` said to yield.
 
         ``inputs`` is the processor's left-padded batch, on the model's device.
-        With ``watch``, every :data:`WATCH_EVERY` steps the host reads the new
-        tokens and stops a row whose tail is a repetition loop
-        (:mod:`polyasr.core.loops`); the caller cuts the loop itself.
+        ``watch`` stops a looping row early (the caller cuts the loop itself).
         """
         ids, mask = inputs["input_ids"], inputs["attention_mask"]
         n, prompt_len = ids.shape
@@ -434,20 +440,9 @@ class FastDecoder:
                     break
                 self._advance(rows, prompt_len + t + 1, masked)
                 if watches and (t + 1) % WATCH_EVERY == 0:
-                    self._watch(watches, seen, t + 2, rows)
+                    self.state.stop_looping(watches, seen, t + 2, rows)
                     seen = t + 2
             return self.state.generated(n)
-
-    def _watch(self, watches: list[LoopWatch], seen: int, upto: int, rows: int) -> None:
-        """Feed columns ``[seen, upto)`` to each row's loop watch; stop the rows that loop."""
-        columns = self.state.out[: len(watches), seen:upto].tolist()
-        looping = [
-            row
-            for row, (watch, tokens) in enumerate(zip(watches, columns, strict=True))
-            if watch.loop is None and watch.extend(tokens) is not None
-        ]
-        if looping:
-            self.state.stop_rows(looping, rows)
 
     def _advance(self, rows: int, length: int, masked: bool) -> None:
         """One step over ``length`` positions: a graph replay, the compiled step

@@ -159,10 +159,10 @@ class MlxEngine:
         input_ids = mx.array([prompt + prefix_ids])
         budget = clip.max_new_tokens
         decoded = greedy(session.model, input_ids, audio_features, budget, watch=self.loop_guard)
-        ids, logprobs, loop = decoded.ids, decoded.logprobs, None
-        if decoded.looped:
-            ids, loop = cut(ids)
-            logprobs = logprobs[: len(ids)]
+        ids, loop = decoded.ids, None
+        if self.loop_guard:
+            ids, loop = cut(ids, ended=decoded.ended)
+        logprobs = decoded.logprobs[: len(ids)]
         if loop is not None:
             retry = greedy(session.model, input_ids, audio_features, budget, watch=False, ban=loop.span)
             if retry.ended:  # the answer ended: the retry holds

@@ -27,12 +27,12 @@ EOS_IDS: tuple[int, ...] = (151643, 151645)
 @dataclass(frozen=True)
 class Greedy:
     """One decode: the new ids (stop token left out), their log-probabilities,
-    whether it ended with its stop token, and the loop it stopped at, if any."""
+    and whether it ended with its stop token (else it ran out of budget or
+    stopped at a loop)."""
 
     ids: list[int]
     logprobs: list[float]
     ended: bool
-    looped: bool
 
 
 def greedy(
@@ -75,9 +75,9 @@ def greedy(
         logprob = scored[token] - mx.logsumexp(scored)
         mx.eval(token, logprob)
         if int(token.item()) in EOS_IDS:
-            return Greedy(ids, logprobs, ended=True, looped=False)
+            return Greedy(ids, logprobs, ended=True)
         ids.append(int(token.item()))
         logprobs.append(float(logprob.item()))
         if watch and loops.push(ids[-1]) is not None:
-            return Greedy(ids, logprobs, ended=False, looped=True)
-    return Greedy(ids, logprobs, ended=False, looped=False)
+            return Greedy(ids, logprobs, ended=False)
+    return Greedy(ids, logprobs, ended=False)

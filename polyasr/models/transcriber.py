@@ -250,7 +250,7 @@ class Transcriber:
             queued.put_nowait(None)
 
         feeder = asyncio.ensure_future(feed())
-        looped = 0  # pieces cut by the loop guard so far (not ``cuts``: the feed reads that)
+        looped = 0
         try:
             start = 0
             while (item := await _first(queued.get(), feeder)) is not None:
@@ -277,13 +277,13 @@ class Transcriber:
             for task in tasks:
                 task.cancel()
 
-    def _loop_cut(self, request: TranscribeRequest, cuts: int, at: float) -> None:
+    def _loop_cut(self, request: TranscribeRequest, looped: int, at: float) -> None:
         """A piece came back with its looping tail cut: counted per piece;
         logged once per batch request (a dictation session logs its own)."""
         kind = (Priority.PROBE if request.probe else request.priority).name.lower()
         for listener in self.loop_listeners:
             listener(kind)
-        if cuts == 1 and request.priority is Priority.BATCH and not request.probe:
+        if looped == 1 and request.priority is Priority.BATCH and not request.probe:
             log.warning("a repetition loop was cut from this request's decode (first at %.1f s)", at)
 
 

@@ -216,14 +216,16 @@ async def _timed_segments(
     aligned = await aligner.align([AlignInput(audio.samples(), result.text)], pinned, DEFAULT_CHUNK_SEC)
     cut = [piece for piece in result.pieces if piece.loop_cut]
     return [
-        TimedText(s.start, s.end, s.text, list(s.words), loop_cut=_overlaps(s, cut)) for s in aligned.segments
+        TimedText(s.start, s.end, s.text, list(s.words), loop_cut=_within(s, cut)) for s in aligned.segments
     ]
 
 
-def _overlaps(segment: Any, pieces: list[TimedText]) -> bool:
-    """Whether ``segment`` (seconds) overlaps any of ``pieces``: a sentence
-    timed by the aligner carries the loop guard's mark of the piece it came from."""
-    return any(segment.start < piece.end and piece.start < segment.end for piece in pieces)
+def _within(segment: Any, pieces: list[TimedText]) -> bool:
+    """Whether the middle of ``segment`` (seconds) lies in one of ``pieces``: a
+    sentence timed by the aligner carries the loop guard's mark of the piece
+    it came from."""
+    middle = (segment.start + segment.end) / 2
+    return any(piece.start <= middle <= piece.end for piece in pieces)
 
 
 def _spooled_copy(source: BinaryIO) -> BinaryIO:
