@@ -31,7 +31,7 @@ from polyasr.align.timing import tidy_times, written_words
 from polyasr.core.engine import AlignedUnit, Clip, Engine
 from polyasr.core.languages import ALIGNER_NAMES
 from polyasr.dictation.heard import Heard
-from polyasr.dictation.recognizer import FinalResult, Hints
+from polyasr.dictation.recognizer import Hints
 from polyasr.models.manager import AsrModelManager, ModelBusy
 from polyasr.models.scheduler import DecodeTimeout, Priority, ServerBusy, runs_or_waits
 from polyasr.models.unit import ModelUnavailable, NotResident
@@ -115,6 +115,7 @@ class DictationWords:
         self._align = align
         self._hints = hints  # the session's: a resume that restates the language changes it
         self._segments: list[asyncio.Task[list[AlignedUnit]]] = []
+        self._final: tuple[Heard | None, str] | None = None  # the final's tail and source, once decoded
         self._tail: asyncio.Task[list[AlignedUnit]] | None = None
         self._outcome: asyncio.Task[WordsOutcome] | None = None
 
@@ -123,8 +124,10 @@ class DictationWords:
     def committed(self, heard: Heard) -> None:
         self._segments.append(self._start(heard, Priority.COMMIT))
 
-    def finished(self, tail: Heard | None) -> None:
-        self._tail = self._start(tail, Priority.FINAL) if tail is not None else None
+    def finished(self, tail: Heard | None, source: str) -> None:
+        """Kept for :meth:`outcome`: the tail is aligned once the final has gone
+        out, so that not even the aligner's start competes with sending it."""
+        self._final = (tail, source)
 
     def _start(self, heard: Heard, priority: Priority) -> asyncio.Task[list[AlignedUnit]]:
         task = asyncio.get_running_loop().create_task(self._aligned(heard, priority))
@@ -152,27 +155,29 @@ class DictationWords:
 
     # -- the outcome -------------------------------------------------------------
 
-    def outcome(
-        self, final: FinalResult, ready: Callable[[WordsOutcome], None]
-    ) -> asyncio.Future[WordsOutcome]:
-        """The words of ``final`` (the session's one final), gathered once
-        however often a stop asks, as a task of the session: a connection that
-        goes away does not cancel it. ``ready`` is told the outcome once (to
-        keep it with the stop result, whoever is still connected)."""
+    @property
+    def decoded(self) -> bool:
+        """The final is decoded: its words can be gathered."""
+        return self._final is not None
+
+    def outcome(self, ready: Callable[[WordsOutcome], None]) -> asyncio.Future[WordsOutcome]:
+        """The words of the session's one final (once it is decoded), gathered
+        once however often a stop asks, as a task of the session: a connection
+        that goes away does not cancel it. ``ready`` is told the outcome once
+        (to keep it with the stop result, whoever is still connected)."""
         if self._outcome is None:
-            self._outcome = asyncio.get_running_loop().create_task(self._gather(final))
+            self._outcome = asyncio.get_running_loop().create_task(self._gather())
             self._outcome.add_done_callback(lambda task: task.cancelled() or ready(task.result()))
         return asyncio.shield(self._outcome)
 
-    def pending(self) -> asyncio.Future[WordsOutcome] | None:
-        """The outcome being gathered (a stop replayed while it still is), if any."""
-        return None if self._outcome is None else asyncio.shield(self._outcome)
-
-    async def _gather(self, final: FinalResult) -> WordsOutcome:
-        if self._tail is None and final.text:
-            reason = AUDIO_NOT_KEPT if final.source == "native_stream" else NOT_DECODED
-            return WordsOutcome(reason=reason)
-        tasks = [*self._segments, *([self._tail] if self._tail is not None else [])]
+    async def _gather(self) -> WordsOutcome:
+        if self._final is None:
+            raise RuntimeError("a dictation's words were asked for before its final was decoded")
+        tail, source = self._final
+        if tail is None:
+            return WordsOutcome(reason=AUDIO_NOT_KEPT if source == "native_stream" else NOT_DECODED)
+        self._tail = self._start(tail, Priority.FINAL)
+        tasks = [*self._segments, self._tail]
         try:
             parts = [await task for task in tasks]
         except NotAligned as exc:

@@ -15,6 +15,7 @@ this one, which then steps aside at once.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -53,7 +54,7 @@ from polyasr.live.basr.wire import (
     stop_expired,
     words,
 )
-from polyasr.live.basr.words import Pending, decoded_words, replayed_words
+from polyasr.live.basr.words import WordsOf, decoded_words, replayed_words
 from polyasr.live.refusals import (
     CLOSE_INTERNAL,
     CLOSE_NORMAL,
@@ -311,7 +312,7 @@ class Connection(Driving):
         if answered is not None:
             if registry.is_fresh(answered):
                 self.log.event("stop_result_replayed", stop_id=stop.stop_id)
-                replayed = replayed_words(record, answered.words)
+                replayed = functools.partial(replayed_words, registry, record, stop.stop_id, answered.words)
                 await self._answer(
                     record, stop.stop_id, answered.text or "", answered.recognized_through, replayed
                 )
@@ -333,7 +334,7 @@ class Connection(Driving):
         registry.record_stop(record, stop.stop_id, result.text, recognized)
         _log_final(self.log.event, stop, result, recognized, incomplete, self.control)
         _session_ended(self.services, session, result.text)
-        aligned = decoded_words(registry, record, stop.stop_id, result)
+        aligned = functools.partial(decoded_words, registry, record, stop.stop_id)
         await self._answer(record, stop.stop_id, result.text, recognized, aligned)
 
     async def _await_coverage(self, record: SessionRecord, captured: int) -> bool:
@@ -352,13 +353,13 @@ class Connection(Driving):
         return True
 
     async def _answer(
-        self, record: SessionRecord, stop_id: str, text: str, recognized: int | None, aligned: Pending = None
+        self, record: SessionRecord, stop_id: str, text: str, recognized: int | None, words_of: WordsOf
     ) -> None:
         """``final`` at once, then (when the session asked for them) its
         ``words`` as soon as they are aligned, then ``done``."""
         through = recognized if self.control >= 2 else None
         await self.send(final(record.session_id, stop_id, text, through))
-        if aligned is not None:
+        if (aligned := words_of()) is not None:
             outcome = await self.inbox.until(aligned)
             self.log.event("words_sent", stop_id=stop_id, **outcome.summary())
             await self.send(words(record.session_id, stop_id, outcome.to_json()))
