@@ -8,8 +8,9 @@ already decodes. Times are seconds from the session's first frame, clamped to
 the audio each segment was decoded from, and never decrease.
 
 Aligning goes through the ``align`` unit's own scheduler: segments at commit
-priority (after batch alignments), the tail at final priority, and each only
-once no final runs or waits on the ``asr`` unit, whose device it shares. It
+priority (after batch alignments) once the ``asr`` unit, whose device it
+shares, has nothing to decode; the tail at final priority once no final runs
+or waits there. It
 never swaps the ``asr`` unit out: with one resident unit (``POLYASR_COLOAD=0``)
 a dictation's words use the aligner only if it is already loaded.
 
@@ -45,8 +46,8 @@ AUDIO_NOT_KEPT = "audio_not_kept"
 NOT_DECODED = "not_decoded"
 NOT_KEPT = "not_kept"  # a replayed stop whose words were never recorded (a restart came first)
 REASONS = (LANGUAGE_NOT_ALIGNED, ALIGNER_UNAVAILABLE, ALIGNMENT_FAILED, AUDIO_NOT_KEPT, NOT_DECODED, NOT_KEPT)
-FINALS_FIRST_POLL_SEC = 0.02
-FINALS_FIRST_MAX_SEC = 5.0
+ASR_FIRST_POLL_SEC = 0.02
+ASR_FIRST_MAX_SEC = 5.0
 _UNAVAILABLE = (ModelUnavailable, ModelBusy, NotResident, ServerBusy, DecodeTimeout)
 
 # What aligns one text against its audio: (samples, text, aligner language, priority) → raw units.
@@ -201,27 +202,29 @@ class DictationWords:
 
 class DictationAligner:
     """How dictation words reach the aligner: the ``align`` unit's scheduler,
-    after the ``asr`` unit's finals."""
+    after the ``asr`` unit's work."""
 
     def __init__(self, engine: Engine, manager: AsrModelManager) -> None:
         self.engine = engine
         self.manager = manager
 
-    async def _after_finals(self) -> None:
-        """Wait while a final runs or waits on the ``asr`` unit: the aligner has
-        its own thread, but shares the device (and here the CPU) with it, so
-        words go after every final there is now — for at most
-        :data:`FINALS_FIRST_MAX_SEC`, so that a stream of finals does not starve them."""
+    async def _after_asr(self, priority: Priority) -> None:
+        """Let the ``asr`` unit go first: the aligner has its own thread, but
+        shares the device (and here the CPU) with it. A segment waits until the
+        unit has nothing to decode (not even a partial), the final's tail only
+        while a final runs or waits — each for at most :data:`ASR_FIRST_MAX_SEC`,
+        so that a busy unit does not starve the words."""
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + FINALS_FIRST_MAX_SEC
+        deadline = loop.time() + ASR_FIRST_MAX_SEC
         asr = self.manager.unit("asr").worker
-        while runs_or_waits(asr, Priority.FINAL) and loop.time() < deadline:
-            await asyncio.sleep(FINALS_FIRST_POLL_SEC)
+        busy = Priority.FINAL if priority <= Priority.FINAL else Priority.PARTIAL
+        while runs_or_waits(asr, busy) and loop.time() < deadline:
+            await asyncio.sleep(ASR_FIRST_POLL_SEC)
 
     async def units(
         self, samples: np.ndarray, text: str, language: str, priority: Priority
     ) -> list[AlignedUnit]:
-        await self._after_finals()
+        await self._after_asr(priority)
         clip = Clip(samples, language)
         # One resident unit: loading the aligner would swap out the asr unit every live
         # dictation decodes on, so the words use the aligner only if it is loaded.

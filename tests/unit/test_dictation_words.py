@@ -164,8 +164,9 @@ def test_the_stop_store_keeps_words_and_opens_an_older_database(tmp_path: Path) 
     store.close()
 
 
-def test_words_are_aligned_after_the_asr_units_finals() -> None:
-    """While a final runs on the asr unit, a dictation's alignment waits for it."""
+def test_words_are_aligned_after_the_asr_units_work() -> None:
+    """While a final runs on the asr unit, a dictation's alignment waits for it;
+    a segment (not the tail) waits for a partial too."""
     asr = UnitScheduler("asr")
     aligned: list[float] = []
 
@@ -197,6 +198,28 @@ def test_words_are_aligned_after_the_asr_units_finals() -> None:
         return done_at
 
     released_at = asyncio.run(run())
-    asr.close()
     assert aligned and aligned[0] >= released_at
     assert not runs_or_waits(asr, Priority.PROBE)
+
+    async def partial_running() -> tuple[int, int]:
+        """A partial decoding: a segment waits for it, the final's tail does not."""
+        release = threading.Event()
+        partial = asr.submit(release.wait, Priority.PARTIAL)
+        while not runs_or_waits(asr, Priority.PARTIAL):
+            await asyncio.sleep(0.01)
+        aligner = DictationAligner(SimpleNamespace(align=None), Manager())  # type: ignore[arg-type]
+        aligned.clear()
+        await aligner.units(np.zeros(SR, np.float32), "hi", "English", Priority.FINAL)
+        tail_first = len(aligned)
+        segment = asyncio.create_task(
+            aligner.units(np.zeros(SR, np.float32), "hi", "English", Priority.COMMIT)
+        )
+        await asyncio.sleep(0.3)
+        waiting = len(aligned)
+        release.set()
+        await partial
+        await segment
+        return tail_first, waiting
+
+    assert asyncio.run(partial_running()) == (1, 1)
+    asr.close()
