@@ -8,8 +8,9 @@ already decodes. Times are seconds from the session's first frame, clamped to
 the audio each segment was decoded from, and never decrease.
 
 Aligning goes through the ``align`` unit's own scheduler: segments at commit
-priority (after batch alignments), the tail at final priority, and each only
-once no final runs or waits on the ``asr`` unit, whose device it shares. It
+priority (after batch alignments) once the ``asr`` unit, whose device it
+shares, has nothing to decode; the tail at final priority once no final runs
+or waits there. It
 never swaps the ``asr`` unit out: with one resident unit (``POLYASR_COLOAD=0``)
 a dictation's words use the aligner only if it is already loaded.
 
@@ -32,7 +33,7 @@ from polyasr.core.confidence import ScoredText
 from polyasr.core.engine import AlignedUnit, Clip, Engine
 from polyasr.core.languages import ALIGNER_NAMES
 from polyasr.dictation.heard import Heard
-from polyasr.dictation.recognizer import FinalResult, Hints
+from polyasr.dictation.recognizer import Hints
 from polyasr.models.manager import AsrModelManager, ModelBusy
 from polyasr.models.scheduler import DecodeTimeout, Priority, ServerBusy, runs_or_waits
 from polyasr.models.unit import ModelUnavailable, NotResident
@@ -46,8 +47,8 @@ AUDIO_NOT_KEPT = "audio_not_kept"
 NOT_DECODED = "not_decoded"
 NOT_KEPT = "not_kept"  # a replayed stop whose words were never recorded (a restart came first)
 REASONS = (LANGUAGE_NOT_ALIGNED, ALIGNER_UNAVAILABLE, ALIGNMENT_FAILED, AUDIO_NOT_KEPT, NOT_DECODED, NOT_KEPT)
-FINALS_FIRST_POLL_SEC = 0.02
-FINALS_FIRST_MAX_SEC = 5.0
+ASR_FIRST_POLL_SEC = 0.02
+ASR_FIRST_MAX_SEC = 5.0
 _UNAVAILABLE = (ModelUnavailable, ModelBusy, NotResident, ServerBusy, DecodeTimeout)
 
 # What aligns one text against its audio: (samples, text, aligner language, priority) → raw units.
@@ -122,16 +123,22 @@ class DictationWords:
         self._align = align
         self._hints = hints  # the session's: a resume that restates the language changes it
         self._segments: list[asyncio.Task[list[AlignedUnit]]] = []
+        self._final: tuple[Heard | None, str] | None = None  # the final's tail and source, once decoded
         self._tail: asyncio.Task[list[AlignedUnit]] | None = None
         self._outcome: asyncio.Task[WordsOutcome] | None = None
+        # The final's tokens on its text, for a session that also asked for its
+        # confidence (set at the stop): each word then gets its probability.
+        self.scored: ScoredText | None = None
 
     # -- what the recognizer tells -------------------------------------------
 
     def committed(self, heard: Heard) -> None:
         self._segments.append(self._start(heard, Priority.COMMIT))
 
-    def finished(self, tail: Heard | None) -> None:
-        self._tail = self._start(tail, Priority.FINAL) if tail is not None else None
+    def finished(self, tail: Heard | None, source: str) -> None:
+        """Kept for :meth:`outcome`: the tail is aligned once the final has gone
+        out, so that not even the aligner's start competes with sending it."""
+        self._final = (tail, source)
 
     def _start(self, heard: Heard, priority: Priority) -> asyncio.Task[list[AlignedUnit]]:
         task = asyncio.get_running_loop().create_task(self._aligned(heard, priority))
@@ -159,28 +166,29 @@ class DictationWords:
 
     # -- the outcome -------------------------------------------------------------
 
-    def outcome(
-        self, final: FinalResult, ready: Callable[[WordsOutcome], None], scored: ScoredText | None = None
-    ) -> asyncio.Future[WordsOutcome]:
-        """The words of ``final`` (the session's one final), gathered once
-        however often a stop asks, as a task of the session: a connection that
-        goes away does not cancel it. ``ready`` is told the outcome once (to
-        keep it with the stop result, whoever is still connected). With
-        ``scored`` (the final's tokens on its text) each word gets its probability."""
+    @property
+    def decoded(self) -> bool:
+        """The final is decoded: its words can be gathered."""
+        return self._final is not None
+
+    def outcome(self, ready: Callable[[WordsOutcome], None]) -> asyncio.Future[WordsOutcome]:
+        """The words of the session's one final (once it is decoded), gathered
+        once however often a stop asks, as a task of the session: a connection
+        that goes away does not cancel it. ``ready`` is told the outcome once
+        (to keep it with the stop result, whoever is still connected)."""
         if self._outcome is None:
-            self._outcome = asyncio.get_running_loop().create_task(self._gather(final, scored))
+            self._outcome = asyncio.get_running_loop().create_task(self._gather())
             self._outcome.add_done_callback(lambda task: task.cancelled() or ready(task.result()))
         return asyncio.shield(self._outcome)
 
-    def pending(self) -> asyncio.Future[WordsOutcome] | None:
-        """The outcome being gathered (a stop replayed while it still is), if any."""
-        return None if self._outcome is None else asyncio.shield(self._outcome)
-
-    async def _gather(self, final: FinalResult, scored: ScoredText | None) -> WordsOutcome:
-        if self._tail is None and final.text:
-            reason = AUDIO_NOT_KEPT if final.source == "native_stream" else NOT_DECODED
-            return WordsOutcome(reason=reason)
-        tasks = [*self._segments, *([self._tail] if self._tail is not None else [])]
+    async def _gather(self) -> WordsOutcome:
+        if self._final is None:
+            raise RuntimeError("a dictation's words were asked for before its final was decoded")
+        tail, source = self._final
+        if tail is None:
+            return WordsOutcome(reason=AUDIO_NOT_KEPT if source == "native_stream" else NOT_DECODED)
+        self._tail = self._start(tail, Priority.FINAL)
+        tasks = [*self._segments, self._tail]
         try:
             parts = [await task for task in tasks]
         except NotAligned as exc:
@@ -194,9 +202,9 @@ class DictationWords:
         finally:
             self.cancel()
         words = _monotonic([word for part in parts for word in part])
-        if scored is None:
+        if self.scored is None:
             return WordsOutcome(words)
-        return WordsOutcome(words, probabilities=tuple(scored.probabilities([w.text for w in words])))
+        return WordsOutcome(words, probabilities=tuple(self.scored.probabilities([w.text for w in words])))
 
     def cancel(self) -> None:
         """Stop aligning (the session is gone, or the outcome is decided)."""
@@ -207,27 +215,29 @@ class DictationWords:
 
 class DictationAligner:
     """How dictation words reach the aligner: the ``align`` unit's scheduler,
-    after the ``asr`` unit's finals."""
+    after the ``asr`` unit's work."""
 
     def __init__(self, engine: Engine, manager: AsrModelManager) -> None:
         self.engine = engine
         self.manager = manager
 
-    async def _after_finals(self) -> None:
-        """Wait while a final runs or waits on the ``asr`` unit: the aligner has
-        its own thread, but shares the device (and here the CPU) with it, so
-        words go after every final there is now — for at most
-        :data:`FINALS_FIRST_MAX_SEC`, so that a stream of finals does not starve them."""
+    async def _after_asr(self, priority: Priority) -> None:
+        """Let the ``asr`` unit go first: the aligner has its own thread, but
+        shares the device (and here the CPU) with it. A segment waits until the
+        unit has nothing to decode (not even a partial), the final's tail only
+        while a final runs or waits — each for at most :data:`ASR_FIRST_MAX_SEC`,
+        so that a busy unit does not starve the words."""
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + FINALS_FIRST_MAX_SEC
+        deadline = loop.time() + ASR_FIRST_MAX_SEC
         asr = self.manager.unit("asr").worker
-        while runs_or_waits(asr, Priority.FINAL) and loop.time() < deadline:
-            await asyncio.sleep(FINALS_FIRST_POLL_SEC)
+        busy = Priority.FINAL if priority <= Priority.FINAL else Priority.PARTIAL
+        while runs_or_waits(asr, busy) and loop.time() < deadline:
+            await asyncio.sleep(ASR_FIRST_POLL_SEC)
 
     async def units(
         self, samples: np.ndarray, text: str, language: str, priority: Priority
     ) -> list[AlignedUnit]:
-        await self._after_finals()
+        await self._after_asr(priority)
         clip = Clip(samples, language)
         # One resident unit: loading the aligner would swap out the asr unit every live
         # dictation decodes on, so the words use the aligner only if it is loaded.

@@ -92,7 +92,8 @@ class HeardListener(Protocol):
     def committed(self, heard: Heard) -> None:
         """A stable-prefix segment committed: its text and audio, never decoded again."""
 
-    def finished(self, tail: Heard | None) -> None:
-        """The final is decoded: the text after the stable prefix and its audio,
-        or ``None`` when the final's text did not come from decoding audio the
-        session kept (the engine's own stream, or the last partial)."""
+    def finished(self, tail: Heard | None, source: str) -> None:
+        """The final is decoded (``source`` says how, as its result does): the
+        text after the stable prefix and its audio, or ``None`` when the final's
+        text did not come from decoding audio the session kept (the engine's own
+        stream, or the last partial)."""

@@ -227,7 +227,7 @@ class RecognizerBase:
     def _finished(self, result: FinalResult, tail: Heard | None = None) -> FinalResult:
         """``result``, once the listener knows what the final's tail was decoded from."""
         if self.listener is not None:
-            self.listener.finished(tail)
+            self.listener.finished(tail, result.source)
         return result
 
     async def fallbacks(self, decoder: SessionDecoder, speech_seen: bool) -> FinalResult:

@@ -84,10 +84,14 @@ def realtime_example(block: Block, site: Site, tmp_path: Path) -> None:
 
 
 def dictation_example(block: Block, site: Site, tmp_path: Path) -> None:
-    """Prints the final's text and where it came from."""
-    [printed] = lines(run_python(block, site, tmp_path))
+    """Prints the final's text and where it came from, then its timed words."""
+    printed, *words = lines(run_python(block, site, tmp_path))
     text, _, source = printed.rpartition(" ")
-    assert text.strip() and source in ("(stream)", "(batch)")
+    assert text.strip() and source == "(stream)"
+    assert words and "".join(line.split()[2] for line in words) == "".join(text.split())
+    for line in words:
+        start, end, _word = line.split()
+        assert 0 <= float(start) <= float(end)
 
 
 def curl_example(block: Block, site: Site, tmp_path: Path) -> None:

@@ -27,7 +27,7 @@ from polyasr.align.timing import written_words
 from polyasr.core.engine import AlignedUnit
 from polyasr.dictation.gate import Chunk
 from polyasr.dictation.heard import Heard
-from polyasr.dictation.recognizer import FinalResult, Hints
+from polyasr.dictation.recognizer import Hints
 from polyasr.live.basr.stopstore import StopRecord, StopStore
 from polyasr.models.scheduler import Priority, UnitScheduler, runs_or_waits
 from polyasr.models.unit import ModelUnavailable
@@ -82,8 +82,8 @@ def heard(text: str, *chunks: Chunk, language: str | None = None) -> Heard:
     return Heard.of_chunks(list(chunks)).decoded(text, language)
 
 
-async def outcome(words: DictationWords, final: FinalResult) -> WordsOutcome:
-    return await words.outcome(final, lambda _outcome: None)
+async def outcome(words: DictationWords) -> WordsOutcome:
+    return await words.outcome(lambda _outcome: None)
 
 
 def test_segments_and_the_tail_make_one_timeline() -> None:
@@ -92,8 +92,11 @@ def test_segments_and_the_tail_make_one_timeline() -> None:
         words = DictationWords(aligner, Hints(language="English"))
         words.committed(heard("one two,", chunk(0.5, 1.0)))
         words.committed(heard("three", chunk(2.0, 1.0)))
-        words.finished(heard("four five.", chunk(5.0, 0.5), chunk(6.0, 0.5)))
-        return await outcome(words, FinalResult("one two, three four five.", "incremental", True)), aligner
+        words.finished(heard("four five.", chunk(5.0, 0.5), chunk(6.0, 0.5)), "incremental")
+        await asyncio.sleep(0.05)
+        # segments align as they commit; the tail waits until the final has gone out
+        assert [p for *_, p in aligner.calls] == [Priority.COMMIT, Priority.COMMIT] and words.decoded
+        return await outcome(words), aligner
 
     result, aligner = asyncio.run(run())
     assert result.reason is None and result.words is not None
@@ -123,8 +126,8 @@ def test_why_there_are_no_words(
     async def run() -> WordsOutcome:
         words = DictationWords(ScriptedAligner(fail), hints)
         words.committed(heard("one two", chunk(0.0, 1.0), language=detected))
-        words.finished(heard("three", chunk(2.0, 1.0), language=detected))
-        return await outcome(words, FinalResult("one two three", source, True))
+        words.finished(heard("three", chunk(2.0, 1.0), language=detected), source)
+        return await outcome(words)
 
     assert asyncio.run(run()) == WordsOutcome(reason=reason)
 
@@ -135,8 +138,8 @@ def test_why_there_are_no_words(
 def test_a_final_not_decoded_from_kept_audio_has_no_words(source: str, reason: str) -> None:
     async def run() -> WordsOutcome:
         words = DictationWords(ScriptedAligner(), Hints(language="English"))
-        words.finished(None)
-        return await outcome(words, FinalResult("some text", source, source != "last_partial"))
+        words.finished(None, source)
+        return await outcome(words)
 
     assert asyncio.run(run()) == WordsOutcome(reason=reason)
 
@@ -161,8 +164,9 @@ def test_the_stop_store_keeps_words_and_opens_an_older_database(tmp_path: Path) 
     store.close()
 
 
-def test_words_are_aligned_after_the_asr_units_finals() -> None:
-    """While a final runs on the asr unit, a dictation's alignment waits for it."""
+def test_words_are_aligned_after_the_asr_units_work() -> None:
+    """While a final runs on the asr unit, a dictation's alignment waits for it;
+    a segment (not the tail) waits for a partial too."""
     asr = UnitScheduler("asr")
     aligned: list[float] = []
 
@@ -194,6 +198,28 @@ def test_words_are_aligned_after_the_asr_units_finals() -> None:
         return done_at
 
     released_at = asyncio.run(run())
-    asr.close()
     assert aligned and aligned[0] >= released_at
     assert not runs_or_waits(asr, Priority.PROBE)
+
+    async def partial_running() -> tuple[int, int]:
+        """A partial decoding: a segment waits for it, the final's tail does not."""
+        release = threading.Event()
+        partial = asr.submit(release.wait, Priority.PARTIAL)
+        while not runs_or_waits(asr, Priority.PARTIAL):
+            await asyncio.sleep(0.01)
+        aligner = DictationAligner(SimpleNamespace(align=None), Manager())  # type: ignore[arg-type]
+        aligned.clear()
+        await aligner.units(np.zeros(SR, np.float32), "hi", "English", Priority.FINAL)
+        tail_first = len(aligned)
+        segment = asyncio.create_task(
+            aligner.units(np.zeros(SR, np.float32), "hi", "English", Priority.COMMIT)
+        )
+        await asyncio.sleep(0.3)
+        waiting = len(aligned)
+        release.set()
+        await partial
+        await segment
+        return tail_first, waiting
+
+    assert asyncio.run(partial_running()) == (1, 1)
+    asr.close()

@@ -15,7 +15,7 @@ this one, which then steps aside at once.
 from __future__ import annotations
 
 import asyncio
-import json
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -23,6 +23,7 @@ from typing import Any
 
 from polyasr.audio.decoding import pcm16_to_float
 from polyasr.audio.speech import passes_energy_gate
+from polyasr.core.confidence import ScoredText
 from polyasr.core.constants import BYTES_PER_SECOND
 from polyasr.core.languages import UnsupportedLanguage, normalize_language
 from polyasr.core.threads import BATCH
@@ -56,7 +57,7 @@ from polyasr.live.basr.wire import (
     word_confidence,
     words,
 )
-from polyasr.live.basr.words import Pending, decoded_words, replayed_words
+from polyasr.live.basr.words import WordsOf, decoded_words, replayed_words
 from polyasr.live.refusals import (
     CLOSE_INTERNAL,
     CLOSE_NORMAL,
@@ -128,6 +129,17 @@ def _session_ended(services: LiveServices, session: DictationSession, text: str)
         services.on_session_end(outcome)
     except Exception:  # a broken detector must not fail the dictation
         log.exception("on_session_end hook failed")
+
+
+def _confidence(record: SessionRecord, result: FinalResult) -> list[dict[str, Any]] | None:
+    """The final's word confidence, for a session that asked for it; its
+    words, if it asked for them too, get the same scores."""
+    if not record.session.confidence:
+        return None
+    scored = ScoredText.of(result.text, result.tokens)
+    if record.words is not None:
+        record.words.scored = scored
+    return word_confidence(scored)
 
 
 class Connection(Driving):
@@ -318,7 +330,8 @@ class Connection(Driving):
         if answered is not None:
             if registry.is_fresh(answered):
                 self.log.event("stop_result_replayed", stop_id=stop.stop_id)
-                await self._answer(record, stop.stop_id, answered, replayed_words(record, answered.words))
+                replayed = functools.partial(replayed_words, registry, record, stop.stop_id, answered.words)
+                await self._answer(record, stop.stop_id, answered, replayed)
             else:
                 self.log.event("stop_result_expired", stop_id=stop.stop_id, ttl_sec=registry.stop_ttl)
                 await self._expired(record, stop.stop_id, "stop_result_expired")
@@ -334,13 +347,13 @@ class Connection(Driving):
         self._check(record)
         record.journal.forget_ahead()
         recognized = record.journal.ack_seq + 1 if result.decoded and not incomplete else None
-        confidence = word_confidence(result.text, result.tokens) if session.confidence else None
-        answer = registry.record_stop(record, stop.stop_id, result.text, recognized, confidence)
+        answer = registry.record_stop(
+            record, stop.stop_id, result.text, recognized, _confidence(record, result)
+        )
         _log_final(self.log.event, stop, result, recognized, incomplete, self.control)
         _session_ended(self.services, session, result.text)
-        await self._answer(
-            record, stop.stop_id, answer, decoded_words(registry, record, stop.stop_id, result)
-        )
+        words_of = functools.partial(decoded_words, registry, record, stop.stop_id)
+        await self._answer(record, stop.stop_id, answer, words_of)
 
     async def _await_coverage(self, record: SessionRecord, captured: int) -> bool:
         """Wait up to 2 s for frames ``0..captured-1``, still acking (and keeping) audio."""
@@ -358,14 +371,13 @@ class Connection(Driving):
         return True
 
     async def _answer(
-        self, record: SessionRecord, stop_id: str, answer: StopRecord, aligned: Pending
+        self, record: SessionRecord, stop_id: str, answer: StopRecord, words_of: WordsOf
     ) -> None:
         """``final`` at once, then (when the session asked for them) its
         ``words`` as soon as they are aligned, then ``done``."""
         through = answer.recognized_through if self.control >= 2 else None
-        confidence = json.loads(answer.confidence) if answer.confidence is not None else None
-        await self.send(final(record.session_id, stop_id, answer.text or "", through, confidence))
-        if aligned is not None:
+        await self.send(final(record.session_id, stop_id, answer.text or "", through, answer.scores()))
+        if (aligned := words_of()) is not None:
             outcome = await self.inbox.until(aligned)
             self.log.event("words_sent", stop_id=stop_id, **outcome.summary())
             await self.send(words(record.session_id, stop_id, outcome.to_json()))

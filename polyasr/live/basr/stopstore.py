@@ -27,6 +27,7 @@ than the disk's (a later successful disk write of the same key removes them).
 
 from __future__ import annotations
 
+import json
 import logging
 import sqlite3
 import threading
@@ -73,6 +74,10 @@ class StopRecord:
     at: float  # wall-clock seconds: the record outlives the process
     confidence: str | None = None  # the final's ``confidence`` as JSON, when the session asked for it
     words: str | None = None  # the ``words`` message's fields as JSON, once known
+
+    def scores(self) -> list[dict[str, Any]] | None:
+        """The final's ``confidence`` as sent (None: the session did not ask)."""
+        return json.loads(self.confidence) if self.confidence is not None else None
 
 
 Row = tuple[Any, ...]

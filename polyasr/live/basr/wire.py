@@ -14,7 +14,6 @@ from typing import Any
 from polyasr.core.confidence import ScoredText, split_words
 from polyasr.core.config import Settings, settings_view
 from polyasr.core.constants import SAMPLE_RATE
-from polyasr.core.engine import TokenScore
 from polyasr.live.refusals import ProtocolError, protocol_error
 
 MAGIC = b"BASR"
@@ -232,13 +231,12 @@ def final(
     return msg
 
 
-def word_confidence(text: str, tokens: tuple[TokenScore, ...]) -> list[dict[str, Any]]:
-    """The final's ``confidence``: each word of ``text`` (split on spaces, a
+def word_confidence(scored: ScoredText) -> list[dict[str, Any]]:
+    """The final's ``confidence``: each word of its text (split on spaces, a
     CJK character a word of its own) with its ``probability``, ``None`` where
     the decode that gave the word scored no tokens (see
     :mod:`polyasr.core.confidence`)."""
-    words = split_words(text)
-    scored = ScoredText.of(text, tokens)
+    words = split_words(scored.text)
     return [
         {"text": word, "probability": p} for word, p in zip(words, scored.probabilities(words), strict=True)
     ]

@@ -12,14 +12,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
 
 from polyasr.align.dictation import NOT_KEPT, WordsOutcome
-from polyasr.core.confidence import ScoredText
-from polyasr.dictation.recognizer import FinalResult
 from polyasr.live.basr.sessions import SessionRecord, SessionRegistry
 
 # The words a stop answers with, once aligned; None where the session did not ask for them.
 Pending = asyncio.Future[WordsOutcome] | None
+# What gives them, called once the final has gone out (the tail is aligned only then).
+WordsOf = Callable[[], Pending]
 
 
 def _ready(outcome: WordsOutcome) -> asyncio.Future[WordsOutcome]:
@@ -28,28 +29,29 @@ def _ready(outcome: WordsOutcome) -> asyncio.Future[WordsOutcome]:
     return future
 
 
-def decoded_words(
-    registry: SessionRegistry, record: SessionRecord, stop_id: str, final: FinalResult
-) -> Pending:
-    """The words of a final just decoded (None: the session did not ask), kept
-    with its stop result once aligned, whether or not a connection still waits."""
+def decoded_words(registry: SessionRegistry, record: SessionRecord, stop_id: str) -> Pending:
+    """The words of the session's final (decoded, on this connection or an
+    earlier one), gathered once and kept with the stop result once aligned,
+    whether or not a connection still waits. None: the session did not ask."""
     if record.words is None:
         return None
 
     def keep(outcome: WordsOutcome) -> None:
         registry.record_words(record, stop_id, json.dumps(outcome.to_json()))
 
-    # a session that asked for its confidence gets each word's probability too
-    scored = ScoredText.of(final.text, final.tokens) if record.session.confidence else None
-    return record.words.outcome(final, keep, scored)
+    return record.words.outcome(keep)
 
 
-def replayed_words(record: SessionRecord, kept: str | None) -> Pending:
+def replayed_words(
+    registry: SessionRegistry, record: SessionRecord, stop_id: str, kept: str | None
+) -> Pending:
     """The words of a replayed final (None: the session did not ask): as kept
-    with the stop result, else still being aligned here, else gone (a restart
-    came between the final and its words)."""
+    with the stop result, else gathered here (or still being gathered), else
+    gone (a restart came between the final and its words)."""
     if record.words is None:
         return None
     if kept is not None:
         return _ready(WordsOutcome.from_json(json.loads(kept)))
-    return record.words.pending() or _ready(WordsOutcome(reason=NOT_KEPT))
+    if record.words.decoded:
+        return decoded_words(registry, record, stop_id)
+    return _ready(WordsOutcome(reason=NOT_KEPT))
