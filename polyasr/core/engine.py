@@ -57,9 +57,15 @@ class Transcript:
     language: str | None = None  # Qwen name detected (or pinned), if any
     raw: str = ""  # the engine's raw answer, usable as a later clip's prefix
     # The scored tokens of the generated part of ``text`` (after the format
-    # markers), in order; empty where the engine cannot score a decode.
+    # markers), in order; empty where the engine cannot score a decode. With
+    # an answer prefix (``Clip.prefix``, a dictation partial) they cover only
+    # what this decode generated, not the prefix it continued. ``logprob`` is
+    # the model's own log-probability of the greedy choice, also where the
+    # loop guard's retry banned another token.
     tokens: tuple[TokenScore, ...] = ()
-    # The repetition-loop guard cut this decode's looping tail.
+    # The repetition-loop guard acted on this decode: its looping tail was cut
+    # (its text then holds one occurrence of the loop, or the guarded retry's
+    # answer when that one ended).
     loop_cut: bool = False
 
 
