@@ -1,18 +1,18 @@
 """The timed words of a dictation that asked for them (``"words": true`` on ``start``).
 
-The forced aligner times each stable-prefix segment as soon as it commits,
-with the audio the commit decoded (released once aligned), so at the stop only
-the final's tail is left to align: the work after a stop does not grow with
-the length of the dictation, and the session holds no audio beyond what it
-already decodes. Times are seconds from the session's first frame, clamped to
-the audio each segment was decoded from, and never decrease.
+Each stable-prefix segment is queued for the forced aligner as soon as it
+commits, with the audio the commit decoded (released once aligned), so at the
+stop only the final's tail is left to align, and only once the final has gone
+out: the work after a stop does not grow with the length of the dictation.
+Times are seconds from the session's first frame, clamped to the audio each
+segment was decoded from, and never decrease.
 
 Aligning goes through the ``align`` unit's own scheduler: segments at commit
-priority (after batch alignments) once the ``asr`` unit, whose device it
-shares, has nothing to decode; the tail at final priority once no final runs
-or waits there. It
-never swaps the ``asr`` unit out: with one resident unit (``POLYASR_COLOAD=0``)
-a dictation's words use the aligner only if it is already loaded.
+priority (after batch alignments) once the ``asr`` unit, whose device they
+share, has nothing to decode; the tail at final priority once no final runs
+or waits there. It never swaps the ``asr`` unit out: with one resident unit
+(``POLYASR_COLOAD=0``) a dictation's words use the aligner only if it is
+already loaded.
 
 When the words cannot be had, the outcome says why, with one of :data:`REASONS`.
 """
