@@ -205,3 +205,33 @@ def test_align_with_diarize_carries_speakers(server: LiveServer, conversation: P
         timeout=300,
     ).json()
     assert "turns" not in plain and all("speaker" not in s for s in plain["segments"])
+
+
+def test_silence_has_no_speakers(client: openai.OpenAI, tmp_path: Path) -> None:
+    quiet = tmp_path / "quiet.wav"
+    quiet.write_bytes(wav_bytes(np.zeros(2 * SR, np.float32)))
+    with quiet.open("rb") as f:
+        result = client.audio.transcriptions.create(
+            model="gpt-4o-transcribe-diarize", file=f, response_format="diarized_json"
+        )
+    assert isinstance(result, TranscriptionDiarized)
+    assert result.segments == [] and result.text == "" and result.duration == pytest.approx(2.0)
+
+
+def test_a_change_without_a_pause_is_decoded_whole_and_cut_between_speakers(
+    client: openai.OpenAI, tmp_path: Path
+) -> None:
+    """The two turns touch, so they are one decode and the aligner is asked
+    where the words fall (with tiny weights its times are unusable, and the
+    text is shared out by the turns' durations instead)."""
+    joined = tmp_path / "joined.wav"
+    joined.write_bytes(wav_bytes(np.concatenate([VOICE_A[: int(7.84 * SR)], VOICE_B])))
+    with joined.open("rb") as f:
+        result = client.audio.transcriptions.create(
+            model="gpt-4o-transcribe-diarize", file=f, response_format="diarized_json", language="en"
+        )
+    assert isinstance(result, TranscriptionDiarized)
+    first, second = result.segments
+    assert (first.speaker, second.speaker) == ("A", "B")
+    assert first.end <= second.start and abs(second.start - 7.84) < 0.5
+    assert result.text == f"{first.text} {second.text}"
