@@ -119,7 +119,10 @@ def test_a_word_in_a_pause_goes_to_the_nearest_turn() -> None:
 def test_touching_turns_take_the_aligners_words_only_when_they_are_spread() -> None:
     group = groups(TURNS)[0]
     group.text = "Hello there. Hi you."
-    spread = [Segment("Hello there.", 0.2, 1.9, _words(("Hello", 0.2, 0.6), ("there", 0.7, 1.9)))]
+    spread = [
+        Segment("Hello there.", 0.2, 1.9, _words(("Hello", 0.2, 0.6), ("there", 0.7, 1.9))),
+        Segment("Hi you.", 2.1, 3.0, _words(("Hi", 2.1, 2.4), ("you", 2.5, 3.0))),
+    ]
     squeezed = [Segment("Hello there.", 3.9, 4.0, _words(("Hello", 3.9, 3.95), ("there", 3.95, 4.0)))]
     assert _trusted(spread, group) and not _trusted(squeezed, group)
     assert _shared_out(group) == [("A", 0.0, 2.0, "Hello there."), ("B", 2.0, 4.0, "Hi you.")]
