@@ -5,7 +5,8 @@ seam, languages, text, weights), ``audio`` (decoding uploads, voice activity, sp
 embeddings), ``archive`` (what clients sent, on disk), ``models`` (model units, their
 scheduler, the manager, the transcriber, health), ``dictation`` (speech gate,
 recognizer, session), ``align`` (the forced-alignment pipeline), ``diarize`` (who spoke
-when, and the transcript by speaker), ``live`` (the two WebSocket protocols), ``api`` (the FastAPI app and its routers) and ``engines`` (MLX
-and CUDA, which only the entry points pick). A module imports from its own layer or a
-lower one; ``docs/architecture.md`` draws the picture.
+when, and the transcript by speaker), ``live`` (the two WebSocket protocols), ``api``
+(the FastAPI app and its routers) and ``engines`` (MLX and CUDA, which only the entry
+points pick). A module imports from its own layer or a lower one;
+``docs/architecture.md`` draws the picture.
 """
