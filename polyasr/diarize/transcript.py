@@ -120,12 +120,12 @@ class DiarizedTranscriber:
     async def segments(
         self, samples: np.ndarray, turns: Sequence[Turn], request: TranscribeRequest
     ) -> AsyncIterator[DiarizedSegment]:
-        """The segments in time order, numbered, without empty ones."""
+        """The segments in time order, numbered. A turn the model heard no
+        words in is still a segment (with empty text): the voice was there."""
         count = 0
         async for speaker, start, end, text in self._parts(samples, turns, request):
-            if text:
-                yield DiarizedSegment(f"seg_{count}", speaker, round(start, 3), round(end, 3), text)
-                count += 1
+            yield DiarizedSegment(f"seg_{count}", speaker, round(start, 3), round(end, 3), text)
+            count += 1
 
     async def _parts(
         self, samples: np.ndarray, turns: Sequence[Turn], request: TranscribeRequest

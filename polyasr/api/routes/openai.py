@@ -342,7 +342,8 @@ async def _diarized_events(
     try:
         async for segment in segments:
             joined = join_text(text, segment.text)
-            yield sse(text_delta(joined[len(text) :], segment.id))
+            if joined != text:
+                yield sse(text_delta(joined[len(text) :], segment.id))
             yield sse(diarized_segment(segment))
             text = joined
         archive = services.archives.uploads
