@@ -1,5 +1,6 @@
-"""OpenAI's shapes for transcription: verbose_json, SRT, WebVTT, server-sent
-events and the error object, so the official SDKs read our answers as theirs.
+"""OpenAI's shapes for transcription: verbose_json, diarized_json, SRT, WebVTT,
+server-sent events and the error object, so the official SDKs read our answers
+as theirs.
 
 Pure functions over timed text; no FastAPI in here.
 """
@@ -13,8 +14,9 @@ from typing import Any
 from polyasr.core.confidence import ScoredText
 from polyasr.core.engine import TokenScore
 from polyasr.core.text import TimedText
+from polyasr.diarize.transcript import DiarizedSegment
 
-FORMATS = ("json", "text", "verbose_json", "srt", "vtt")
+FORMATS = ("json", "text", "verbose_json", "srt", "vtt", "diarized_json")
 GRANULARITIES = ("word", "segment")
 INCLUDES = ("logprobs",)
 
@@ -75,6 +77,29 @@ def logprobs_array(tokens: Sequence[TokenScore]) -> list[dict[str, Any]]:
     return [{"token": t.text, "logprob": t.logprob, "bytes": list(t.bytes)} for t in tokens]
 
 
+def diarized_segment(segment: DiarizedSegment) -> dict[str, Any]:
+    """One speaker's segment: the same object in ``diarized_json`` and as a stream event."""
+    return {
+        "type": "transcript.text.segment",
+        "id": segment.id,
+        "speaker": segment.speaker,
+        "start": segment.start,
+        "end": segment.end,
+        "text": segment.text,
+    }
+
+
+def diarized_json(text: str, duration: float, segments: Sequence[DiarizedSegment]) -> dict[str, Any]:
+    """OpenAI's ``diarized_json``; usage is counted in seconds of audio."""
+    return {
+        "task": "transcribe",
+        "text": text,
+        "duration": round(duration, 3),
+        "segments": [diarized_segment(s) for s in segments],
+        "usage": {"type": "duration", "seconds": round(duration, 3)},
+    }
+
+
 def _clock(seconds: float, separator: str) -> str:
     millis = round(max(0.0, seconds) * 1000)
     hours, rest = divmod(millis, 3_600_000)
@@ -105,11 +130,16 @@ def sse(event: dict[str, Any]) -> bytes:
     return f"data: {json.dumps(event, ensure_ascii=False)}\n\n".encode()
 
 
-def text_delta(delta: str, tokens: Sequence[TokenScore] | None = None) -> dict[str, Any]:
-    """A delta event; with ``tokens`` (``include[]=logprobs``) the delta's ``logprobs``."""
+def text_delta(
+    delta: str, tokens: Sequence[TokenScore] | None = None, segment_id: str | None = None
+) -> dict[str, Any]:
+    """A piece of new text; with ``tokens`` (``include[]=logprobs``) the delta's
+    ``logprobs``; in a diarized stream it names its segment."""
     event: dict[str, Any] = {"type": "transcript.text.delta", "delta": delta}
     if tokens is not None:
         event["logprobs"] = logprobs_array(tokens)
+    if segment_id is not None:
+        event["segment_id"] = segment_id
     return event
 
 
