@@ -1,0 +1,137 @@
+"""Diarization quality: diarization error rate per number of speakers.
+
+Each conversation of the synthesized set in tests/data/diarize (2, 3 and 4
+espeak-ng voices, turns of 1-8 s with pauses and overlaps; see
+``bench.make_diarize_set``) is POSTed to ``/v1/audio/transcriptions`` with
+``response_format=diarized_json``; the answer's segments are the hypothesis,
+scored against the reference RTTM with ``pyannote.metrics``
+(``tests/diarize_set.py``): DER = (missed + false alarm + confusion) / reference
+speech, summed over the files of a group. Overlapped speech is scored, not
+skipped. Two collars: 0.25 s around each reference boundary (the customary
+figure) and none. ``count ok`` is the share of files whose number of
+hypothesis speakers is the reference's.
+
+    .venv-cuda/bin/python -m bench.diarize_bench                  # starts a server (tiny ASR weights)
+    .venv-cuda/bin/python -m bench.diarize_bench --url http://127.0.0.1:8766
+    .venv-cuda/bin/python -m bench.diarize_bench --hypothesis oracle    # checks the scoring: 0 %
+    .venv-cuda/bin/python -m bench.diarize_bench --hypothesis one-speaker
+
+The speaker turns do not depend on the ASR checkpoint (voice activity and
+speaker embeddings are real models even beside tiny random ASR weights), so
+the figures from a server on tiny weights are the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+from pyannote.core import Annotation, Segment
+
+from bench.bench_env import add_model_flags, bench_workspace
+from tests.conftest import BACKEND, LiveServer
+from tests.diarize_set import COLLARS, Conversation, Score, annotation_of, conversations
+
+
+@contextlib.contextmanager
+def server_url(args: argparse.Namespace) -> Iterator[str]:
+    """``--url``, else a server started here for the run."""
+    if args.url:
+        yield args.url.rstrip("/")
+        return
+    work, env = bench_workspace(args, "polyasr-diarize-", POLYASR_STREAMING_PROBE="0")
+    server = LiveServer(args.backend, env, work / "server.log")
+    try:
+        server.wait_ready()
+        yield server.url
+    finally:
+        server.stop()
+
+
+def diarize(http: httpx.Client, conversation: Conversation, fields: dict[str, Any]) -> Annotation:
+    """The server's ``diarized_json`` answer for one conversation, as an annotation."""
+    response = http.post(
+        "/v1/audio/transcriptions",
+        files={"file": (conversation.audio.name, conversation.audio.read_bytes())},
+        data={"model": "polyasr", "response_format": "diarized_json", **fields},
+    )
+    response.raise_for_status()
+    return annotation_of(response.json()["segments"], conversation.name)
+
+
+def one_speaker(conversation: Conversation) -> Annotation:
+    """Everything the reference calls speech, given to one speaker: the score of
+    a system that finds speech but never tells voices apart."""
+    hypothesis = Annotation(uri=conversation.name)
+    for index, segment in enumerate(conversation.reference().get_timeline().support()):
+        hypothesis[Segment(segment.start, segment.end), index] = "A"
+    return hypothesis
+
+
+def row(label: str, score: Score) -> str:
+    parts = "  ".join(
+        f"{100 * score.share(0.25, key):5.1f}" for key in ("missed detection", "false alarm", "confusion")
+    )
+    return (
+        f"{label:<10} {score.files:>5}  {100 * score.der(0.25):6.1f}  {parts}  "
+        f"{100 * score.der(0.0):6.1f}  {score.count_right:>3}/{score.files}"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--backend", choices=["mlx", "cuda"], default=BACKEND)
+    parser.add_argument("--url", help="a running server (default: start one on tiny checkpoints)")
+    parser.add_argument("--hypothesis", choices=["server", "oracle", "one-speaker"], default="server")
+    parser.add_argument("--ci", action="store_true", help="only the conversations the CI test scores")
+    parser.add_argument("--hint", action="store_true", help="send the true speaker count as min and max")
+    add_model_flags(parser)
+    args = parser.parse_args()
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+
+    chosen = conversations(ci_only=args.ci)
+    groups = {n: Score.empty() for n in sorted({c.speakers for c in chosen})}
+    overall = Score.empty()
+    audio_sec = wall_sec = 0.0
+    with contextlib.ExitStack() as stack:
+        http = None
+        if args.hypothesis == "server":
+            url = stack.enter_context(server_url(args))
+            http = stack.enter_context(httpx.Client(base_url=url, timeout=600))
+        print(f"{'file':<8} {'spk':>3} {'found':>5}  {'DER.25':>6}  {'DER0':>6}  {'sec':>5}")
+        for conversation in chosen:
+            t0 = time.perf_counter()
+            if http is not None:
+                hints = {"min_speakers": conversation.speakers, "max_speakers": conversation.speakers}
+                hypothesis = diarize(http, conversation, hints if args.hint else {})
+            elif args.hypothesis == "oracle":
+                hypothesis = conversation.reference()
+            else:
+                hypothesis = one_speaker(conversation)
+            took = time.perf_counter() - t0
+            audio_sec, wall_sec = audio_sec + conversation.duration, wall_sec + took
+            own = groups[conversation.speakers].add(conversation, hypothesis)
+            overall.add(conversation, hypothesis)
+            print(
+                f"{conversation.name:<8} {conversation.speakers:>3} {len(hypothesis.labels()):>5}  "
+                f"{100 * own[0.25]:6.1f}  {100 * own[0.0]:6.1f}  {took:5.1f}"
+            )
+    print(
+        f"\nhypothesis={args.hypothesis} collars={'/'.join(f'{c:g}' for c in COLLARS)} s, overlap scored"
+        + (f", {audio_sec / wall_sec:.1f} audio-s per wall-s" if http is not None and wall_sec else "")
+    )
+    print("speakers   files  DER.25   miss     FA   conf    DER0  count ok")
+    for speakers, score in groups.items():
+        print(row(str(speakers), score))
+    print(row("all", overall))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,65 @@
+"""The diarization evaluation set is what its manifest says, and its scoring
+gives the known answers: 0 for the reference itself, a large error for one
+speaker throughout, and a server's segments read back as they were sent."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from pyannote.core import Segment
+
+from bench.diarize_bench import one_speaker
+from polyasr.audio.decoding import decode_audio
+from tests.diarize_set import SET_DIR, SR, Score, annotation_of, conversations, voice_clips
+
+SET = conversations()
+
+
+@pytest.mark.parametrize("conversation", SET, ids=lambda c: c.name)
+def test_each_conversation_matches_its_manifest(conversation) -> None:
+    audio = decode_audio(str(conversation.audio))
+    reference = conversation.reference()
+    turns = [segment for segment, _ in reference.itertracks()]
+    assert abs(len(audio) / SR - conversation.duration) < 0.01
+    assert len(reference.labels()) == conversation.speakers
+    assert all(t.start > 0 and t.end < conversation.duration and 1.0 <= t.duration <= 8.0 for t in turns)
+
+
+def test_the_set_spans_two_to_four_speakers_with_overlaps_and_short_turns() -> None:
+    manifest = json.loads((SET_DIR / "set.json").read_text(encoding="utf-8"))["conversations"]
+    assert sorted({c["speakers"] for c in manifest}) == [2, 3, 4]
+    assert sum(c["overlap"] > 1.0 for c in manifest) >= 3
+    assert sum(c["turns_under_2s"] for c in manifest) >= 10
+    assert sorted(c.speakers for c in conversations(ci_only=True)) == [2, 2, 3]
+
+
+def test_every_voice_has_a_reference_clip() -> None:
+    voices = json.loads((SET_DIR / "set.json").read_text(encoding="utf-8"))["voices"]
+    clips = voice_clips()
+    assert sorted(clips) == sorted(voices)
+    assert all(2.0 <= len(decode_audio(str(path))) / SR <= 10.0 for path in clips.values())
+
+
+def test_the_reference_scores_zero_and_one_speaker_scores_badly() -> None:
+    oracle, single = Score.empty(), Score.empty()
+    for conversation in SET:
+        oracle.add(conversation, conversation.reference())
+        single.add(conversation, one_speaker(conversation))
+    assert oracle.der(0.25) == oracle.der(0.0) == 0.0
+    assert oracle.count_right == len(SET)
+    assert single.der(0.25) > 0.3
+    assert single.count_right == 0
+
+
+def test_diarized_segments_read_back_as_sent() -> None:
+    timings = [("A", 0.5, 2.0), ("B", 2.0, 2.0), ("B", 2.2, 4.0)]  # the empty one is dropped
+    segments = [
+        {"type": "transcript.text.segment", "id": f"seg_{i}", "speaker": who, "start": s, "end": e}
+        for i, (who, s, e) in enumerate(timings)
+    ]
+    annotation = annotation_of(segments, "x")
+    assert [(s, label) for s, _, label in annotation.itertracks(yield_label=True)] == [
+        (Segment(0.5, 2.0), "A"),
+        (Segment(2.2, 4.0), "B"),
+    ]
