@@ -9,10 +9,13 @@ scored against the reference RTTM with ``pyannote.metrics``
 speech, summed over the files of a group. Overlapped speech is scored, not
 skipped. Two collars: 0.25 s around each reference boundary (the customary
 figure) and none. ``count ok`` is the share of files whose number of
-hypothesis speakers is the reference's.
+hypothesis speakers is the reference's. With ``--known`` (every voice's
+reference clip sent as a known speaker) ``named.25`` is the identification
+error rate: as DER, but a turn counts only under its own voice's name.
 
     .venv-cuda/bin/python -m bench.diarize_bench                  # starts a server (tiny ASR weights)
     .venv-cuda/bin/python -m bench.diarize_bench --url http://127.0.0.1:8766
+    .venv-cuda/bin/python -m bench.diarize_bench --hint --known   # true count given, voices named
     .venv-cuda/bin/python -m bench.diarize_bench --hypothesis oracle    # checks the scoring: 0 %
     .venv-cuda/bin/python -m bench.diarize_bench --hypothesis one-speaker
 
@@ -31,11 +34,20 @@ from collections.abc import Iterator
 from typing import Any
 
 import httpx
-from pyannote.core import Annotation, Segment
+from pyannote.core import Annotation
 
 from bench.bench_env import add_model_flags, bench_workspace
 from tests.conftest import BACKEND, LiveServer
-from tests.diarize_set import COLLARS, Conversation, Score, annotation_of, conversations
+from tests.diarize_set import (
+    COLLARS,
+    Conversation,
+    Score,
+    conversations,
+    diarize,
+    identification_error,
+    known_speakers,
+    one_speaker,
+)
 
 
 @contextlib.contextmanager
@@ -53,26 +65,6 @@ def server_url(args: argparse.Namespace) -> Iterator[str]:
         server.stop()
 
 
-def diarize(http: httpx.Client, conversation: Conversation, fields: dict[str, Any]) -> Annotation:
-    """The server's ``diarized_json`` answer for one conversation, as an annotation."""
-    response = http.post(
-        "/v1/audio/transcriptions",
-        files={"file": (conversation.audio.name, conversation.audio.read_bytes())},
-        data={"model": "polyasr", "response_format": "diarized_json", **fields},
-    )
-    response.raise_for_status()
-    return annotation_of(response.json()["segments"], conversation.name)
-
-
-def one_speaker(conversation: Conversation) -> Annotation:
-    """Everything the reference calls speech, given to one speaker: the score of
-    a system that finds speech but never tells voices apart."""
-    hypothesis = Annotation(uri=conversation.name)
-    for index, segment in enumerate(conversation.reference().get_timeline().support()):
-        hypothesis[Segment(segment.start, segment.end), index] = "A"
-    return hypothesis
-
-
 def row(label: str, score: Score) -> str:
     parts = "  ".join(
         f"{100 * score.share(0.25, key):5.1f}" for key in ("missed detection", "false alarm", "confusion")
@@ -81,6 +73,19 @@ def row(label: str, score: Score) -> str:
         f"{label:<10} {score.files:>5}  {100 * score.der(0.25):6.1f}  {parts}  "
         f"{100 * score.der(0.0):6.1f}  {score.count_right:>3}/{score.files}"
     )
+
+
+def hypothesis_for(
+    args: argparse.Namespace, http: httpx.Client | None, conversation: Conversation
+) -> Annotation:
+    if http is None:
+        return conversation.reference() if args.hypothesis == "oracle" else one_speaker(conversation)
+    fields: dict[str, Any] = {}
+    if args.hint:
+        fields |= {"min_speakers": conversation.speakers, "max_speakers": conversation.speakers}
+    if args.known:
+        fields |= known_speakers(conversation)
+    return diarize(http, conversation, fields)
 
 
 def main() -> None:
@@ -92,6 +97,7 @@ def main() -> None:
     parser.add_argument("--hypothesis", choices=["server", "oracle", "one-speaker"], default="server")
     parser.add_argument("--ci", action="store_true", help="only the conversations the CI test scores")
     parser.add_argument("--hint", action="store_true", help="send the true speaker count as min and max")
+    parser.add_argument("--known", action="store_true", help="send every voice's reference clip and name")
     add_model_flags(parser)
     args = parser.parse_args()
     logging.getLogger("httpx").setLevel(logging.WARNING)
@@ -105,27 +111,26 @@ def main() -> None:
         if args.hypothesis == "server":
             url = stack.enter_context(server_url(args))
             http = stack.enter_context(httpx.Client(base_url=url, timeout=600))
-        print(f"{'file':<8} {'spk':>3} {'found':>5}  {'DER.25':>6}  {'DER0':>6}  {'sec':>5}")
+        print(
+            f"{'file':<8} {'spk':>3} {'found':>5}  {'DER.25':>6}  {'DER0':>6}  {'sec':>5}"
+            + "  named.25" * args.known
+        )
         for conversation in chosen:
             t0 = time.perf_counter()
-            if http is not None:
-                hints = {"min_speakers": conversation.speakers, "max_speakers": conversation.speakers}
-                hypothesis = diarize(http, conversation, hints if args.hint else {})
-            elif args.hypothesis == "oracle":
-                hypothesis = conversation.reference()
-            else:
-                hypothesis = one_speaker(conversation)
+            hypothesis = hypothesis_for(args, http, conversation)
             took = time.perf_counter() - t0
             audio_sec, wall_sec = audio_sec + conversation.duration, wall_sec + took
             own = groups[conversation.speakers].add(conversation, hypothesis)
             overall.add(conversation, hypothesis)
+            named = f"  {100 * identification_error(conversation, hypothesis):8.1f}" if args.known else ""
             print(
                 f"{conversation.name:<8} {conversation.speakers:>3} {len(hypothesis.labels()):>5}  "
-                f"{100 * own[0.25]:6.1f}  {100 * own[0.0]:6.1f}  {took:5.1f}"
+                f"{100 * own[0.25]:6.1f}  {100 * own[0.0]:6.1f}  {took:5.1f}{named}"
             )
+    hints = "".join(f", {flag}" for flag in ("hint", "known") if getattr(args, flag))
     print(
-        f"\nhypothesis={args.hypothesis} collars={'/'.join(f'{c:g}' for c in COLLARS)} s, overlap scored"
-        + (f", {audio_sec / wall_sec:.1f} audio-s per wall-s" if http is not None and wall_sec else "")
+        f"\nhypothesis={args.hypothesis}{hints} collars={'/'.join(f'{c:g}' for c in COLLARS)} s, "
+        "overlap scored" + (f", {audio_sec / wall_sec:.1f} audio-s per wall-s" if http and wall_sec else "")
     )
     print("speakers   files  DER.25   miss     FA   conf    DER0  count ok")
     for speakers, score in groups.items():

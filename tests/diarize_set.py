@@ -12,14 +12,17 @@ speaker per moment loses the second speaker of every overlap as missed speech.
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 from pyannote.core import Annotation, Segment, Timeline
 from pyannote.metrics.diarization import DiarizationErrorRate
+from pyannote.metrics.identification import IdentificationErrorRate
 
 SET_DIR = Path(__file__).resolve().parent / "data" / "diarize"
 SR = 16_000
@@ -76,6 +79,44 @@ def annotation_of(segments: Iterable[dict[str, Any]], uri: str) -> Annotation:
         if seg["end"] > seg["start"]:
             annotation[Segment(seg["start"], seg["end"]), index] = seg["speaker"]
     return annotation
+
+
+def diarize(http: httpx.Client, conversation: Conversation, fields: dict[str, Any]) -> Annotation:
+    """The server's ``diarized_json`` answer for one conversation, as an annotation."""
+    response = http.post(
+        "/v1/audio/transcriptions",
+        files={"file": (conversation.audio.name, conversation.audio.read_bytes())},
+        data={"model": "polyasr", "response_format": "diarized_json", **fields},
+    )
+    response.raise_for_status()
+    return annotation_of(response.json()["segments"], conversation.name)
+
+
+def known_speakers(conversation: Conversation) -> dict[str, list[str]]:
+    """Form fields naming every voice of the conversation, each with its
+    reference clip as a data URL (what OpenAI's known-speaker fields take)."""
+    clips = voice_clips()
+    names = sorted(conversation.reference().labels())
+    references = [
+        "data:audio/ogg;base64," + base64.b64encode(clips[name].read_bytes()).decode() for name in names
+    ]
+    return {"known_speaker_names[]": names, "known_speaker_references[]": references}
+
+
+def one_speaker(conversation: Conversation) -> Annotation:
+    """Everything the reference calls speech, given to one speaker: the score of
+    a system that finds speech but never tells voices apart."""
+    hypothesis = Annotation(uri=conversation.name)
+    for index, segment in enumerate(conversation.reference().get_timeline().support()):
+        hypothesis[Segment(segment.start, segment.end), index] = "A"
+    return hypothesis
+
+
+def identification_error(conversation: Conversation, hypothesis: Annotation, collar: float = 0.25) -> float:
+    """Like the DER, but a speaker counts as right only under its own name (no
+    mapping): how well known-speaker references name the turns."""
+    metric = IdentificationErrorRate(collar=collar, skip_overlap=False)
+    return float(metric(conversation.reference(), hypothesis, uem=conversation.uem()))
 
 
 @dataclass

@@ -9,9 +9,18 @@ import json
 import pytest
 from pyannote.core import Segment
 
-from bench.diarize_bench import one_speaker
 from polyasr.audio.decoding import decode_audio
-from tests.diarize_set import SET_DIR, SR, Score, annotation_of, conversations, voice_clips
+from tests.diarize_set import (
+    SET_DIR,
+    SR,
+    Score,
+    annotation_of,
+    conversations,
+    identification_error,
+    known_speakers,
+    one_speaker,
+    voice_clips,
+)
 
 SET = conversations()
 
@@ -63,3 +72,17 @@ def test_diarized_segments_read_back_as_sent() -> None:
         (Segment(0.5, 2.0), "A"),
         (Segment(2.2, 4.0), "B"),
     ]
+
+
+def test_naming_counts_only_the_right_names() -> None:
+    conversation = SET[0]
+    renamed = conversation.reference().rename_labels({v: f"x{v}" for v in conversation.reference().labels()})
+    assert identification_error(conversation, conversation.reference()) == 0.0
+    assert identification_error(conversation, renamed) == 1.0  # right turns, wrong names
+
+
+def test_known_speaker_fields_name_each_voice_of_the_conversation_once() -> None:
+    conversation = SET[0]
+    fields = known_speakers(conversation)
+    assert fields["known_speaker_names[]"] == sorted(conversation.reference().labels())
+    assert all(url.startswith("data:audio/ogg;base64,") for url in fields["known_speaker_references[]"])
