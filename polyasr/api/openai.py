@@ -1,5 +1,6 @@
-"""OpenAI's shapes for transcription: verbose_json, SRT, WebVTT, server-sent
-events and the error object, so the official SDKs read our answers as theirs.
+"""OpenAI's shapes for transcription: verbose_json, diarized_json, SRT, WebVTT,
+server-sent events and the error object, so the official SDKs read our answers
+as theirs.
 
 Pure functions over timed text; no FastAPI in here.
 """
@@ -11,8 +12,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from polyasr.core.text import TimedText
+from polyasr.diarize.transcript import DiarizedSegment
 
-FORMATS = ("json", "text", "verbose_json", "srt", "vtt")
+FORMATS = ("json", "text", "verbose_json", "srt", "vtt", "diarized_json")
 GRANULARITIES = ("word", "segment")
 
 
@@ -36,6 +38,29 @@ def verbose_json(
             for w in s.words
         ]
     return body
+
+
+def diarized_segment(segment: DiarizedSegment) -> dict[str, Any]:
+    """One speaker's segment: the same object in ``diarized_json`` and as a stream event."""
+    return {
+        "type": "transcript.text.segment",
+        "id": segment.id,
+        "speaker": segment.speaker,
+        "start": segment.start,
+        "end": segment.end,
+        "text": segment.text,
+    }
+
+
+def diarized_json(text: str, duration: float, segments: Sequence[DiarizedSegment]) -> dict[str, Any]:
+    """OpenAI's ``diarized_json``; usage is counted in seconds of audio."""
+    return {
+        "task": "transcribe",
+        "text": text,
+        "duration": round(duration, 3),
+        "segments": [diarized_segment(s) for s in segments],
+        "usage": {"type": "duration", "seconds": round(duration, 3)},
+    }
 
 
 def _clock(seconds: float, separator: str) -> str:
@@ -68,8 +93,12 @@ def sse(event: dict[str, Any]) -> bytes:
     return f"data: {json.dumps(event, ensure_ascii=False)}\n\n".encode()
 
 
-def text_delta(delta: str) -> dict[str, Any]:
-    return {"type": "transcript.text.delta", "delta": delta}
+def text_delta(delta: str, segment_id: str | None = None) -> dict[str, Any]:
+    """A piece of new text; in a diarized stream it names its segment."""
+    event = {"type": "transcript.text.delta", "delta": delta}
+    if segment_id is not None:
+        event["segment_id"] = segment_id
+    return event
 
 
 def text_done(text: str) -> dict[str, Any]:

@@ -28,6 +28,7 @@ from polyasr.audio.speech import SpeakerGate, shared_speaker_filter, shared_vad
 from polyasr.core.config import Settings, settings_view
 from polyasr.core.engine import Engine
 from polyasr.core.threads import BATCH, default_batch_threads
+from polyasr.diarize.transcript import DiarizedTranscriber
 from polyasr.dictation.recognizer import DictationSettings
 from polyasr.live.basr.services import LiveServices
 from polyasr.live.basr.sessions import SessionRegistry
@@ -53,6 +54,7 @@ class Services:
     health: HealthMonitor
     transcriber: Transcriber
     aligner: Aligner
+    diarizer: DiarizedTranscriber
     archives: Archives
     live: LiveServices
     probe_clip: Any
@@ -171,6 +173,7 @@ def build_services(engine: Engine, settings: Settings, base_dir: Path) -> Servic
     transcriber = Transcriber(engine, manager, settings)
     probe_clip = load_probe_clip()
     health = HealthMonitor(settings, manager, transcriber, engine.model_id, probe_clip)
+    aligner = Aligner(engine, manager, transcriber)
     return Services(
         settings=settings,
         engine=engine,
@@ -178,7 +181,8 @@ def build_services(engine: Engine, settings: Settings, base_dir: Path) -> Servic
         manager=manager,
         health=health,
         transcriber=transcriber,
-        aligner=Aligner(engine, manager, transcriber),
+        aligner=aligner,
+        diarizer=DiarizedTranscriber(transcriber, aligner),
         archives=archives,
         live=build_live_services(settings, engine, transcriber, archives, health),
         probe_clip=probe_clip,

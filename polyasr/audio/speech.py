@@ -1,5 +1,5 @@
-"""Speech detection for streaming dictation: the energy
-gate, the Silero VAD gate and the Resemblyzer main-speaker filter.
+"""Speech detection: the energy gate, Silero VAD (streams for dictation,
+speech regions for whole uploads) and the Resemblyzer main-speaker filter.
 
 Models are loaded once per process and shared; whatever changes while a
 session runs (Silero's recurrent state, the enrolled speaker) lives in small
@@ -15,19 +15,15 @@ first loaded, so importing this module for its constants stays cheap.
 from __future__ import annotations
 
 import copy
-import threading
-import warnings
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 
+from polyasr.audio.voice import VoiceEncoder, process_wide, shared_voice_encoder
 from polyasr.core.constants import SAMPLE_RATE, SUB_CHUNK, WINDOW_SAMPLES
 
 SPEAKER_SIM_THRESHOLD = 0.70
-EMBED_MAX_SEC = 6.0  # the part of a long chunk the speaker is judged on
-MIN_EMBED_SEC = 1.0  # shorter audio gives embeddings too noisy to judge a speaker by
 ENERGY_MEAN_MIN = 80  # int16 units
 ENERGY_PEAK_MIN = 900  # int16 units
 
@@ -92,76 +88,47 @@ class Vad:
 
     def new_stream(self) -> VadStream:
         """A fresh stream: shares the ONNX session, owns its state and context."""
+        return VadStream(self._fresh())
+
+    def _fresh(self) -> Any:
         model = copy.copy(self._model)
         model.reset_states()
-        return VadStream(model)
+        return model
+
+    def speech_regions(self, samples: np.ndarray, rule: RegionRule) -> list[tuple[int, int]]:
+        """``(start, end)`` sample ranges of speech in ``samples`` (16 kHz mono
+        float32) by Silero's own offline rule, with a fresh state: a region
+        ends after ``rule.silence_ms`` of quiet, is padded by ``rule.pad_ms``
+        on both sides, and is cut (at its longest pause) before ``rule.max_sec``."""
+        import torch
+        from silero_vad import get_speech_timestamps
+
+        found = get_speech_timestamps(
+            torch.from_numpy(np.ascontiguousarray(samples, dtype=np.float32)),
+            self._fresh(),
+            threshold=rule.threshold,
+            sampling_rate=SAMPLE_RATE,
+            max_speech_duration_s=rule.max_sec,
+            min_silence_duration_ms=rule.silence_ms,
+            speech_pad_ms=rule.pad_ms,
+        )
+        return [(int(r["start"]), int(r["end"])) for r in found]
 
 
-T = TypeVar("T")
+@dataclass(frozen=True)
+class RegionRule:
+    """How Silero's offline rule turns speech probabilities into regions."""
+
+    threshold: float = 0.5
+    silence_ms: int = 300
+    pad_ms: int = 30
+    max_sec: float = 30.0
 
 
-def _process_wide(factory: Callable[[], T]) -> Callable[[], T]:
-    """``factory()`` built once per process, on first use, even from several threads."""
-    lock = threading.Lock()
-    made: list[T] = []
-
-    def get() -> T:
-        with lock:
-            if not made:
-                made.append(factory())
-            return made[0]
-
-    get.__doc__ = f"The process-wide {factory.__name__}, loaded on first use."
-    return get
-
-
-class SpeakerFilter:
-    """Resemblyzer speaker embeddings on the CPU.
-
-    The encoder is small and the GPU belongs to the ASR model. Torch modules
-    are not guaranteed thread-safe, so inference is serialized by a lock.
-    """
-
-    def __init__(self) -> None:
-        with warnings.catch_warnings():
-            # webrtcvad (a Resemblyzer dependency) warns that pkg_resources is
-            # deprecated on import: noise in the server log nobody can act on.
-            warnings.filterwarnings("ignore", message="pkg_resources is deprecated")
-            from resemblyzer import VoiceEncoder
-
-        self._encoder = VoiceEncoder(device="cpu", verbose=False)
-        self._lock = threading.Lock()
-
-    def embed(self, samples: np.ndarray) -> np.ndarray | None:
-        """L2-normalized embedding of 16 kHz mono float32 audio, or ``None``
-        when it (or what Resemblyzer's silence trimming leaves of it) is
-        shorter than ``MIN_EMBED_SEC``."""
-        from resemblyzer import preprocess_wav
-
-        min_samples = int(MIN_EMBED_SEC * SAMPLE_RATE)
-        if len(samples) < min_samples:
-            return None
-        wav = preprocess_wav(np.asarray(samples, dtype=np.float32), source_sr=SAMPLE_RATE)
-        if len(wav) < min_samples:
-            return None
-        # A voice is identified well within a few seconds; embedding a long
-        # chunk whole would make a stop's speaker check grow with its length.
-        if len(wav) > EMBED_MAX_SEC * SAMPLE_RATE:
-            middle = (len(wav) - int(EMBED_MAX_SEC * SAMPLE_RATE)) // 2
-            wav = wav[middle : middle + int(EMBED_MAX_SEC * SAMPLE_RATE)]
-        with self._lock:
-            embedding = self._encoder.embed_utterance(wav)
-        embedding = np.asarray(embedding, dtype=np.float32)
-        return embedding / np.linalg.norm(embedding)
-
-    @staticmethod
-    def similarity(a: np.ndarray, b: np.ndarray) -> float:
-        """Cosine similarity of two embeddings."""
-        return float(np.dot(a, b) / (np.linalg.norm(a) * np.linalg.norm(b)))
-
-
-shared_vad = _process_wide(Vad)
-shared_speaker_filter = _process_wide(SpeakerFilter)
+# The dictation's main-speaker filter is the process's one voice encoder.
+SpeakerFilter = VoiceEncoder
+shared_vad = process_wide(Vad)
+shared_speaker_filter = shared_voice_encoder
 
 
 @dataclass(frozen=True)

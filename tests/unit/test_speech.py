@@ -16,13 +16,13 @@ import numpy as np
 import pytest
 
 from polyasr.audio.speech import (
-    MIN_EMBED_SEC,
     SPEAKER_SIM_THRESHOLD,
     SpeakerGate,
     passes_energy_gate,
     shared_speaker_filter,
     shared_vad,
 )
+from polyasr.audio.voice import MIN_EMBED_SEC
 from polyasr.core.constants import COMMIT_SILENCE_WINDOWS, VAD_THRESHOLD, WINDOW_SAMPLES
 from tests.audio_util import speech
 
