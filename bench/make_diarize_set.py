@@ -82,10 +82,10 @@ class Plan:
 
 
 PLANS = (
-    Plan("spk2_a", ("klatt_low", "fr_high"), 24, 201, ci=True),
-    Plan("spk2_b", ("max_high", "anika_high"), 24, 202, ci=True),
+    Plan("spk2_a", ("klatt_low", "fr_high"), 20, 201, ci=True),
+    Plan("spk2_b", ("max_high", "anika_high"), 20, 202, ci=True),
     Plan("spk2_c", ("anika_high", "klatt_low"), 36, 203),
-    Plan("spk3_a", ("fr_high", "max_high", "klatt_low"), 28, 301, ci=True),
+    Plan("spk3_a", ("fr_high", "max_high", "klatt_low"), 22, 301, ci=True),
     Plan("spk3_b", ("anika_high", "fr_high", "max_high"), 36, 302),
     Plan("spk3_c", ("klatt_low", "anika_high", "fr_high"), 36, 303),
     Plan("spk4_a", ("klatt_low", "fr_high", "max_high", "anika_high"), 40, 401),
