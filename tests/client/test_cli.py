@@ -7,6 +7,7 @@ import fcntl
 import json
 import os
 import pty
+import re
 import struct
 import subprocess
 import sys
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 from polyasr_client.cli import build_parser
 from polyasr_client.locate import local_server
@@ -128,6 +130,23 @@ def test_cli_align_prints_the_alignment(asr_server: LiveServer, voice_wav: Path)
     assert body["text"] == text and body["language"] == "English"
     assert [s["text"] for s in body["segments"]] == ["Hello world.", "This is a test!"]
     assert all(set(w) == {"text", "start", "end"} for s in body["segments"] for w in s["words"])
+
+
+def test_cli_transcribe_diarize_prints_who_said_what(asr_server: LiveServer, tmp_path: Path) -> None:
+    pause = np.zeros(8000, np.float32)
+    clip, reference = tmp_path / "talk.wav", tmp_path / "bob.wav"
+    clip.write_bytes(wav_bytes(np.concatenate([speech("voice_a")[:64000], pause, speech("voice_b")[:72000]])))
+    reference.write_bytes(wav_bytes(speech("voice_b")[72000:120000]))
+    args = ("transcribe", str(clip), "--diarize", "--format", "text", "--speaker", f"bob={reference}")
+    run = polyasr("--url", asr_server.url, *args)
+    assert run.returncode == 0, run.stderr
+    lines = run.stdout.splitlines()
+    assert [line.split()[0] for line in lines] == ["A", "bob"]
+    assert all(re.match(r"^\S+ \d+\.\d\d-\d+\.\d\d: \S", line) for line in lines)
+    as_json = json.loads(polyasr("--url", asr_server.url, "transcribe", str(clip), "--diarize").stdout)
+    assert [s["speaker"] for s in as_json["segments"]] == ["A", "B"]
+    unpaired = polyasr("--url", asr_server.url, "transcribe", str(clip), "--speaker", f"bob={reference}")
+    assert unpaired.returncode == 2 and "--diarize" in unpaired.stderr
 
 
 def test_cli_transcribe_writes_subtitles(asr_server: LiveServer, voice_wav: Path) -> None:

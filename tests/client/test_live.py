@@ -310,6 +310,51 @@ async def test_align_manifest_of_files_on_the_server(asr_server: LiveServer, tmp
     assert missing.value.status == 400 and "gone" in missing.value.message
 
 
+def conversation() -> np.ndarray:
+    """Voice A, a pause, voice B: two speakers in turn (small enough for
+    the upload limit of this module's server, with a reference beside it)."""
+    pause = np.zeros(8000, np.float32)
+    return np.concatenate([speech("voice_a")[: 4 * 16000], pause, speech("voice_b")[:72000]])
+
+
+def reference_b() -> bytes:
+    """Three seconds of voice B that the conversation does not hold."""
+    return wav_bytes(speech("voice_b")[72000:120000])
+
+
+async def test_diarize_names_a_known_speaker_and_align_carries_speakers(asr_server: LiveServer) -> None:
+    audio = wav_bytes(conversation())
+    reference = reference_b()
+    async with PolyAsrClient(asr_server.url) as client:
+        result = await client.diarize(audio, known_speakers={"bob": reference})
+        aligned = await client.align(audio, language="en", diarize=True)
+        with pytest.raises(BadRequest) as too_short:
+            await client.diarize(audio, known_speakers={"bob": reference[:20000]})
+    assert [s.speaker for s in result.segments] == ["A", "bob"]
+    assert result.duration == pytest.approx(len(conversation()) / 16000, abs=0.01)
+    assert [t.speaker for t in aligned.turns] == ["A", "B"]
+    assert aligned.segments and {s.speaker for s in aligned.segments} <= {"A", "B"}
+    assert aligned.to_json()["turns"][1]["speaker"] == "B"
+    assert too_short.value.status == 400 and "known_speaker_references[0]" in too_short.value.message
+
+
+async def test_align_manifest_with_diarize_labels_speakers_across_files(
+    asr_server: LiveServer, tmp_path: Path
+) -> None:
+    first, second = tmp_path / "first.wav", tmp_path / "second.wav"
+    first.write_bytes(wav_bytes(speech("voice_a")[: 4 * 16000]))
+    second.write_bytes(wav_bytes(speech("voice_b")[: 4 * 16000]))
+    entries = [
+        ManifestEntry(str(first), text="Hello world."),
+        ManifestEntry(str(second), offset=10.0, text="Good morning."),
+    ]
+    async with PolyAsrClient(asr_server.url) as client:
+        result = await client.align_manifest(entries, language="en", diarize=True, max_speakers=2)
+    assert [t.speaker for t in result.turns] == ["A", "B"]
+    assert result.turns[0].end <= 4.001 and result.turns[1].start >= 10.0
+    assert [s.speaker for s in result.segments] == ["A", "B"]
+
+
 async def test_align_errors_are_typed(asr_server: LiveServer) -> None:
     wav = wav_bytes(speech("voice_a")[:16000])
     async with PolyAsrClient(asr_server.url) as client:

@@ -62,7 +62,16 @@ from polyasr_client.ledger import FrameLedger
 from polyasr_client.link import Connector, Link, LinkClosed, WebSocketLink, connect_websocket
 from polyasr_client.messages import DEFAULT_URL, covers, opening_message, stop_message, websocket_url
 from polyasr_client.partials import PartialText
-from polyasr_client.results import AlignResult, ManifestEntry, Segment, Transcription, Word
+from polyasr_client.results import (
+    AlignResult,
+    Diarization,
+    ManifestEntry,
+    Segment,
+    SpeakerSegment,
+    Transcription,
+    Turn,
+    Word,
+)
 from polyasr_client.wav import wav_from_pcm16
 
 __all__ = [
@@ -79,6 +88,7 @@ __all__ = [
     "Connector",
     "ContextTooLong",
     "DecodeTimeout",
+    "Diarization",
     "Dictation",
     "DictationResult",
     "DictationStats",
@@ -110,11 +120,13 @@ __all__ = [
     "ServiceUnavailable",
     "SessionIdle",
     "SessionTooLong",
+    "SpeakerSegment",
     "StartTimeout",
     "StopBeforeStart",
     "TextTooLarge",
     "TooManyDuplicates",
     "Transcription",
+    "Turn",
     "Unauthorized",
     "UnframedAudio",
     "UnsupportedAudioFormat",

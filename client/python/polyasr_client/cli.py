@@ -81,12 +81,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--context", help="recognition hint: names, vocabulary")
     formats = ("json", "text", "verbose_json", "srt", "vtt")
     p.add_argument("--format", choices=formats, default="json", help="srt and vtt: sentence cues")
+    p.add_argument(
+        "--diarize",
+        action="store_true",
+        help="who said what (diarized_json); --format text prints 'SPEAKER START-END: text' lines",
+    )
+    p.add_argument(
+        "--speaker",
+        action="append",
+        default=[],
+        metavar="NAME=FILE",
+        help="with --diarize: a known speaker and a 2-10 s recording of them (up to 4)",
+    )
+    _speaker_counts(p)
 
     p = command("align", _align, "word and sentence timings of an audio file (POST /v1/align)")
     p.add_argument("file")
     p.add_argument("--text", help="the transcript to align (default: the server recognizes it)")
     p.add_argument("--language")
     p.add_argument("--max-chunk-seconds", type=int)
+    p.add_argument(
+        "--diarize", action="store_true", help="cut sentences at speaker turns, each with its speaker"
+    )
+    _speaker_counts(p)
 
     p = command("dictate", _dictate, "stream a file (at real-time pace) or the microphone over the socket")
     source = p.add_mutually_exclusive_group(required=True)
@@ -109,11 +126,30 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _speaker_counts(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--min-speakers", type=int, help="with --diarize: at least this many speakers")
+    parser.add_argument("--max-speakers", type=int, help="with --diarize: at most this many speakers")
+
+
+def _known_speakers(parser: argparse.ArgumentParser, pairs: list[str]) -> dict[str, str]:
+    known = {}
+    for pair in pairs:
+        name, sep, path = pair.partition("=")
+        if not sep or not name or not path:
+            parser.error(f"--speaker takes NAME=FILE, not {pair!r}")
+        known[name] = path
+    return known
+
+
 def _print_json(data: Any) -> None:
     print(json.dumps(data, ensure_ascii=False, indent=2))
 
 
 async def _transcribe(args: argparse.Namespace) -> int:
+    if args.diarize:
+        return await _diarize(args)
+    if args.speaker or args.min_speakers or args.max_speakers:
+        build_parser().error("--speaker, --min-speakers and --max-speakers need --diarize")
     async with (
         PolyAsrClient(args.url, api_key=args.api_key) as client,
         upload_progress("uploading", "transcribing") as progress,
@@ -132,6 +168,32 @@ async def _transcribe(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _diarize(args: argparse.Namespace) -> int:
+    if args.format not in ("json", "text"):
+        build_parser().error("--diarize prints json or text")
+    known = _known_speakers(build_parser(), args.speaker)
+    async with (
+        PolyAsrClient(args.url, api_key=args.api_key) as client,
+        upload_progress("uploading", "diarizing") as progress,
+    ):
+        result = await client.diarize(
+            args.file,
+            language=args.language,
+            context=args.context,
+            known_speakers=known,
+            min_speakers=args.min_speakers,
+            max_speakers=args.max_speakers,
+            on_progress=progress,
+        )
+    if args.format == "text":
+        for segment in result.segments:
+            print(f"{segment.speaker} {segment.start:.2f}-{segment.end:.2f}: {segment.text}")
+    else:
+        segments = [s.to_json() for s in result.segments]
+        _print_json({"text": result.text, "duration": result.duration, "segments": segments})
+    return 0
+
+
 async def _align(args: argparse.Namespace) -> int:
     async with (
         PolyAsrClient(args.url, api_key=args.api_key) as client,
@@ -142,6 +204,9 @@ async def _align(args: argparse.Namespace) -> int:
             text=args.text,
             language=args.language,
             max_chunk_seconds=args.max_chunk_seconds,
+            diarize=args.diarize,
+            min_speakers=args.min_speakers,
+            max_speakers=args.max_speakers,
             on_progress=progress,
         )
     _print_json(result.to_json())

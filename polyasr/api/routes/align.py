@@ -10,13 +10,18 @@ from fastapi import APIRouter, File, Form, Request, UploadFile
 from pydantic import BaseModel, Field
 
 from polyasr.align.chunks import DEFAULT_CHUNK_SEC, MAX_CHUNK_SEC
-from polyasr.align.data import AlignInput
+from polyasr.align.data import AlignInput, Alignment
 from polyasr.align.languages import aligner_language
 from polyasr.align.manifest import check_manifest, load_manifest
+from polyasr.api.diarization import speaker_bounds
 from polyasr.api.http import unless_disconnected
 from polyasr.api.services import Services, ServicesDep
 from polyasr.audio.decoding import decode_audio
 from polyasr.core.threads import BATCH
+from polyasr.diarize.speakers import Bounds
+from polyasr.diarize.split import split_segments
+from polyasr.diarize.turns import DiarizeOptions, Source
+from polyasr.diarize.turns import diarize as find_turns
 
 router = APIRouter()
 
@@ -29,6 +34,9 @@ class ManifestRequest(BaseModel):
     language: str | None = None
     max_chunk_seconds: int = Field(DEFAULT_CHUNK_SEC, ge=1, le=MAX_CHUNK_SEC)
     model: Any = None
+    diarize: bool = False
+    min_speakers: int | None = None
+    max_speakers: int | None = None
 
 
 def is_loopback(host: str | None) -> bool:
@@ -46,6 +54,22 @@ def _label(services: Services) -> str:
     return f"{services.engine.model_id} + {services.engine.aligner_id}"
 
 
+async def _answer(
+    services: Services, result: Alignment, inputs: list[AlignInput], bounds: Bounds | None
+) -> dict[str, Any]:
+    """The alignment as JSON; with ``bounds`` (``diarize=true``) its segments
+    are cut at speaker turns, each carries ``speaker``, and ``turns`` lists
+    who spoke when on the same timeline."""
+    body = result.to_json(_label(services))
+    if bounds is None:
+        return body
+    sources = [Source(item.samples, item.offset) for item in inputs]
+    turns = await BATCH.run(find_turns, sources, DiarizeOptions(bounds=bounds))
+    body["segments"] = [part.to_json() for part in split_segments(result.segments, turns)]
+    body["turns"] = [{"speaker": t.speaker, "start": t.start, "end": t.end} for t in turns]
+    return body
+
+
 @router.post("/v1/align")
 async def align(
     request: Request,
@@ -55,11 +79,16 @@ async def align(
     max_chunk_seconds: int = Form(DEFAULT_CHUNK_SEC, ge=1, le=MAX_CHUNK_SEC),
     model: str | None = Form(None),
     text: str | None = Form(None),
+    diarize: bool = Form(False),
+    min_speakers: int | None = Form(None),
+    max_speakers: int | None = Form(None),
 ) -> dict[str, Any]:
     """Word and sentence times for an upload; with ``text``, of that
-    transcript (no ASR pass). ``model`` is accepted and ignored."""
+    transcript (no ASR pass); with ``diarize``, split at speaker turns.
+    ``model`` is accepted and ignored."""
     del model
     pinned = aligner_language(language)
+    bounds = speaker_bounds(min_speakers, max_speakers) if diarize else None
     given = text.strip() if text and text.strip() else None
     settings = services.settings
 
@@ -70,7 +99,7 @@ async def align(
             item = AlignInput(samples, given)
             item.check_text(settings.max_align_text_chars_per_sec)
             result = await services.aligner.align([item], pinned, max_chunk_seconds)
-        return result.to_json(_label(services))
+            return await _answer(services, result, [item], bounds)
 
     return await unless_disconnected(request, work())
 
@@ -80,6 +109,7 @@ async def align_manifest(body: ManifestRequest, request: Request, services: Serv
     """Align server-local files in order, each shifted by its offset, as
     one result. Every entry is checked before any is aligned."""
     pinned = aligner_language(body.language)
+    bounds = speaker_bounds(body.min_speakers, body.max_speakers) if body.diarize else None
     client = request.client.host if request.client else None
     settings = services.settings
     entries = check_manifest(
@@ -94,6 +124,6 @@ async def align_manifest(body: ManifestRequest, request: Request, services: Serv
             for item in inputs:
                 item.check_text(settings.max_align_text_chars_per_sec)
             result = await services.aligner.align(inputs, pinned, body.max_chunk_seconds)
-        return result.to_json(_label(services))
+            return await _answer(services, result, inputs, bounds)
 
     return await unless_disconnected(request, work())

@@ -93,34 +93,75 @@ class PolyAsrClient {
     );
   }
 
+  /// `POST /v1/audio/transcriptions` with `response_format=diarized_json`:
+  /// who said what. [knownSpeakers] maps up to four names to a 2-10 s
+  /// recording of each (encoded audio), sent as data URLs.
+  Future<Diarization> diarize(
+    AudioUpload audio, {
+    String? language,
+    String? context,
+    Map<String, List<int>>? knownSpeakers,
+    int? minSpeakers,
+    int? maxSpeakers,
+    ProgressCallback? onProgress,
+  }) async {
+    final fields = _fields({
+      'language': language,
+      'context': context,
+      'response_format': 'diarized_json',
+      'min_speakers': minSpeakers,
+      'max_speakers': maxSpeakers,
+    });
+    final known = knownSpeakers ?? const <String, List<int>>{};
+    final lists = {
+      'known_speaker_names[]': known.keys.toList(),
+      'known_speaker_references[]': [for (final audio in known.values) _dataUrl(audio)],
+    };
+    final response = await _upload('/v1/audio/transcriptions', audio, fields, onProgress, lists);
+    return Diarization.fromJson(_json(response));
+  }
+
   /// `POST /v1/align`: word and sentence times, of [text] when given (no
-  /// recognition pass), else of what the server recognizes.
+  /// recognition pass), else of what the server recognizes; with [diarize],
+  /// sentences cut at speaker turns, each with its speaker.
   Future<AlignResult> align(
     AudioUpload audio, {
     String? text,
     String? language,
     int? maxChunkSeconds,
+    bool diarize = false,
+    int? minSpeakers,
+    int? maxSpeakers,
     ProgressCallback? onProgress,
   }) async {
     final fields = _fields({
       'language': language,
       'text': text,
       'max_chunk_seconds': maxChunkSeconds,
+      'diarize': diarize ? 'true' : null,
+      'min_speakers': minSpeakers,
+      'max_speakers': maxSpeakers,
     });
     return AlignResult.fromJson(_json(await _upload('/v1/align', audio, fields, onProgress)));
   }
 
   /// `POST /v1/align/manifest`: clips already on the server, aligned in
-  /// order as one result.
+  /// order as one result (with [diarize], speakers across all of them).
   Future<AlignResult> alignManifest(
     List<ManifestEntry> entries, {
     String? language,
     int? maxChunkSeconds,
+    bool diarize = false,
+    int? minSpeakers,
+    int? maxSpeakers,
   }) async {
     final body = <String, Object>{
       'manifest': [for (final entry in entries) entry.toJson()],
       if (language != null) 'language': language,
       if (maxChunkSeconds != null) 'max_chunk_seconds': maxChunkSeconds,
+      if (diarize) 'diarize': true,
+      if (minSpeakers != null) 'min_speakers': minSpeakers,
+      if (maxSpeakers != null) 'max_speakers': maxSpeakers,
     };
     final request = http.Request('POST', _uri('/v1/align/manifest'))
       ..headers['content-type'] = 'application/json'
@@ -142,10 +183,17 @@ class PolyAsrClient {
     String path,
     AudioUpload audio,
     Map<String, String> fields,
-    ProgressCallback? onProgress,
-  ) {
+    ProgressCallback? onProgress, [
+    Map<String, List<String>> lists = const {},
+  ]) {
+    // A MultipartRequest's fields are a map (one value per name); fields
+    // that repeat (`known_speaker_names[]`) go in as parts of their own.
     final multipart = http.MultipartRequest('POST', _uri(path))
       ..fields.addAll(fields)
+      ..files.addAll([
+        for (final entry in lists.entries)
+          for (final value in entry.value) http.MultipartFile.fromString(entry.key, value),
+      ])
       ..files.add(audio._part());
     final body = multipart.finalize(); // also sets the boundary header
     final total = multipart.contentLength;
@@ -181,6 +229,10 @@ class PolyAsrClient {
     return response;
   }
 }
+
+/// Encoded audio as a base64 data URL; the server reads the container from
+/// the bytes, so the media type stays generic.
+String _dataUrl(List<int> audio) => 'data:application/octet-stream;base64,${base64Encode(audio)}';
 
 /// Form fields, leaving out the unset ones so server defaults apply.
 Map<String, String> _fields(Map<String, Object?> values) => {
