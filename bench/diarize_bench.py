@@ -70,7 +70,7 @@ def row(label: str, score: Score) -> str:
         f"{100 * score.share(0.25, key):5.1f}" for key in ("missed detection", "false alarm", "confusion")
     )
     return (
-        f"{label:<10} {score.files:>5}  {100 * score.der(0.25):6.1f}  {parts}  "
+        f"{label:<15} {score.files:>5}  {100 * score.der(0.25):6.1f}  {parts}  "
         f"{100 * score.der(0.0):6.1f}  {score.count_right:>3}/{score.files}"
     )
 
@@ -103,8 +103,10 @@ def main() -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)
 
     chosen = conversations(ci_only=args.ci)
-    groups = {n: Score.empty() for n in sorted({c.speakers for c in chosen})}
-    overall = Score.empty()
+    order = {"dev": 0, "held-out": 1, "close": 2}
+    keys = sorted({(c.group, c.speakers) for c in chosen}, key=lambda k: (order.get(k[0], 9), k[1]))
+    groups = {key: Score.empty() for key in keys}
+    overall = {group: Score.empty() for group, _ in keys}
     audio_sec = wall_sec = 0.0
     with contextlib.ExitStack() as stack:
         http = None
@@ -112,7 +114,7 @@ def main() -> None:
             url = stack.enter_context(server_url(args))
             http = stack.enter_context(httpx.Client(base_url=url, timeout=600))
         print(
-            f"{'file':<8} {'spk':>3} {'found':>5}  {'DER.25':>6}  {'DER0':>6}  {'sec':>5}"
+            f"{'file':<8} {'set':>8} {'spk':>3} {'found':>5}  {'DER.25':>6}  {'DER0':>6}  {'sec':>5}"
             + "  named.25" * args.known
         )
         for conversation in chosen:
@@ -120,22 +122,25 @@ def main() -> None:
             hypothesis = hypothesis_for(args, http, conversation)
             took = time.perf_counter() - t0
             audio_sec, wall_sec = audio_sec + conversation.duration, wall_sec + took
-            own = groups[conversation.speakers].add(conversation, hypothesis)
-            overall.add(conversation, hypothesis)
+            own = groups[(conversation.group, conversation.speakers)].add(conversation, hypothesis)
+            overall[conversation.group].add(conversation, hypothesis)
             named = f"  {100 * identification_error(conversation, hypothesis):8.1f}" if args.known else ""
             print(
-                f"{conversation.name:<8} {conversation.speakers:>3} {len(hypothesis.labels()):>5}  "
-                f"{100 * own[0.25]:6.1f}  {100 * own[0.0]:6.1f}  {took:5.1f}{named}"
+                f"{conversation.name:<8} {conversation.group:>8} {conversation.speakers:>3} "
+                f"{len(hypothesis.labels()):>5}  {100 * own[0.25]:6.1f}  {100 * own[0.0]:6.1f}  "
+                f"{took:5.1f}{named}"
             )
     hints = "".join(f", {flag}" for flag in ("hint", "known") if getattr(args, flag))
     print(
         f"\nhypothesis={args.hypothesis}{hints} collars={'/'.join(f'{c:g}' for c in COLLARS)} s, "
         "overlap scored" + (f", {audio_sec / wall_sec:.1f} audio-s per wall-s" if http and wall_sec else "")
     )
-    print("speakers   files  DER.25   miss     FA   conf    DER0  count ok")
-    for speakers, score in groups.items():
-        print(row(str(speakers), score))
-    print(row("all", overall))
+    print("set (speakers)  files  DER.25   miss     FA   conf    DER0  count ok")
+    for (group, speakers), score in groups.items():
+        print(row(f"{group} {speakers}", score))
+        rows = [k for k in keys if k[0] == group]
+        if (group, speakers) == rows[-1] and len(rows) > 1:
+            print(row(f"{group} all", overall[group]))
 
 
 if __name__ == "__main__":

@@ -34,6 +34,7 @@ class Conversation:
     name: str
     speakers: int
     duration: float
+    group: str  # dev (what the clustering was tuned on), held-out or close (see bench.make_diarize_set)
     ci: bool
 
     @property
@@ -51,7 +52,8 @@ class Conversation:
 def conversations(ci_only: bool = False) -> list[Conversation]:
     manifest = json.loads((SET_DIR / "set.json").read_text(encoding="utf-8"))
     found = [
-        Conversation(c["name"], c["speakers"], c["duration"], c["ci"]) for c in manifest["conversations"]
+        Conversation(c["name"], c["speakers"], c["duration"], c["group"], c["ci"])
+        for c in manifest["conversations"]
     ]
     return [c for c in found if c.ci or not ci_only]
 

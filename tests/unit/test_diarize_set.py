@@ -36,11 +36,16 @@ def test_each_conversation_matches_its_manifest(conversation) -> None:
 
 
 def test_the_set_spans_two_to_four_speakers_with_overlaps_and_short_turns() -> None:
+    """And the held-out conversations share no voice with the ones the service was tuned on."""
     manifest = json.loads((SET_DIR / "set.json").read_text(encoding="utf-8"))["conversations"]
     assert sorted({c["speakers"] for c in manifest}) == [2, 3, 4]
     assert sum(c["overlap"] > 1.0 for c in manifest) >= 3
     assert sum(c["turns_under_2s"] for c in manifest) >= 10
     assert sorted(c.speakers for c in conversations(ci_only=True)) == [2, 2, 3]
+    held_out = [c for c in manifest if c["group"] == "held-out"]
+    assert sorted({c["speakers"] for c in held_out}) == [2, 3, 4]
+    dev_voices = {v for c in SET if c.group == "dev" for v in c.reference().labels()}
+    assert all(not dev_voices & set(c.reference().labels()) for c in SET if c.group != "dev")
 
 
 def test_every_voice_has_a_reference_clip() -> None:
