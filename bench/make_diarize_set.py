@@ -23,6 +23,9 @@ way among the rest (pairs at most 0.60), for figures nobody tuned on; keep it
 that way. ``close`` is one conversation of two plain English variants that the
 encoder scores 0.76 alike (``en+m3``, ``en+croak``, ``en-gb+f4`` ... score
 0.80-0.95 against each other: to this encoder they are nearly one speaker).
+``short`` is one conversation of held-out voices where two turns in five are a
+backchannel word or two (0.3-0.9 s) between short pauses, shorter than the
+turns of 1-8 s elsewhere.
 There is no real speech in the set: the committed ``tests/data/voice_*.wav``
 are espeak-ng clips too (``voice_b`` is close to ``fr_high`` here).
 """
@@ -87,7 +90,8 @@ class Plan:
     """One conversation: its voices (in first-speaking order), seed and group
     (``dev``: the voices the service's clustering was tuned on; ``held-out``:
     other voices, for figures nobody tuned on; ``close``: two voices the
-    encoder hardly tells apart)."""
+    encoder hardly tells apart; ``short``: backchannels under a second between
+    the turns)."""
 
     name: str
     voices: tuple[str, ...]
@@ -95,6 +99,7 @@ class Plan:
     seed: int
     group: str = "dev"
     ci: bool = False
+    backchannels: float = 0.0  # share of turns that are one short word ("yes", "right") instead
 
 
 PLANS = (
@@ -112,7 +117,10 @@ PLANS = (
     Plan("ho3_b", ("edward_low", "pt_high", "steph_high"), 36, 602, "held-out"),
     Plan("ho4_a", ("pt_high", "andy_high", "steph_high", "edward_low"), 40, 701, "held-out"),
     Plan("close2_a", ("m3_mid", "klatt_mid"), 30, 801, "close"),
+    Plan("short2_a", ("andy_high", "edward_low"), 40, 901, "short", backchannels=0.4),
 )
+
+BACKCHANNELS = ("yes", "right", "okay", "sure", "no", "really", "mm hmm", "I see")
 
 
 def synthesize(voice: str, text: str) -> np.ndarray:
@@ -150,23 +158,29 @@ def conversation(plan: Plan) -> tuple[np.ndarray, list[tuple[float, float, str]]
 
     Every voice speaks once in plan order first, then the next speaker is any
     other voice. Each turn starts 0.1-1.0 s after the latest turn ended, or one
-    time in three overlaps it by 0.3-1.5 s (at most 40 % of either turn)."""
+    time in three overlaps it by 0.3-1.5 s (at most 40 % of either turn); a
+    backchannel comes 0.1-0.6 s after the turn before, and the next turn as soon
+    after it."""
     rng = np.random.default_rng(plan.seed)
     pieces: list[tuple[int, np.ndarray, str]] = []
-    cursor, last_len, previous = int(0.5 * SR), 0, ""
+    cursor, last_len, previous, was_short = int(0.5 * SR), 0, "", False
     while cursor < plan.seconds * SR or len(pieces) < len(plan.voices):
         if len(pieces) < len(plan.voices):
             voice = plan.voices[len(pieces)]
         else:
             voice = str(rng.choice([v for v in plan.voices if v != previous]))
-        audio = turn(voice, rng)
-        if pieces and rng.random() < 0.3:
+        short = bool(plan.backchannels) and len(pieces) >= len(plan.voices)
+        short = short and rng.random() < plan.backchannels
+        audio = synthesize(voice, str(rng.choice(BACKCHANNELS))) if short else turn(voice, rng)
+        if short or was_short:  # a backchannel stands alone: a short pause on either side
+            start = cursor + int(rng.uniform(0.1, 0.6) * SR)
+        elif pieces and rng.random() < 0.3:
             overlap = min(rng.uniform(0.3, 1.5) * SR, 0.4 * min(last_len, len(audio)))
             start = cursor - int(overlap)
         else:
             start = cursor + int(rng.uniform(0.1, 1.0) * SR)
         pieces.append((start, audio, voice))
-        cursor, last_len, previous = max(cursor, start + len(audio)), len(audio), voice
+        cursor, last_len, previous, was_short = max(cursor, start + len(audio)), len(audio), voice, short
     mix = np.zeros(cursor + int(0.5 * SR), np.float32)
     for start, audio, _ in pieces:
         mix[start : start + len(audio)] += audio
