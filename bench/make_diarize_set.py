@@ -21,7 +21,7 @@ sentences scores 0.94 or more. The service's clustering threshold was tuned on
 these conversations, so ``held-out`` uses four other voices, found the same
 way among the rest (pairs at most 0.60), for figures nobody tuned on; keep it
 that way. ``close`` is one conversation of two plain English variants that the
-encoder scores 0.76 alike (``en+m3``, ``en+croak``, ``en-gb+f4`` ... score
+encoder scores 0.74-0.76 alike (``en+m3``, ``en+croak``, ``en-gb+f4`` ... score
 0.80-0.95 against each other: to this encoder they are nearly one speaker).
 ``short`` is one conversation of held-out voices where two turns in five are a
 backchannel word or two (0.3-0.9 s) between short pauses, shorter than the
@@ -56,7 +56,7 @@ VOICES: dict[str, tuple[str, int, int]] = {
     "steph_high": ("en+steph", 90, 170),
     "edward_low": ("en+edward", 20, 135),
     "pt_high": ("pt+f4", 90, 160),
-    # close: two plain English voices that Resemblyzer scores 0.76 alike
+    # close: two plain English voices that Resemblyzer scores 0.74-0.76 alike
     "m3_mid": ("en+m3", 35, 150),
     "klatt_mid": ("en-us+klatt", 50, 145),
 }
