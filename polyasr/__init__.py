@@ -4,8 +4,9 @@ The sub-packages are the layers, lowest first: ``core`` (settings, constants, th
 seam, languages, text, weights), ``audio`` (decoding uploads, voice activity, speaker
 embeddings), ``archive`` (what clients sent, on disk), ``models`` (model units, their
 scheduler, the manager, the transcriber, health), ``dictation`` (speech gate,
-recognizer, session), ``align`` (the forced-alignment pipeline), ``live`` (the two
-WebSocket protocols), ``api`` (the FastAPI app and its routers) and ``engines`` (MLX
-and CUDA, which only the entry points pick). A module imports from its own layer or a
-lower one; ``docs/architecture.md`` draws the picture.
+recognizer, session), ``align`` (the forced-alignment pipeline), ``diarize`` (who spoke
+when, and the transcript by speaker), ``live`` (the two WebSocket protocols), ``api``
+(the FastAPI app and its routers) and ``engines`` (MLX and CUDA, which only the entry
+points pick). A module imports from its own layer or a lower one;
+``docs/architecture.md`` draws the picture.
 """

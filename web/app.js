@@ -1,5 +1,6 @@
 // polyasr in the browser: live dictation over WS /ws/transcribe (BASR frames,
-// control protocol v2) and file transcription with a word timeline over HTTP.
+// control protocol v2) and file transcription with a word timeline over HTTP,
+// speakers coloured on it when asked for (/v1/align with diarize=true).
 // Plain modules, no build step, no framework.
 
 const $ = (id) => document.getElementById(id);
@@ -331,9 +332,46 @@ function element(tag, className, text = "") {
 
 const seconds = (t) => t.toFixed(2);
 
-/** One track per segment; each word sits at its aligned start, as wide as it lasts. */
-function renderTimeline(segments) {
+// Speakers' colours, in order of first appearance (A, B, … or known names).
+const SPEAKER_COLOURS = ["#2563eb", "#d97706", "#059669", "#db2777", "#7c3aed", "#0891b2", "#65a30d", "#dc2626"];
+
+function speakerColours(turns) {
+  const colours = new Map();
+  for (const { speaker } of turns) {
+    if (!colours.has(speaker)) colours.set(speaker, SPEAKER_COLOURS[colours.size % SPEAKER_COLOURS.length]);
+  }
+  return colours;
+}
+
+/** Who spoke when: one track over the whole file, a coloured block per turn. */
+function renderSpeakers(turns, colours) {
+  if (!turns.length) return;
+  const end = Math.max(...turns.map((turn) => turn.end), 0.001);
+  const legend = element("div", "segment-head", `${colours.size} speaker(s): `);
+  for (const [speaker, colour] of colours) {
+    const name = element("span", "speaker-name", speaker);
+    name.style.color = colour;
+    legend.append(name);
+  }
+  const track = element("div", "track");
+  for (const turn of turns) {
+    const block = element("span", "turn", turn.speaker);
+    block.dataset.speaker = turn.speaker;
+    block.style.left = `${(turn.start / end) * 100}%`;
+    block.style.width = `${((turn.end - turn.start) / end) * 100}%`;
+    block.style.background = colours.get(turn.speaker);
+    block.title = `${turn.speaker}: ${seconds(turn.start)}–${seconds(turn.end)} s`;
+    track.append(block);
+  }
+  $("speakers").append(legend, track);
+}
+
+/** One track per segment; each word sits at its aligned start, as wide as it
+ * lasts, in its speaker's colour when the segments carry speakers. */
+function renderTimeline(segments, turns = []) {
   const timeline = $("timeline");
+  const colours = speakerColours(turns);
+  renderSpeakers(turns, colours);
   const words = segments.flatMap((segment) => segment.words ?? []);
   $("align-status").textContent = words.length
     ? `${words.length} words in ${segments.length} segment(s); hover a word for its times.`
@@ -341,7 +379,15 @@ function renderTimeline(segments) {
   for (const segment of segments) {
     const span = Math.max(segment.end - segment.start, 0.001);
     const box = element("div", "segment");
-    box.append(element("div", "segment-head", `${seconds(segment.start)}–${seconds(segment.end)} s · ${segment.text}`));
+    const who = segment.speaker ? `${segment.speaker} · ` : "";
+    const head = element("div", "segment-head", `${who}${seconds(segment.start)}–${seconds(segment.end)} s · ${segment.text}`);
+    const colour = colours.get(segment.speaker);
+    if (colour) {
+      box.dataset.speaker = segment.speaker;
+      box.style.setProperty("--speaker", colour);
+      head.style.color = colour;
+    }
+    box.append(head);
     const track = element("div", "track");
     for (const word of segment.words ?? []) {
       const block = element("span", "word", word.text);
@@ -355,16 +401,16 @@ function renderTimeline(segments) {
   }
 }
 
-async function align(file) {
+async function align(file, diarize) {
   const status = $("align-status");
-  status.textContent = "Aligning…";
-  const result = await postForm("v1/align", { file, language: language() });
+  status.textContent = diarize ? "Aligning and telling speakers apart…" : "Aligning…";
+  const result = await postForm("v1/align", { file, language: language(), diarize: diarize ? "true" : "" });
   if (result.response.status === 404) {
     status.textContent = "This server has no forced alignment yet (POST /v1/align answered 404).";
   } else if (!result.response.ok) {
     status.textContent = `Alignment failed: ${failure(result)}`;
   } else {
-    renderTimeline(result.data.segments ?? []);
+    renderTimeline(result.data.segments ?? [], result.data.turns ?? []);
   }
 }
 
@@ -373,7 +419,7 @@ $("upload-form").addEventListener("submit", async (event) => {
   const file = $("file").files[0];
   const status = $("upload-status");
   // a failed upload must not leave the previous file's result on show
-  for (const id of ["batch-text", "batch-meta", "align-status", "timeline"]) $(id).replaceChildren();
+  for (const id of ["batch-text", "batch-meta", "align-status", "speakers", "timeline"]) $(id).replaceChildren();
   document.body.dataset.upload = "busy";
   status.classList.remove("error");
   status.textContent = "Transcribing…";
@@ -388,7 +434,7 @@ $("upload-form").addEventListener("submit", async (event) => {
     $("batch-text").textContent = text || "(no speech recognized)";
     $("batch-meta").textContent = `${detected ?? "language not detected"} · ${seconds(duration)} s of audio`;
     status.textContent = "";
-    await align(file);
+    await align(file, $("diarize").checked);
     status.textContent = "Done.";
   } catch (err) {
     status.textContent = `Failed: ${err.message}`;

@@ -1,13 +1,14 @@
 """Voice embeddings grouped into speakers, and speakers named.
 
-Agglomerative clustering (scikit-learn, average linkage on cosine distance)
-finds how many voices there are by a distance threshold, unless the caller
-bounds the count. It is deterministic: the same embeddings give the same
-clusters, so the same audio gives the same labels. Its work and memory grow
-with the square of the points, so at most ``MAX_FIT_POINTS`` windows (an
-even spread over the audio) form the clusters; every window is then given
-the nearest cluster's centre, which keeps an hour-long upload's clustering
-to a few megabytes.
+Agglomerative clustering (SciPy's average linkage on cosine distance) builds
+one tree; the number of speakers is where scikit-learn's silhouette score
+says the clusters are best separated, within the caller's bounds, unless the
+whole tree is too tight for more than one voice. It is deterministic: the
+same embeddings give the same clusters, so the same audio gives the same
+labels. Its work and memory grow with the square of the points, so at most
+``MAX_FIT_POINTS`` windows (an even spread over the audio) form the clusters;
+every window is then given the nearest cluster's centre, which keeps an
+hour-long upload's clustering to a few megabytes.
 """
 
 from __future__ import annotations
@@ -17,15 +18,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-# Cosine distance (1 - similarity) under which two groups of windows are one
-# voice (average linkage). Chosen on the synthesized conversations of
-# tests/data/diarize (2-4 espeak-ng voices): 0.4-0.45 found every file's
-# speaker count, 0.35 split voices and 0.5 merged them. Real voices of one
-# sex lie closer together than espeak's, so a real pair may merge: the
-# ``min_speakers`` hint is the way out.
-DISTANCE_THRESHOLD = 0.4
+# Average-linkage cosine distance (1 - similarity) at which all windows join
+# one cluster: below it the audio holds one voice. On the synthesized
+# conversations of 2-4 espeak-ng voices the last join lay at 0.36-0.60, and on
+# single voices at 0.16-0.29.
+ONE_VOICE_DISTANCE = 0.32
+# The most speakers looked for without a max_speakers hint.
+MAX_FOUND = 10
 # At most this many windows are clustered; the rest take the nearest centre.
-MAX_FIT_POINTS = 2000
+MAX_FIT_POINTS = 1000
 # A cluster is a known speaker when its centre is at least this similar to
 # the reference (and no other pairing of clusters and references is better).
 KNOWN_SIMILARITY = 0.7
@@ -60,25 +61,37 @@ def _spread(count: int, limit: int) -> np.ndarray:
 
 
 def _fit(points: np.ndarray, bounds: Bounds) -> np.ndarray:
-    """A cluster label per point."""
-    from sklearn.cluster import AgglomerativeClustering
+    """A cluster label per point: the average-linkage tree cut into the
+    number of speakers whose clusters are best separated (the highest mean
+    silhouette), or one speaker when the whole tree joins closer than
+    ``ONE_VOICE_DISTANCE``."""
+    from scipy.cluster.hierarchy import fcluster, linkage
+    from scipy.spatial.distance import pdist, squareform
+    from sklearn.metrics import silhouette_score
 
-    if len(points) < 2:
+    if len(points) < 2 or bounds.clamp(MAX_FOUND, len(points)) == 1:
         return np.zeros(len(points), dtype=int)
+    distances = pdist(points.astype(np.float64), "cosine")
+    tree = linkage(distances, method="average")
 
-    def cluster(count: int | None) -> np.ndarray:
-        model = AgglomerativeClustering(
-            n_clusters=count,
-            distance_threshold=None if count else DISTANCE_THRESHOLD,
-            metric="cosine",
-            linkage="average",
-        )
-        return np.asarray(model.fit_predict(points))
+    def cut(count: int) -> np.ndarray:
+        return np.asarray(fcluster(tree, count, criterion="maxclust")) - 1
 
-    labels = cluster(None)
-    found = int(labels.max()) + 1
-    wanted = bounds.clamp(found, len(points))
-    return labels if wanted == found else cluster(wanted)
+    if bounds.clamp(1, len(points)) == 1 and tree[-1, 2] < ONE_VOICE_DISTANCE:
+        return cut(1)
+    low, high = max(2, bounds.clamp(2, len(points))), bounds.clamp(MAX_FOUND, len(points))
+    if high >= len(points):  # a silhouette needs a cluster with two points
+        high = max(low, len(points) - 1)
+    square = squareform(distances)
+
+    def separation(count: int) -> float:
+        labels = cut(count)
+        if not 2 <= len(set(labels)) < len(points):
+            return -1.0
+        return float(silhouette_score(square, labels, metric="precomputed"))
+
+    best = max(range(low, high + 1), key=lambda count: (separation(count), -count))
+    return cut(best)
 
 
 def cluster_centres(embeddings: np.ndarray, fit_mask: np.ndarray, bounds: Bounds) -> np.ndarray:

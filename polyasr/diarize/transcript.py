@@ -21,6 +21,7 @@ import numpy as np
 
 from polyasr.align.chunks import DEFAULT_CHUNK_SEC, split_text
 from polyasr.align.data import AlignInput, Segment
+from polyasr.align.errors import AlignValueError
 from polyasr.align.languages import qwen_name
 from polyasr.align.pipeline import Aligner
 from polyasr.core.constants import SAMPLE_RATE
@@ -119,12 +120,12 @@ class DiarizedTranscriber:
     async def segments(
         self, samples: np.ndarray, turns: Sequence[Turn], request: TranscribeRequest
     ) -> AsyncIterator[DiarizedSegment]:
-        """The segments in time order, numbered, without empty ones."""
+        """The segments in time order, numbered. A turn the model heard no
+        words in is still a segment (with empty text): the voice was there."""
         count = 0
         async for speaker, start, end, text in self._parts(samples, turns, request):
-            if text:
-                yield DiarizedSegment(f"seg_{count}", speaker, round(start, 3), round(end, 3), text)
-                count += 1
+            yield DiarizedSegment(f"seg_{count}", speaker, round(start, 3), round(end, 3), text)
+            count += 1
 
     async def _parts(
         self, samples: np.ndarray, turns: Sequence[Turn], request: TranscribeRequest
@@ -175,7 +176,11 @@ class DiarizedTranscriber:
                 by_language.setdefault(language, []).append(group)
         for language, batch in by_language.items():
             inputs = [AlignInput(g.samples(samples), g.text, offset=g.start) for g in batch]
-            aligned = await self.aligner.align(inputs, language, DEFAULT_CHUNK_SEC)
+            try:
+                aligned = await self.aligner.align(inputs, language, DEFAULT_CHUNK_SEC)
+            except AlignValueError:  # a detected language the aligner lacks
+                placed.update({id(g): _shared_out(g) for g in batch})
+                continue
             for group in batch:
                 inside = [s for s in aligned.segments if group.start <= (s.start + s.end) / 2 <= group.end]
                 parts = [

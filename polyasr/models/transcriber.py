@@ -248,8 +248,9 @@ class Transcriber:
                 if slots is not None:
                     slots.release()
                 end = start + length
+                # By name: Transcript's own fields come before start and end.
                 yield TimedPiece(
-                    result.text, result.language, result.raw, start / SAMPLE_RATE, end / SAMPLE_RATE
+                    result.text, result.language, result.raw, start=start / SAMPLE_RATE, end=end / SAMPLE_RATE
                 )
                 start = end
         finally:

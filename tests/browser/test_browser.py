@@ -246,6 +246,30 @@ def test_file_upload_shows_transcript_and_alignment(
         assert all("404" in e for e in console.errors)
 
 
+def test_speakers_are_coloured_on_the_timeline(browser: Browser, server: LiveServer, tmp_path: Path) -> None:
+    two_voices = tmp_path / "two_voices.wav"
+    pause = np.zeros(8000, np.float32)
+    two_voices.write_bytes(wav_bytes(np.concatenate([speech("voice_a"), pause, speech("voice_b")])))
+    page, console = open_page(browser, server)
+    page.check("#diarize")
+    page.set_input_files("#file", str(two_voices))
+    page.click("#upload-form button[type=submit]")
+    page.wait_for_selector("body[data-upload=done]", timeout=180_000)
+    shot = tmp_path / "speakers.png"
+    page.screenshot(path=str(shot), full_page=True)
+    print(f"screenshot: {shot}")
+
+    assert page.text_content("#upload-status") == "Done."
+    turns = page.locator("#speakers .turn")
+    assert [turns.nth(i).get_attribute("data-speaker") for i in range(turns.count())] == ["A", "B"]
+    colours = {turns.nth(i).evaluate("node => getComputedStyle(node).backgroundColor") for i in range(2)}
+    assert len(colours) == 2  # one colour per speaker
+    assert "2 speaker(s)" in (page.text_content("#speakers") or "")
+    speakers = page.locator("#timeline .segment").evaluate_all("nodes => nodes.map(n => n.dataset.speaker)")
+    assert speakers and set(speakers) <= {"A", "B"}
+    assert console.errors == []
+
+
 def test_outside_a_secure_context_files_transcribe_and_the_mic_says_why_it_is_off(
     browser: Browser, keyed_server: LiveServer, tmp_path: Path
 ) -> None:

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 
 from tests.audio_util import encode, speech, wav_bytes
@@ -29,6 +30,9 @@ from tests.readme_blocks import Block, readme_blocks, shell_commands
 
 BOUND_SEC = 60  # each program or command, start to end
 CLIP = speech()[: 16000 * 3]  # three seconds of speech: real-time dictation stays short
+# Two voices with a pause between them, and more of the second voice as its reference.
+MEETING = np.concatenate([speech()[: 16000 * 4], np.zeros(8000, np.float32), speech("voice_b")[:72000]])
+AGENT = speech("voice_b")[72000:120000]
 
 
 @dataclass
@@ -54,6 +58,11 @@ def site(tiny: Any, backend: str, tmp_path_factory: pytest.TempPathFactory) -> I
     wav.write_bytes(wav_bytes(CLIP))
     m4a.write_bytes(encode(CLIP, "m4a")[0])
     files = {"memo.m4a": m4a, "memo.wav": wav, "talk.wav": wav}
+    meeting, meeting_m4a, agent = tmp / "meeting.wav", tmp / "meeting.m4a", tmp / "agent.wav"
+    meeting.write_bytes(wav_bytes(MEETING))
+    meeting_m4a.write_bytes(encode(MEETING, "m4a")[0])
+    agent.write_bytes(wav_bytes(AGENT))
+    files |= {"meeting.wav": meeting, "meeting.m4a": meeting_m4a, "agent.wav": agent}
     files |= {"/data/el_1.wav": wav, "/data/el_2.wav": wav}
     (tmp / "logs").mkdir()
     with serving(backend, tiny, tmp / "logs") as server:
@@ -96,6 +105,15 @@ def curl_example(block: Block, site: Site, tmp_path: Path) -> None:
     body = json.loads(run(["sh", "-c", site.adapt(command)]).stdout)
     assert body["text"] and body["language"] == "English"
     assert abs(body["duration"] - len(CLIP) / 16000) < 0.05 and body["segments"]
+
+
+def diarize_example(block: Block, site: Site, tmp_path: Path) -> None:
+    """``diarized_json`` with a known speaker: the first voice is ``A``, the
+    second carries the reference's name."""
+    [command] = shell_commands(block)
+    out = run(["sh", "-c", site.adapt(command)]).stdout
+    body = json.loads(out)
+    assert [s["speaker"] for s in body.get("segments", ())] == ["A", "agent"], out
 
 
 def manifest_example(block: Block, site: Site, tmp_path: Path) -> None:
@@ -148,7 +166,14 @@ def cli_example(block: Block, site: Site, tmp_path: Path) -> None:
             env[name] = value
         elif not any(command.startswith(skipped) for skipped in SKIPPED_COMMANDS):
             commands.append(command)
-    assert [c.split()[1] for c in commands] == ["transcribe", "align", "dictate", "health", "unload"]
+    assert [c.split()[1] for c in commands] == [
+        "transcribe",
+        "transcribe",
+        "align",
+        "dictate",
+        "health",
+        "unload",
+    ]
     *together, last = commands
     running = [
         (
@@ -176,6 +201,7 @@ Runner = Callable[[Block, Site, Path], None]
 RUNNERS: dict[tuple[str, str], Runner] = {
     ("`WS /v1/realtime` — OpenAI Realtime transcription", "import asyncio, base64"): realtime_example,
     ("`POST /v1/audio/transcriptions`", "curl "): curl_example,
+    ("Speaker diarization", "curl "): diarize_example,
     ("`POST /v1/align/manifest`", '{"manifest": '): manifest_example,
     ("Clients", "export POLYASR_URL="): cli_example,
     ("Clients", "import asyncio, wave"): dictation_example,
@@ -186,6 +212,7 @@ INSTALLS = "creates a virtualenv and installs from PyPI (network, minutes); the 
 SKIPPED: dict[tuple[str, str], str] = {
     ("polyasr", "make serve"): "builds both environments and runs the whole suite; CI runs exactly this",
     ("`POST /v1/align`", '{"text": '): SHAPE,
+    ("Speaker diarization", '{"task": '): SHAPE,
     ("`GET /health`", "{"): SHAPE,
     ("`POST /model/unload`", '{"unloaded": '): SHAPE,
     ("Manual installation", "python3 -m venv .venv-mlx"): INSTALLS,

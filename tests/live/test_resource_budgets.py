@@ -190,6 +190,22 @@ def test_compressed_silence_cannot_expand_on_align(server: LiveServer, tmp_path:
     assert rss.growth < 60, f"the server grew by {rss.growth:.0f} MB"  # twice 115 MB when decoded whole
 
 
+def test_diarization_holds_its_audio_like_an_alignment(server: LiveServer, tmp_path: Path) -> None:
+    """diarized_json keeps the whole upload (speaker turns need all of it): capped
+    by MAX_ALIGN_SEC as it is decoded, and charged to the same budget."""
+    flac = silence_flac(tmp_path / "silence.flac", 1800)
+    with PeakRss(server) as rss, flac.open("rb") as upload:
+        answer = httpx.post(
+            f"{server.url}/v1/audio/transcriptions",
+            files={"file": ("s.flac", upload)},
+            data={"response_format": "diarized_json"},
+            timeout=120,
+        )
+    assert answer.status_code == 413 and answer.json()["error"]["code"] == "audio_too_long"
+    assert "60 s limit (POLYASR_MAX_ALIGN_SEC)" in answer.json()["detail"]
+    assert rss.growth < 60, f"the server grew by {rss.growth:.0f} MB"
+
+
 def test_manifests_are_capped_in_entries_and_seconds(server: LiveServer, root: Path) -> None:
     clip = root / "clip.wav"
     clip.write_bytes(wav_bytes(voice(25)))

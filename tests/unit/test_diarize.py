@@ -13,7 +13,7 @@ from polyasr.align.data import Segment
 from polyasr.core.engine import AlignedUnit
 from polyasr.diarize.speakers import Bounds, letters, speaker_names
 from polyasr.diarize.split import speaker_at, split_segment
-from polyasr.diarize.transcript import groups
+from polyasr.diarize.transcript import _joined, _shared_out, _trusted, groups
 from polyasr.diarize.turns import DiarizeOptions, Known, Source, Turn, diarize
 from tests.audio_util import speech
 
@@ -114,3 +114,19 @@ def test_a_word_in_a_pause_goes_to_the_nearest_turn() -> None:
     turns = [Turn(0.0, 1.0, "A"), Turn(3.0, 4.0, "B")]
     assert speaker_at(turns, 1.2, 1.4) == "A"
     assert speaker_at(turns, 2.7, 2.9) == "B"
+
+
+def test_touching_turns_take_the_aligners_words_only_when_they_are_spread() -> None:
+    group = groups(TURNS)[0]
+    group.text = "Hello there. Hi you."
+    spread = [
+        Segment("Hello there.", 0.2, 1.9, _words(("Hello", 0.2, 0.6), ("there", 0.7, 1.9))),
+        Segment("Hi you.", 2.1, 3.0, _words(("Hi", 2.1, 2.4), ("you", 2.5, 3.0))),
+    ]
+    squeezed = [Segment("Hello there.", 3.9, 4.0, _words(("Hello", 3.9, 3.95), ("there", 3.95, 4.0)))]
+    assert _trusted(spread, group) and not _trusted(squeezed, group)
+    assert _shared_out(group) == [("A", 0.0, 2.0, "Hello there."), ("B", 2.0, 4.0, "Hi you.")]
+    assert _joined([("A", 0.0, 1.0, "Hello"), ("A", 1.0, 2.0, "there."), ("B", 2.0, 3.0, "Hi")]) == [
+        ("A", 0.0, 2.0, "Hello there."),
+        ("B", 2.0, 3.0, "Hi"),
+    ]

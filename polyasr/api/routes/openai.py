@@ -178,7 +178,7 @@ async def models(services: ServicesDep) -> dict[str, Any]:
 
 def _audio(services: Services, source: BinaryIO, keep: bool, held: Reservation) -> UploadAudio:
     """The upload, decoded as it is transcribed. Kept whole for the aligner
-    (subtitles, word times) or diarization, it is capped like an alignment."""
+    (subtitles, word times), it is capped like an alignment."""
     settings = services.settings
     cap, setting = settings.align_cap if keep else (settings.max_audio_sec, "POLYASR_MAX_AUDIO_SEC")
     return UploadAudio(source, cap, MAX_PIECE_SEC, keep, held.charge, setting)
@@ -342,7 +342,8 @@ async def _diarized_events(
     try:
         async for segment in segments:
             joined = join_text(text, segment.text)
-            yield sse(text_delta(joined[len(text) :], segment.id))
+            if joined != text:
+                yield sse(text_delta(joined[len(text) :], segment.id))
             yield sse(diarized_segment(segment))
             text = joined
         archive = services.archives.uploads
