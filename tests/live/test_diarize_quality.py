@@ -36,7 +36,7 @@ def hypotheses(tiny: Any, backend: str, tmp_path_factory: pytest.TempPathFactory
 
 
 def test_the_turns_score_a_low_diarization_error_rate(hypotheses: dict[str, Annotation]) -> None:
-    """Measured 3.3 % at a 0.25 s collar on both backends; one speaker
+    """Measured 1.5 % at a 0.25 s collar on both backends; one speaker
     throughout scores 41.5 %, so the bound fails a diarizer that stops telling
     voices apart or misplaces turns by seconds."""
     score = Score.empty()
