@@ -67,10 +67,20 @@ test-system-deps:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium fonts-dejavu-core systemd bubblewrap; \
 	fi
 
+# The two backends' suites run side by side: each spends most of its time in
+# one test process waiting on its own servers, so on two cores the pair takes
+# about as long as the longer suite, not their sum. Every line of output is
+# prefixed with its backend; pytest's cache is off so the two never write it
+# at once.
 test: venvs lint test-system-deps
-	@status=0; \
-	echo "== contract suite on the CUDA engine (qwen-asr)"; \
-	POLYASR_TEST_BACKEND=cuda $(CUDA_VENV)/bin/python -m pytest || status=1; \
-	echo "== contract suite on the MLX engine (mlx-qwen3-asr, mlx-audio)"; \
-	POLYASR_TEST_BACKEND=mlx $(MLX_VENV)/bin/python -m pytest || status=1; \
-	exit $$status
+	@rcs=$$(mktemp -d); \
+	echo "== contract suites on the CUDA engine (qwen-asr) and the MLX engine (mlx-qwen3-asr, mlx-audio), side by side"; \
+	{ POLYASR_TEST_BACKEND=cuda $(CUDA_VENV)/bin/python -m pytest -p no:cacheprovider 2>&1; echo $$? >$$rcs/cuda; } | sed -u 's/^/[cuda] /' & \
+	{ POLYASR_TEST_BACKEND=mlx $(MLX_VENV)/bin/python -m pytest -p no:cacheprovider 2>&1; echo $$? >$$rcs/mlx; } | sed -u 's/^/[mlx] /' & \
+	wait; \
+	status=0; \
+	for backend in cuda mlx; do \
+		echo "== $$backend suite: exit status $$(cat $$rcs/$$backend)"; \
+		[ "$$(cat $$rcs/$$backend)" = 0 ] || status=1; \
+	done; \
+	rm -rf $$rcs; exit $$status
