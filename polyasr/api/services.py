@@ -25,7 +25,8 @@ from polyasr.api.metrics import Metrics
 from polyasr.archive.archives import Archives
 from polyasr.audio.budget import AudioBudget
 from polyasr.audio.decoding import AudioDecodeError, decode_audio
-from polyasr.audio.speech import SpeakerGate, shared_speaker_filter, shared_vad
+from polyasr.audio.speech import SpeakerGate, shared_vad
+from polyasr.audio.voice import shared_voice_encoder
 from polyasr.core.config import Settings, settings_view
 from polyasr.core.engine import Engine
 from polyasr.core.threads import BATCH, default_batch_threads
@@ -67,7 +68,7 @@ class Services:
         preload the asr unit (a failure only degrades), then start the probe,
         the idle sweep, the session pruner and the archives (recovery, retention)."""
         await asyncio.to_thread(shared_vad)
-        speaker = await asyncio.to_thread(shared_speaker_filter)
+        speaker = await asyncio.to_thread(shared_voice_encoder)
         if self.probe_clip is not None:
             # The first embedding pays one-off costs (JIT-compiled resampling in
             # Resemblyzer's preprocessing): pay them now, not in a user's first stop.
@@ -130,7 +131,7 @@ def build_live_services(
         manager=transcriber.manager,
         settings=dictation_settings(settings, engine),
         new_vad=lambda: shared_vad().new_stream(),
-        new_speaker=lambda: SpeakerGate(shared_speaker_filter()),
+        new_speaker=lambda: SpeakerGate(shared_voice_encoder()),
         new_log=archives.new_connection,
         aligner=DictationAligner(engine, transcriber.manager),
         limits=WsLimits.from_settings(settings),

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from polyasr.audio.voice import VoiceEncoder, process_wide, shared_voice_encoder
+from polyasr.audio.voice import VoiceEncoder, process_wide
 from polyasr.core.constants import SAMPLE_RATE, SUB_CHUNK, WINDOW_SAMPLES
 
 SPEAKER_SIM_THRESHOLD = 0.70
@@ -125,10 +125,7 @@ class RegionRule:
     max_sec: float = 30.0
 
 
-# The dictation's main-speaker filter is the process's one voice encoder.
-SpeakerFilter = VoiceEncoder
 shared_vad = process_wide(Vad)
-shared_speaker_filter = shared_voice_encoder
 
 
 @dataclass(frozen=True)
@@ -154,7 +151,7 @@ class SpeakerGate:
     rejection loses the user's words while a wrong acceptance only adds some.
     """
 
-    def __init__(self, speaker_filter: SpeakerFilter) -> None:
+    def __init__(self, speaker_filter: VoiceEncoder) -> None:
         self._filter = speaker_filter
         self.reference: np.ndarray | None = None
 

@@ -19,10 +19,9 @@ from polyasr.audio.speech import (
     SPEAKER_SIM_THRESHOLD,
     SpeakerGate,
     passes_energy_gate,
-    shared_speaker_filter,
     shared_vad,
 )
-from polyasr.audio.voice import MIN_EMBED_SEC
+from polyasr.audio.voice import MIN_EMBED_SEC, shared_voice_encoder
 from polyasr.core.constants import COMMIT_SILENCE_WINDOWS, VAD_THRESHOLD, WINDOW_SAMPLES
 from tests.audio_util import speech
 
@@ -159,7 +158,7 @@ def voices() -> dict[str, np.ndarray]:
 
 
 def test_same_voice_accepted_other_voice_rejected(voices: dict[str, np.ndarray]) -> None:
-    gate = SpeakerGate(shared_speaker_filter())
+    gate = SpeakerGate(shared_voice_encoder())
     first = gate.check(voices["a1"])
     assert first.accepted and first.enrolled and first.embedded and first.similarity is None
     reference = gate.reference
@@ -177,14 +176,14 @@ def test_same_voice_accepted_other_voice_rejected(voices: dict[str, np.ndarray])
 
 
 def test_other_voice_enrolled_first_rejects_the_first_voice(voices: dict[str, np.ndarray]) -> None:
-    gate = SpeakerGate(shared_speaker_filter())
+    gate = SpeakerGate(shared_voice_encoder())
     assert gate.check(voices["b"]).enrolled
     decision = gate.check(voices["a1"])
     assert decision.similarity is not None and not decision.accepted
 
 
 def test_short_audio_is_accepted_unchecked(voices: dict[str, np.ndarray]) -> None:
-    speaker_filter = shared_speaker_filter()
+    speaker_filter = shared_voice_encoder()
     short = voices["a1"][: int(0.9 * RATE)]
     assert speaker_filter.embed(short) is None
     # long enough, but silence trimming leaves less than MIN_EMBED_SEC of it
@@ -202,7 +201,7 @@ def test_short_audio_is_accepted_unchecked(voices: dict[str, np.ndarray]) -> Non
 
 
 def test_similarity_is_cosine() -> None:
-    similarity = shared_speaker_filter().similarity
+    similarity = shared_voice_encoder().similarity
     assert similarity(np.array([1.0, 0.0]), np.array([2.0, 0.0])) == pytest.approx(1.0)
     assert similarity(np.array([1.0, 0.0]), np.array([0.0, 3.0])) == pytest.approx(0.0)
     assert similarity(np.array([1.0, 1.0]), np.array([1.0, 0.0])) == pytest.approx(2**-0.5)

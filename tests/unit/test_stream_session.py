@@ -14,7 +14,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from polyasr.audio.speech import SpeakerGate, passes_energy_gate, shared_speaker_filter, shared_vad
+from polyasr.audio.speech import SpeakerGate, passes_energy_gate, shared_vad
+from polyasr.audio.voice import shared_voice_encoder
 from polyasr.core.engine import Transcript
 from polyasr.dictation.gate import SpeechGate
 from polyasr.dictation.recognizer import DictationSettings
@@ -67,7 +68,7 @@ class ScriptedDecoder:
 def session(**settings: Any) -> DictationSession:
     return DictationSession(
         vad=shared_vad().new_stream(),
-        speaker=SpeakerGate(shared_speaker_filter()),
+        speaker=SpeakerGate(shared_voice_encoder()),
         settings=DictationSettings(**settings),
     )
 
@@ -381,7 +382,7 @@ async def test_a_failing_native_feed_backs_off_instead_of_retrying_every_tick() 
     now = [0.0]
     sess = DictationSession(
         vad=shared_vad().new_stream(),
-        speaker=SpeakerGate(shared_speaker_filter()),
+        speaker=SpeakerGate(shared_voice_encoder()),
         settings=DictationSettings(native=True, stream_chunk_sec=1.0),
         clock=lambda: now[0],
     )

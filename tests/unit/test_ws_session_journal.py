@@ -13,7 +13,8 @@ import numpy as np
 
 from polyasr.align.dictation import DictationAligner
 from polyasr.archive.connection import ConnectionArchive
-from polyasr.audio.speech import SpeakerGate, shared_speaker_filter, shared_vad
+from polyasr.audio.speech import SpeakerGate, shared_vad
+from polyasr.audio.voice import shared_voice_encoder
 from polyasr.dictation.recognizer import DictationSettings
 from polyasr.live.basr.connection import Connection
 from polyasr.live.basr.services import LiveServices
@@ -74,7 +75,7 @@ def services(registry: SessionRegistry, manager: FakeManager | None = None) -> L
         manager=manager or FakeManager(),
         settings=DictationSettings(),
         new_vad=shared_vad().new_stream,
-        new_speaker=lambda: SpeakerGate(shared_speaker_filter()),
+        new_speaker=lambda: SpeakerGate(shared_voice_encoder()),
         new_log=lambda: ConnectionArchive(None, backend="test", model="test"),
         aligner=DictationAligner(None, manager or FakeManager()),  # no test here asks for words
     )
